@@ -1,0 +1,301 @@
+"""The CoST layer: one shared 3x3 kernel applied to the H-W, T-W and T-H views of a clip.
+
+Spec: ../shared/CoST.md §1. Layout is channels-last: inputs are (N, T, H, W, C_in).
+
+    y = a_hw * conv(x, w as 1x3x3) + a_tw * conv(x, w as 3x1x3) + a_th * conv(x, w as 3x3x1)
+
+which equals ONE 3x3x3 'SAME' convolution with the merged kernel (`merged_kernel`). CoST(a) learns the
+per-channel coefficients `a`; CoST(b) predicts them per clip from the view outputs.
+"""
+
+import keras
+from keras import ops
+
+VARIANTS = ("a", "b")
+IMPLEMENTATIONS = ("auto", "views", "fused", "sparse")
+VIEWS = ("hw", "tw", "th")
+
+# "auto" picks, per mode, the implementation measured fastest on CPU by bench/layer_bench.py at the R50
+# res3/res4 shapes (docs/PERFORMANCE.md has the table). Forward: the 19-tap sparse form does 0.70x the
+# multiply-adds of the merged 3x3x3 kernel. Forward+backward: the merged kernel, one conv op whose
+# gradient TF computes with one fused backprop kernel.
+AUTO_INFERENCE = "sparse"
+AUTO_TRAINING = "fused"
+
+
+def _same_pads(size, stride, kernel=3):
+    """(before, after) zero padding of TF 'SAME' for one dimension; `size` may be a tensor."""
+    out = (size + stride - 1) // stride
+    total = (out - 1) * stride + kernel - size
+    total = max(total, 0) if isinstance(total, int) else ops.maximum(total, 0)
+    return total // 2, total - total // 2
+
+
+def _normalize_strides(strides):
+    message = f"`strides` must be an int or a tuple of 3 positive ints (t, h, w). Received: strides={strides}"
+    values = (strides,) * 3 if isinstance(strides, int) else strides
+    try:
+        values = tuple(int(s) for s in values)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if len(values) != 3 or any(s < 1 for s in values):
+        raise ValueError(message)
+    return values
+
+
+def merged_kernel(kernel, coefficients):
+    """The 3x3x3 kernel equal to the coefficient-weighted sum of the three views.
+
+    Args:
+      kernel: (3, 3, C_in, C_out) shared 2D kernel.
+      coefficients: (3, C_out) view weights, ordered (hw, tw, th).
+    Returns:
+      (3, 3, 3, C_in, C_out): a_hw * w on the plane t=1, a_tw * w on h=1, a_th * w on w=1.
+    """
+    a_hw, a_tw, a_th = coefficients[0], coefficients[1], coefficients[2]
+    zeros = ops.zeros_like(kernel)
+    hw = kernel * a_hw  # (h, w) taps at t=1
+    tw = kernel * a_tw  # (t, w) taps at h=1
+    th = kernel * a_th  # (t, h) taps at w=1
+    planes = []
+    for t in range(3):
+        rows = []
+        for h in range(3):
+            cols = []
+            for w in range(3):
+                tap = zeros[0, 0]
+                if t == 1:
+                    tap = tap + hw[h, w]
+                if h == 1:
+                    tap = tap + tw[t, w]
+                if w == 1:
+                    tap = tap + th[t, h]
+                cols.append(tap)
+            rows.append(ops.stack(cols, axis=0))
+        planes.append(ops.stack(rows, axis=0))
+    return ops.stack(planes, axis=0)
+
+
+def sparse_kernels(kernel3d):
+    """Split a merged 3x3x3 kernel into its 19 non-zero taps as three dense kernels.
+
+    Returns (k_hw (1,3,3,Ci,Co), k_tw (2,1,3,Ci,Co), k_th (2,2,1,Ci,Co)): the whole t=1 plane; the h=1 row of
+    the t in {0, 2} planes; and the 4 taps (t, h) in {0, 2}^2 at w=1. The dilated ones run with dilation 2.
+    """
+    k_hw = kernel3d[1:2]
+    k_tw = ops.stack([kernel3d[0, 1:2], kernel3d[2, 1:2]], axis=0)
+    k_th = ops.stack(
+        [
+            ops.stack([kernel3d[0, 0, 1:2], kernel3d[0, 2, 1:2]], axis=0),
+            ops.stack([kernel3d[2, 0, 1:2], kernel3d[2, 2, 1:2]], axis=0),
+        ],
+        axis=0,
+    )
+    return k_hw, k_tw, k_th
+
+
+@keras.saving.register_keras_serializable(package="cost_tf")
+class CoST(keras.layers.Layer):
+    """Collaborative Spatio-Temporal convolution (Li et al., CVPR 2019).
+
+    Args:
+      filters: number of output channels.
+      variant: "a" (coefficients learned as parameters) or "b" (predicted per clip from the view outputs).
+      strides: int or (t, h, w).
+      use_bias: add a bias once, after the weighted sum of the views.
+      kernel_initializer, kernel_regularizer: for the shared (3, 3, C_in, filters) kernel.
+      implementation: "views" (three 3D convolutions, view weights multiplied into the kernels), "fused"
+        (variant "a": one 3x3x3 convolution with the merged kernel), "sparse" (variant "a", stride 1: the
+        merged kernel's 19 non-zero taps as three dense convolutions), or "auto" (the fastest measured here,
+        chosen separately for training and inference).
+    Input: (N, T, H, W, C_in). Output: (N, ceil(T/st), ceil(H/sh), ceil(W/sw), filters), 'same' padding.
+    """
+
+    def __init__(
+        self,
+        filters,
+        variant="a",
+        strides=1,
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=None,
+        implementation="auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"`filters` must be a positive int. Received: filters={filters}")
+        if variant not in VARIANTS:
+            raise ValueError(f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"`implementation` must be one of {IMPLEMENTATIONS}. Received: implementation={implementation!r}"
+            )
+        self.filters = filters
+        self.variant = variant
+        self.strides = _normalize_strides(strides)
+        if variant == "b" and implementation in ("fused", "sparse"):
+            raise ValueError(
+                "CoST(b) predicts its coefficients from the separate view outputs, so it only runs as "
+                f"implementation='views' (or 'auto'). Received: implementation={implementation!r}"
+            )
+        if implementation == "sparse" and self.strides != (1, 1, 1):
+            raise ValueError(
+                "implementation='sparse' needs strides 1 (its dilated taps assume them). "
+                f"Received: strides={strides}"
+            )
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.implementation = implementation
+        self.input_spec = keras.layers.InputSpec(ndim=5)
+
+    def build(self, input_shape):
+        if len(input_shape) != 5:
+            raise ValueError(
+                f"CoST expects inputs of rank 5 (N, T, H, W, C). Received: input_shape={input_shape}"
+            )
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise ValueError(f"The channel dimension of the inputs must be known. Received: input_shape={input_shape}")
+        self.input_spec = keras.layers.InputSpec(ndim=5, axes={-1: in_channels})
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(3, 3, in_channels, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        if self.variant == "a":
+            self.alpha = self.add_weight(
+                name="alpha",
+                shape=(3, self.filters),
+                initializer=_alpha_initializer,
+            )
+        else:
+            small = keras.initializers.RandomNormal(stddev=0.01)
+            self.view_dense = self.add_weight(name="view_dense", shape=(self.filters, self.filters), initializer=small)
+            self.view_mix = self.add_weight(name="view_mix", shape=(3, 3), initializer=small)
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    # -- coefficients ---------------------------------------------------------------------------------
+
+    def coefficients(self, inputs=None):
+        """Normalised view weights, ordered (hw, tw, th): (3, filters) for "a"; (N, 3, filters) for "b"."""
+        if self.variant == "a":
+            return ops.softmax(ops.convert_to_tensor(self.alpha), axis=0)
+        if inputs is None:
+            raise ValueError("CoST(b) coefficients depend on the clip: pass `inputs` (N, T, H, W, C_in).")
+        if not self.built:
+            self.build(tuple(inputs.shape))
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return self._predict_coefficients(self._views(inputs, ops.cast(self.kernel, self.compute_dtype)))
+
+    def _predict_coefficients(self, views):
+        # Global max-pool each view -> shared dense C->C -> per-channel 3->3 mix -> softmax over views.
+        # Under mixed precision the small predictor and its softmax run in float32.
+        dtype = "float32" if self.compute_dtype in ("float16", "bfloat16") else self.compute_dtype
+        pooled = ops.stack([ops.max(v, axis=(1, 2, 3)) for v in views], axis=1)  # (N, 3, C)
+        pooled = ops.cast(pooled, dtype)
+        dense = ops.matmul(pooled, ops.cast(self.view_dense, dtype))  # (N, 3, C)
+        mixed = ops.einsum("nic,ij->njc", dense, ops.cast(self.view_mix, dtype))
+        return ops.softmax(mixed, axis=1)
+
+    # -- the convolutions -----------------------------------------------------------------------------
+
+    def _pad_same(self, x):
+        """Zero-pad once as a 3x3x3 'SAME' convolution with these strides would."""
+        shape = ops.shape(x)
+        pads = [(0, 0)]
+        for axis, stride in zip((1, 2, 3), self.strides):
+            # Stride 1 always pads (1, 1); a strided axis of unknown size gets its padding at run time.
+            pads.append((1, 1) if stride == 1 else _same_pads(shape[axis], stride))
+        pads.append((0, 0))
+        return ops.pad(x, pads)
+
+    def _views(self, x, k_hw, k_tw=None, k_th=None):
+        """The three view convolutions on one shared padding, with (possibly pre-weighted) kernels.
+
+        Each view is a 'valid' convolution of the padded input, offset by one tap on the axis its kernel is
+        flat along, so its taps coincide with those of the 3x3x3 'SAME' convolution (for any stride/parity).
+        """
+        k_tw = k_hw if k_tw is None else k_tw
+        k_th = k_hw if k_th is None else k_th
+        xp = self._pad_same(x)
+        conv = lambda inp, k: ops.conv(inp, k, strides=self.strides, padding="valid")  # noqa: E731
+        c_in, c_out = k_hw.shape[-2], k_hw.shape[-1]
+        x_hw = conv(xp[:, 1:-1], ops.reshape(k_hw, (1, 3, 3, c_in, c_out)))
+        x_tw = conv(xp[:, :, 1:-1], ops.reshape(k_tw, (3, 1, 3, c_in, c_out)))
+        x_th = conv(xp[:, :, :, 1:-1], ops.reshape(k_th, (3, 3, 1, c_in, c_out)))
+        return x_hw, x_tw, x_th
+
+    def _sparse(self, x, kernel3d):
+        k_hw, k_tw, k_th = sparse_kernels(kernel3d)
+        xp = ops.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
+        y = ops.conv(xp[:, 1:-1], k_hw, padding="valid")
+        y = y + ops.conv(xp[:, :, 1:-1], k_tw, padding="valid", dilation_rate=(2, 1, 1))
+        y = y + ops.conv(xp[:, :, :, 1:-1], k_th, padding="valid", dilation_rate=(2, 2, 1))
+        return y
+
+    def resolved_implementation(self, training=False):
+        """The implementation `call` runs for this mode."""
+        if self.variant == "b":
+            return "views"
+        if self.implementation != "auto":
+            return self.implementation
+        if training:
+            return AUTO_TRAINING
+        if self.strides == (1, 1, 1):
+            return AUTO_INFERENCE
+        return "fused"
+
+    def call(self, inputs, training=None):
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        if self.variant == "b":
+            views = self._views(inputs, kernel)
+            coeffs = ops.cast(self._predict_coefficients(views), self.compute_dtype)  # (N, 3, C)
+            outputs = sum(coeffs[:, i, None, None, None, :] * v for i, v in enumerate(views))
+        else:
+            coeffs = ops.cast(self.coefficients(), self.compute_dtype)  # (3, C)
+            impl = self.resolved_implementation(bool(training))
+            if impl == "views":
+                # View weights go into the kernels, not onto the outputs: tf2onnx's grappler pass aborts on
+                # a per-channel Mul after a Conv (see DEVELOPERS.md), and this is the same sum.
+                outputs = sum(self._views(inputs, kernel * coeffs[0], kernel * coeffs[1], kernel * coeffs[2]))
+            else:
+                k3 = merged_kernel(kernel, coeffs)
+                if impl == "fused":
+                    outputs = ops.conv(inputs, k3, strides=self.strides, padding="same")
+                else:
+                    outputs = self._sparse(inputs, k3)
+        if self.use_bias:
+            outputs = outputs + ops.cast(self.bias, self.compute_dtype)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        out = [input_shape[0]]
+        for size, stride in zip(input_shape[1:4], self.strides):
+            out.append(None if size is None else (size + stride - 1) // stride)
+        return tuple(out) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "variant": self.variant,
+                "strides": self.strides,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "implementation": self.implementation,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cost_tf")
+def _alpha_initializer(shape, dtype=None):
+    """alpha[0] = 0.7 (hw), alpha[1] = alpha[2] = -0.7 (tw, th), for every output channel (code)."""
+    column = ops.convert_to_tensor([[0.7], [-0.7], [-0.7]], dtype=dtype or "float32")
+    return ops.broadcast_to(column, shape)

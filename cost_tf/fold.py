@@ -1,0 +1,89 @@
+"""Folding CoST(a) layers into plain Keras Conv3D layers with fixed kernels, for deployment."""
+
+import keras
+import numpy as np
+
+from cost_tf.cost import CoST, merged_kernel, sparse_kernels
+
+FORMS = ("auto", "merged", "sparse")
+# bench/layer_bench.py measures both forms for inference in TF and onnxruntime (docs/PERFORMANCE.md).
+AUTO_FORM = "merged"
+
+
+def _is_foldable(layer):
+    return isinstance(layer, CoST) and layer.variant == "a"
+
+
+def _merged_numpy(layer):
+    return np.asarray(merged_kernel(layer.kernel, layer.coefficients()))
+
+
+def _call_folded(layer, inputs, form):
+    """Replace one CoST(a) call by Conv3D layers holding its merged kernel; returns the output tensor."""
+    k3 = _merged_numpy(layer)
+    bias = [np.asarray(layer.bias)] if layer.use_bias else []
+    if form == "sparse" and layer.strides != (1, 1, 1):
+        form = "merged"  # the 19-tap form's dilated taps assume stride 1
+    if form == "merged":
+        conv = keras.layers.Conv3D(
+            layer.filters, 3, strides=layer.strides, padding="same", use_bias=layer.use_bias,
+            dtype=layer.dtype_policy, name=layer.name,
+        )
+        out = conv(inputs)
+        conv.set_weights([k3] + bias)
+        return out
+    k_hw, k_tw, k_th = (np.asarray(k) for k in sparse_kernels(k3))
+    name, policy = layer.name, layer.dtype_policy
+    padded = keras.layers.ZeroPadding3D(1, dtype=policy, name=f"{name}_pad")(inputs)
+    crop = lambda axis: keras.layers.Cropping3D(  # noqa: E731
+        tuple((1, 1) if a == axis else (0, 0) for a in range(3)), dtype=policy, name=f"{name}_crop{'thw'[axis]}"
+    )(padded)
+    parts = []
+    for suffix, axis, kernel, dilation, b in (
+        ("hw", 0, k_hw, 1, bias),
+        ("tw", 1, k_tw, (2, 1, 1), []),
+        ("th", 2, k_th, (2, 2, 1), []),
+    ):
+        conv = keras.layers.Conv3D(
+            layer.filters, kernel.shape[:3], dilation_rate=dilation, padding="valid", use_bias=bool(b),
+            dtype=policy, name=f"{name}_{suffix}",
+        )
+        parts.append(conv(crop(axis)))
+        conv.set_weights([kernel] + b)
+    return keras.layers.Add(dtype=policy, name=name)(parts)
+
+
+def fold(model, form="auto"):
+    """Return an equivalent model where every CoST(a) layer is plain Keras Conv3D layers with fixed kernels.
+
+    Args:
+      model: a functional Keras model (e.g. from `cost_tf.build_model`).
+      form: "merged" (one 3x3x3 Conv3D), "sparse" (the 19 non-zero taps as three Conv3D, stride 1 only) or
+        "auto" (the form measured faster for inference here).
+    Returns:
+      A new functional model with copied weights; CoST(b) layers stay as they are (their coefficients depend
+      on the clip). Outputs equal the original model's (exact up to float32 summation order).
+    """
+    if form not in FORMS:
+        raise ValueError(f"`form` must be one of {FORMS}. Received: form={form!r}")
+    if not isinstance(model, keras.Model) or not hasattr(model, "_operations"):
+        raise ValueError(f"fold() needs a functional keras.Model. Received: model={type(model).__name__}")
+    form = AUTO_FORM if form == "auto" else form
+
+    def clone_layer(layer):
+        if _is_foldable(layer):
+            return layer  # replaced in call_layer; never called
+        return layer.__class__.from_config(layer.get_config())
+
+    def call_layer(layer, *args, **kwargs):
+        if _is_foldable(layer):
+            return _call_folded(layer, args[0], form)
+        return layer(*args, **kwargs)
+
+    folded = keras.models.clone_model(model, clone_function=clone_layer, call_function=call_layer)
+    originals = {layer.name: layer for layer in model.layers}
+    for layer in folded.layers:
+        source = originals.get(layer.name)
+        if source is not None and source is not layer and not _is_foldable(source) and source.weights:
+            layer.set_weights(source.get_weights())
+    return folded
