@@ -1,0 +1,225 @@
+"""How much each CoST layer relies on spatial (H-W) versus temporal (T-W, T-H) views.
+
+    python -m cost_tf.coefficients --model=runs/demo/model.keras --out_dir=runs/demo/coefficients \
+        [--dataset=synthetic | --pattern='eval-*.tfrecord'] [--num_clips=64]
+
+Writes `coefficients.csv` (one row per CoST layer, in order of depth: mean and spread over channels, and
+over clips for CoST(b), of the hw/tw/th coefficients), `layers.png` (a stacked bar per layer, the paper's
+figure) and, for CoST(b), `classes.csv` + `classes.png` (per-class temporal weight, most temporal first).
+"""
+
+import csv
+import os
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cost_tf.cost import VIEWS, CoST  # noqa: E402
+
+_MODEL = flags.DEFINE_string("model", None, "A .keras model with CoST layers.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSVs and plots go.")
+_DATASET = flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "tfrecord"],
+                             "Clips for CoST(b): the embedded dataset or --pattern.")
+_PATTERN = flags.DEFINE_string("pattern", None, "TFRecord glob (with --dataset=tfrecord).")
+_DATA_DIR = flags.DEFINE_string("data_dir", "runs/synthetic", "Where the embedded dataset is (or is written).")
+_NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Clips averaged over for CoST(b).")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per clip (default: the model's input).")
+_FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 2, "Frame stride of the sampled clips.")
+_CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Crop size (default: the model's input).")
+_TOP_CLASSES = flags.DEFINE_integer("top_classes", 10, "Classes shown in the per-class plot.")
+
+_VIEW_LABELS = {"hw": "H-W (spatial)", "tw": "T-W", "th": "T-H"}
+COLUMNS = ["layer", "variant", "channels"] + [f"{v}_{s}" for v in VIEWS for s in ("mean", "std_channels", "std_clips")]
+
+
+def cost_layers(model):
+    """The model's CoST layers in order of depth (topological order of the functional graph)."""
+    return [layer for layer in model.layers if isinstance(layer, CoST)]
+
+
+def layer_coefficients(model, clips=None, batch_size=8):
+    """Coefficients of every CoST layer: {name: (3, C)} for "a"; {name: (N, 3, C)} for "b" over `clips`."""
+    layers = cost_layers(model)
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no CoST layers.")
+    out = {layer.name: np.asarray(layer.coefficients()) for layer in layers if layer.variant == "a"}
+    b_layers = [layer for layer in layers if layer.variant == "b"]
+    if b_layers:
+        if clips is None or len(clips) == 0:
+            raise ValueError("CoST(b) coefficients depend on the clip: give clips (N, T, H, W, 3).")
+        probe = keras.Model(model.inputs, [layer.input for layer in b_layers])
+        chunks = {layer.name: [] for layer in b_layers}
+        for start in range(0, len(clips), batch_size):
+            inputs = probe(clips[start:start + batch_size], training=False)
+            inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+            for layer, x in zip(b_layers, inputs):
+                chunks[layer.name].append(np.asarray(layer.coefficients(x), np.float32))
+        out.update({name: np.concatenate(c) for name, c in chunks.items()})
+    return {layer.name: out[layer.name] for layer in layers}
+
+
+def summarize(coefficients):
+    """One row per layer: mean, spread over channels and spread over clips, per view."""
+    rows = []
+    for name, c in coefficients.items():
+        per_clip = c if c.ndim == 3 else c[None]  # (N, 3, C)
+        row = {"layer": name, "variant": "b" if c.ndim == 3 else "a", "channels": per_clip.shape[-1]}
+        for i, view in enumerate(VIEWS):
+            values = per_clip[:, i, :]
+            row[f"{view}_mean"] = float(values.mean())
+            row[f"{view}_std_channels"] = float(values.mean(axis=0).std())
+            row[f"{view}_std_clips"] = float(values.mean(axis=1).std())
+        rows.append(row)
+    return rows
+
+
+def per_class_temporal(coefficients, labels, class_names):
+    """Per class, the mean temporal weight (tw + th) over all CoST(b) layers, channels and clips of the class.
+
+    Returns rows sorted by temporal weight, most temporal first.
+    """
+    b = [c for c in coefficients.values() if c.ndim == 3]
+    if not b:
+        return []
+    temporal = np.mean([c[:, 1:, :].sum(axis=1).mean(axis=-1) for c in b], axis=0)  # (N,)
+    hw = np.mean([c[:, 0, :].mean(axis=-1) for c in b], axis=0)
+    labels = np.asarray(labels)
+    rows = []
+    for label in np.unique(labels):
+        sel = labels == label
+        name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
+        rows.append({"class": name, "index": int(label), "clips": int(sel.sum()),
+                     "temporal_mean": float(temporal[sel].mean()), "hw_mean": float(hw[sel].mean())})
+    return sorted(rows, key=lambda r: -r["temporal_mean"])
+
+
+def _write_atomic(path, write):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_csv(path, rows, columns):
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    _write_atomic(path, write)
+
+
+def plot_layers(path, rows):
+    """Stacked bar per CoST layer of the mean hw / tw / th coefficients (the paper's figure)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 2), 4))
+    x = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for view, color in zip(VIEWS, ("#4c72b0", "#dd8452", "#55a868")):
+        values = np.array([r[f"{view}_mean"] for r in rows])
+        ax.bar(x, values, bottom=bottom, color=color, label=_VIEW_LABELS[view])
+        bottom += values
+    ax.set_xticks(x, [r["layer"] for r in rows], rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean coefficient")
+    ax.set_title("CoST view coefficients by layer (shallow → deep)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_classes(path, rows, top):
+    """Horizontal bars of the per-class temporal weight for the `top` most temporal classes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows[:top]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
+    ax.barh(np.arange(len(rows))[::-1], [r["temporal_mean"] for r in rows], color="#dd8452")
+    ax.set_yticks(np.arange(len(rows))[::-1], [r["class"] for r in rows], fontsize=8)
+    ax.set_xlabel("mean temporal coefficient (T-W + T-H), CoST(b) layers")
+    ax.set_title(f"Most temporal classes (top {len(rows)})")
+    fig.tight_layout()
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def analyze(model, out_dir, clips=None, labels=None, class_names=None, top_classes=10):
+    """Writes the CSVs and plots for `model` into `out_dir`; returns the per-layer rows."""
+    os.makedirs(out_dir, exist_ok=True)
+    coefficients = layer_coefficients(model, clips)
+    rows = summarize(coefficients)
+    write_csv(os.path.join(out_dir, "coefficients.csv"), rows, COLUMNS)
+    plot_layers(os.path.join(out_dir, "layers.png"), rows)
+    if labels is not None:
+        classes = per_class_temporal(coefficients, labels, class_names)
+        if classes:
+            write_csv(os.path.join(out_dir, "classes.csv"), classes, list(classes[0]))
+            plot_classes(os.path.join(out_dir, "classes.png"), classes, top_classes)
+    return rows
+
+
+def load_clips(pattern, num_clips, num_frames, frame_stride, crop_size):
+    """Up to `num_clips` eval-mode clips and labels from TFRecords."""
+    from pipelines.dataset import make_dataset
+
+    ds = make_dataset(pattern, mode="eval", batch_size=8, num_frames=num_frames, frame_stride=frame_stride,
+                      crop_size=crop_size, seed=0)
+    clips, labels = [], []
+    for x, y in ds:
+        clips.append(x.numpy())
+        labels.append(y.numpy())
+        if sum(len(c) for c in clips) >= num_clips:
+            break
+    return np.concatenate(clips)[:num_clips], np.concatenate(labels)[:num_clips]
+
+
+def main(argv):
+    del argv
+    if not _MODEL.value or not os.path.isfile(_MODEL.value):
+        raise app.UsageError(f"--model must name an existing .keras file. Received: --model={_MODEL.value}")
+    if not _OUT_DIR.value:
+        raise app.UsageError("--out_dir is required.")
+    import cost_tf  # noqa: F401  (registers CoST for load_model)
+
+    model = keras.models.load_model(_MODEL.value)
+    _, num_frames, crop, _, _ = model.inputs[0].shape
+    num_frames = _NUM_FRAMES.value or num_frames or 8
+    crop = _CROP_SIZE.value or crop
+    clips = labels = class_names = None
+    if any(layer.variant == "b" for layer in cost_layers(model)):
+        if _DATASET.value == "synthetic":
+            from pipelines import synthetic
+
+            _, pattern = synthetic.write_synthetic(_DATA_DIR.value)
+            class_names = list(synthetic.CLASSES)
+        else:
+            if not _PATTERN.value:
+                raise app.UsageError("--dataset=tfrecord needs --pattern.")
+            pattern = _PATTERN.value
+            classes_txt = os.path.join(os.path.dirname(pattern), "classes.txt")
+            if os.path.isfile(classes_txt):
+                class_names = [line.strip() for line in open(classes_txt) if line.strip()]
+        clips, labels = load_clips(pattern, _NUM_CLIPS.value, num_frames, _FRAME_STRIDE.value, crop)
+    rows = analyze(model, _OUT_DIR.value, clips, labels, class_names, _TOP_CLASSES.value)
+    for row in rows:
+        print(f"{row['layer']:<24} ({row['variant']}) hw {row['hw_mean']:.3f}  tw {row['tw_mean']:.3f}  "
+              f"th {row['th_mean']:.3f}")
+    print(f"Wrote {_OUT_DIR.value}/coefficients.csv and layers.png" + (" + classes.csv/png" if labels is not None else ""))
+
+
+if __name__ == "__main__":
+    app.run(main)
