@@ -1,0 +1,355 @@
+r"""Converts Kinetics / Moments in Time videos to SequenceExample TFRecord shards.
+
+  python -m pipelines.convert --dataset=kinetics --annotations=train.csv \
+      --video_dir=videos/train --output_dir=tfrecords/train [--classes=FILE] \
+      [--short_side=256] [--fps=keep|N] [--num_shards=N] [--workers=N] \
+      [--skip_bad_rows]
+
+Each annotated video becomes one SequenceExample (pipelines/tfrecord.py): every
+frame (or frames resampled by timestamp to --fps) resized to --short_side and JPEG
+encoded. Videos are assigned to shards deterministically (ordered by a hash of the
+video id, then round robin), each worker process writes whole shards to a hidden
+temporary name (`.{shard}.tmp-{pid}`) and renames it when complete, so a reader
+matching `*.tfrecord` never sees a partial shard and a rerun skips finished shards.
+Videos that fail to decode are skipped and listed with the reason in `report.json`
+= {"converted", "skipped", "missing", "bad_rows", "shards", ...}, written atomically
+once every shard is done. Use one output_dir per split.
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from pipelines import kinetics
+from pipelines import moments
+from pipelines import shard_writer
+from pipelines import tfrecord
+
+DATASETS = ("kinetics", "moments")
+VIDEOS_PER_SHARD = 100  # for num_shards=None
+# Test hook: each pool worker process exits abruptly after this many videos.
+CRASH_ENV = "COST_TF_CONVERT_CRASH_AFTER"
+
+
+def read_annotations(dataset, annotations, video_dir, classes=None,
+                     train_annotations=None, skip_bad_rows=False):
+    """Dispatches to read_kinetics / read_moments; returns (records, report)."""
+    if dataset == "kinetics":
+        return kinetics.read_kinetics(annotations, video_dir, classes=classes,
+                                      train_annotations=train_annotations,
+                                      skip_bad_rows=skip_bad_rows)
+    if dataset == "moments":
+        if train_annotations is not None:
+            raise ValueError("train_annotations applies to kinetics only; Moments in "
+                             "Time classes come from the categories file.")
+        return moments.read_moments(annotations, video_dir, categories=classes,
+                                    skip_bad_rows=skip_bad_rows)
+    raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
+
+
+def assign_shards(records, num_shards):
+    """Deterministic shard lists: records ordered by sha1(video_id), round robin.
+
+    Hash order mixes classes (CSVs are sorted by class) and does not depend on the
+    order of the annotation file.
+    """
+    ordered = sorted(records, key=lambda r: (
+        hashlib.sha1(r.video_id.encode("utf-8")).hexdigest(), r.video_id))
+    return [ordered[i::num_shards] for i in range(num_shards)]
+
+
+class _Progress:
+    """Prints `done/total videos, rate, ETA` to stderr (\\r line on a terminal)."""
+
+    def __init__(self, total, enabled=True, stream=None):
+        self.total, self.done, self.enabled = total, 0, enabled and total > 0
+        self.stream = stream or sys.stderr
+        self.start = self.last = time.monotonic()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, count=1, final=False):
+        self.done += count
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 10)):
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) \
+            else "?"
+        line = (f"convert: {self.done}/{self.total} videos "
+                f"({100 * self.done / self.total:.1f}%) {rate:.2f} videos/s "
+                f"ETA {eta_text}")
+        end = "\n" if final or not self.tty else ""
+        self.stream.write(("\r" if self.tty else "") + line + end)
+        self.stream.flush()
+
+
+def _finished_stats(output_dir, name):
+    """Stats of a shard finished by an earlier run, or None to (re)write it."""
+    path = os.path.join(output_dir, name)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(shard_writer.sidecar(path), encoding="utf-8") as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return None  # renamed but its stats were not written: redo the shard
+    return stats if stats.get("shard") == name else None
+
+
+def _remove_stale_tmp(output_dir):
+    """Deletes hidden `.*.tmp-{pid}` files whose writer process no longer runs."""
+    for name in os.listdir(output_dir):
+        pid_text = name.rsplit(".tmp-", 1)[-1]
+        if not (name.startswith(".") and ".tmp-" in name and pid_text.isdigit()):
+            continue
+        pid = int(pid_text)
+        if pid != os.getpid() and _is_running(pid):
+            continue  # e.g. an orphaned worker of a killed run still writes it
+        os.remove(os.path.join(output_dir, name))
+
+
+def _is_running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_manifest(output_dir, prefix, settings, shards):
+    """Writes or verifies `.{prefix}.manifest.json` so reruns resume safely.
+
+    Raises ValueError if output_dir holds shards of a different conversion (other
+    settings or videos), since skipping its finished shards would then be wrong.
+    """
+    content = {key: settings[key] for key in sorted(settings)}
+    content["shards"] = hashlib.sha256(json.dumps(
+        [[(r.video_id, r.label_index) for r in shard]
+         for shard in shards]).encode("utf-8")).hexdigest()
+    path = os.path.join(output_dir, f".{prefix}.manifest.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+        if previous != content:
+            changed = sorted(k for k in content if previous.get(k) != content[k])
+            raise ValueError(
+                f"{output_dir} holds '{prefix}' shards of a different conversion "
+                f"(differs in: {', '.join(changed)}); use a new output_dir or "
+                f"delete the old shards and {path}")
+        return
+    shard_writer.atomic_write_text(path, json.dumps(content, indent=1))
+
+
+def _run_jobs(jobs, workers, progress):
+    """Runs shard jobs in this process (workers=1) or over a process pool."""
+    if workers == 1 or len(jobs) <= 1:
+        return [shard_writer.write_shard(job, progress.update) for job in jobs]
+    # forkserver: children fork from a clean server process that imported TF
+    # once (fork from a process running TF is unsafe; spawn re-imports TF in each).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["pipelines.shard_writer"])
+    crash_after = int(os.environ.get(CRASH_ENV, "0"))
+    queue = context.Queue()
+    results = []
+    with concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(workers, len(jobs)), mp_context=context,
+            initializer=shard_writer.init_worker, initargs=(queue,)) as executor:
+        pending = {executor.submit(shard_writer.write_shard,
+                                   dict(job, crash_after=crash_after))
+                   for job in jobs}
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=0.2)
+                while not queue.empty():
+                    progress.update(queue.get())
+                for future in done:
+                    results.append(future.result())
+        except concurrent.futures.process.BrokenProcessPool as e:
+            raise RuntimeError(
+                "a conversion worker died; finished shards are kept and a rerun "
+                "resumes with the others") from e
+        finally:
+            for future in pending:
+                future.cancel()
+    while not queue.empty():
+        progress.update(queue.get())
+    return results
+
+
+def convert(dataset, annotations, video_dir, output_dir, classes=None,
+            train_annotations=None, short_side=256, fps=None, num_shards=None,
+            workers=1, skip_bad_rows=False, prefix=None, jpeg_quality=90,
+            show_progress=True):
+    """Converts annotated videos to `{prefix}-{i:05d}-of-{n:05d}.tfrecord` shards.
+
+    Args:
+      dataset: "kinetics" or "moments".
+      annotations: the split's CSV as released.
+      video_dir: folder of the videos (see pipelines/kinetics.py, moments.py).
+      output_dir: where shards, `classes.txt` and `report.json` go.
+      classes: kinetics classes file (one name per line) / moments categories file
+        (default for moments: moments_categories.txt next to `annotations`).
+      train_annotations: kinetics training CSV defining the classes (sorted).
+      short_side: resize frames so the short side has this many pixels; None keeps.
+      fps: None keeps every frame; a number resamples to that rate by timestamp.
+      num_shards: shard count (default ceil(videos / 100)).
+      workers: processes writing shards in parallel (1 = this process).
+      skip_bad_rows: count malformed rows in the report instead of raising.
+      prefix: shard name prefix (default: the annotation file's stem).
+      jpeg_quality: JPEG quality 1..100.
+      show_progress: print a progress line (rate, ETA) to stderr.
+
+    Returns:
+      The report dict, also written to `output_dir/report.json`.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
+    if short_side is not None and (isinstance(short_side, bool)
+                                   or not isinstance(short_side, int) or short_side < 1):
+        raise ValueError(f"short_side must be a positive int or None. "
+                         f"Received: short_side={short_side!r}")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
+                            or not math.isfinite(fps) or fps <= 0):
+        raise ValueError(f"fps must be a positive number or None. Received: fps={fps!r}")
+    if num_shards is not None and (isinstance(num_shards, bool) or not isinstance(
+            num_shards, int) or num_shards < 1):
+        raise ValueError(f"num_shards must be a positive int or None. "
+                         f"Received: num_shards={num_shards!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int. Received: workers={workers!r}")
+    if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be an int in 1..100. "
+                         f"Received: jpeg_quality={jpeg_quality!r}")
+    prefix = prefix or os.path.splitext(os.path.basename(os.fspath(annotations)))[0]
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise ValueError(f"prefix must be a plain file name. Received: prefix={prefix!r}")
+
+    records, annotation_report = read_annotations(
+        dataset, annotations, video_dir, classes=classes,
+        train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
+    num_shards = num_shards or max(1, math.ceil(len(records) / VIDEOS_PER_SHARD))
+    shards = assign_shards(records, num_shards)
+    names = [tfrecord.shard_name(prefix, i, num_shards) for i in range(num_shards)]
+    os.makedirs(output_dir, exist_ok=True)
+    settings = {"dataset": dataset, "prefix": prefix, "short_side": short_side,
+                "fps": fps, "jpeg_quality": jpeg_quality, "num_shards": num_shards,
+                "classes": annotation_report.classes}
+    _check_manifest(output_dir, prefix, settings, shards)
+    _remove_stale_tmp(output_dir)
+
+    stats, jobs = {}, []
+    for name, shard in zip(names, shards):
+        previous = _finished_stats(output_dir, name)
+        if previous is not None:
+            stats[name] = previous
+        else:
+            jobs.append({"output_dir": output_dir, "name": name, "records": shard,
+                         "short_side": short_side, "fps": fps,
+                         "jpeg_quality": jpeg_quality})
+    logging.info("%d videos in %d shards (%d already finished), %d missing files",
+                 len(records), num_shards, num_shards - len(jobs),
+                 len(annotation_report.missing))
+    progress = _Progress(sum(len(job["records"]) for job in jobs), show_progress)
+    for result in _run_jobs(jobs, workers, progress):
+        stats[result["shard"]] = result
+    progress.update(0, final=True)
+
+    report = {
+        "converted": sum(stats[name]["converted"] for name in names),
+        "skipped": [item for name in names for item in stats[name]["skipped"]],
+        "missing": annotation_report.missing,
+        "bad_rows": annotation_report.bad_rows,
+        "shards": names,
+        "dataset": dataset,
+        "annotations": os.fspath(annotations),
+        "num_rows": annotation_report.num_rows,
+        "num_classes": len(annotation_report.classes),
+        "short_side": short_side,
+        "fps": fps,
+    }
+    shard_writer.atomic_write_text(os.path.join(output_dir, "classes.txt"),
+                       "".join(f"{name}\n" for name in annotation_report.classes))
+    shard_writer.atomic_write_text(os.path.join(output_dir, "report.json"),
+                       json.dumps(report, indent=1))
+    return report
+
+
+def parse_fps(text):
+    """--fps value: "keep" (any case) -> None, else a positive number."""
+    if str(text).strip().lower() == "keep":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--fps must be 'keep' or a positive number. Received: {text!r}")
+    return value
+
+
+_DATASET = flags.DEFINE_enum("dataset", None, list(DATASETS), "Annotation format.")
+_ANNOTATIONS = flags.DEFINE_string("annotations", None, "Split CSV as released.")
+_VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of the videos.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the shards.")
+_CLASSES = flags.DEFINE_string(
+    "classes", None, "Kinetics: classes file, one name per line (default: sorted "
+    "labels of --train_annotations or --annotations). Moments: categories file "
+    "(default: moments_categories.txt beside --annotations).")
+_TRAIN_ANNOTATIONS = flags.DEFINE_string(
+    "train_annotations", None, "Kinetics training CSV whose sorted labels are the "
+    "classes when --classes is not given.")
+_SHORT_SIDE = flags.DEFINE_integer("short_side", 256, "Short side of stored frames; "
+                                   "0 keeps the original size.", lower_bound=0)
+_FPS = flags.DEFINE_string("fps", "keep", "'keep' or frames per second to resample to.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shard count; 0 = one per "
+                                   f"{VIDEOS_PER_SHARD} videos.", lower_bound=0)
+_WORKERS = flags.DEFINE_integer("workers", 1, "Processes writing shards.", lower_bound=1)
+_SKIP_BAD_ROWS = flags.DEFINE_bool("skip_bad_rows", False,
+                                   "Count malformed annotation rows instead of failing.")
+_PREFIX = flags.DEFINE_string("prefix", None, "Shard prefix (default: CSV file stem).")
+_JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.",
+                                     lower_bound=1, upper_bound=100)
+
+
+def _valid_fps(text):
+    try:
+        parse_fps(text)
+    except ValueError:
+        return False
+    return True
+
+
+flags.register_validator("fps", _valid_fps, "--fps must be 'keep' or a positive number")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    report = convert(
+        _DATASET.value, _ANNOTATIONS.value, _VIDEO_DIR.value, _OUTPUT_DIR.value,
+        classes=_CLASSES.value, train_annotations=_TRAIN_ANNOTATIONS.value,
+        short_side=_SHORT_SIDE.value or None, fps=parse_fps(_FPS.value),
+        num_shards=_NUM_SHARDS.value or None, workers=_WORKERS.value,
+        skip_bad_rows=_SKIP_BAD_ROWS.value, prefix=_PREFIX.value,
+        jpeg_quality=_JPEG_QUALITY.value)
+    logging.info("converted %d videos, skipped %d, missing %d, bad rows %d -> %s",
+                 report["converted"], len(report["skipped"]), len(report["missing"]),
+                 len(report["bad_rows"]), _OUTPUT_DIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["dataset", "annotations", "video_dir", "output_dir"])
+    app.run(main)

@@ -1,0 +1,248 @@
+"""Tests of pipelines/convert.py: TFRecord round trip, resampling, resume after kills."""
+
+import glob
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines import convert
+from pipelines import decode
+from pipelines import kinetics
+from pipelines import tfrecord
+from tests import video_clips
+
+FOOTBALL = "passing American football (in game)"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    return video_clips.make_clips(tmp_path_factory.getbasetemp() / "video_clips")
+
+
+def read_shards(output_dir):
+    """{video_id: (context dict, list of JPEG bytes)} over every *.tfrecord; asserts
+    no video appears twice."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(output_dir, "*.tfrecord"))):
+        for serialized in tf.data.TFRecordDataset(path):
+            context, sequence = tfrecord.parse_sequence_example(serialized)
+            context = {k: v.numpy() for k, v in context.items()}
+            video_id = context[tfrecord.VIDEO_ID].decode()
+            assert video_id not in out, f"{video_id} stored twice"
+            out[video_id] = (context, list(sequence[tfrecord.IMAGE_ENCODED].numpy()))
+    return out
+
+
+def assert_jpegs_hold(jpegs, expected):
+    """The stored JPEGs are exactly `expected` frames encoded at quality 90 (so
+    order and content are right) and decode to within JPEG error of them."""
+    assert len(jpegs) == len(expected)
+    for jpeg, frame in zip(jpegs, expected):
+        assert jpeg == tf.io.encode_jpeg(frame, quality=90).numpy()
+    frames = np.stack([tf.io.decode_jpeg(j).numpy() for j in jpegs])
+    assert frames.shape == expected.shape
+    assert np.abs(frames.astype(np.float32) - expected).mean() < 4.0
+
+
+def hidden_tmp_files(output_dir):
+    return [n for n in os.listdir(output_dir) if ".tmp-" in n]
+
+
+def kinetics_layout(root, clips, extra=()):
+    """Kinetics videos (h264 mp4 per class, vp9 webm, flat mjpeg avi, a text file
+    named .mp4) and a train.csv with a missing clip and a short row."""
+    videos = os.path.join(root, "videos")
+    files = {
+        "aaa_000010_000020": ("h264", os.path.join("abseiling", "aaa_000010_000020.mp4")),
+        "bbb_000000_000010": ("vp9", os.path.join(FOOTBALL, "bbb_000000_000010.webm")),
+        "ccc_000005_000015": ("mjpeg", "ccc_000005_000015.avi"),
+    }
+    files.update(extra)
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for vid, (clip, rel) in files.items():
+        os.makedirs(os.path.dirname(os.path.join(videos, rel)), exist_ok=True)
+        shutil.copy(clips[clip], os.path.join(videos, rel))
+        label = FOOTBALL if FOOTBALL in rel else "abseiling"
+        youtube_id, start, end = vid.rsplit("_", 2)
+        rows.append(f'"{label}",{youtube_id},{int(start)},{int(end)},train')
+    with open(os.path.join(videos, "abseiling", "ddd_000001_000011.mp4"), "w") as f:
+        f.write("this is not a video\n")
+    rows += ["abseiling,ddd,1,11,train", "abseiling,eee,3,13,train", "abseiling,fff,3"]
+    annotations = os.path.join(root, "train.csv")
+    with open(annotations, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    paths = {vid: os.path.join(videos, rel) for vid, (_, rel) in files.items()}
+    return annotations, videos, paths
+
+
+def test_round_trip_kinetics(tmp_path, clips):
+    annotations, videos, paths = kinetics_layout(tmp_path, clips)
+    out = str(tmp_path / "out")
+    report = convert.convert("kinetics", annotations, videos, out, short_side=64,
+                             num_shards=2, skip_bad_rows=True, show_progress=False)
+    names = ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    assert report["shards"] == names
+    assert report["converted"] == 3
+    assert [s["video"] for s in report["skipped"]] == ["ddd_000001_000011"]
+    assert "cannot open: not a media file" in report["skipped"][0]["reason"]
+    assert report["missing"] == ["eee_000003_000013"]
+    assert [(r["line"], r["file"]) for r in report["bad_rows"]] == [(7, annotations)]
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f) == report
+    with open(os.path.join(out, "classes.txt")) as f:
+        assert f.read() == f"abseiling\n{FOOTBALL}\n"
+    assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/*.tfrecord")) == names
+    assert hidden_tmp_files(out) == []
+
+    stored = read_shards(out)
+    assert sorted(stored) == sorted(paths)
+    for vid, path in paths.items():
+        context, jpegs = stored[vid]
+        label = FOOTBALL if vid.startswith("bbb") else "abseiling"
+        assert context[tfrecord.LABEL_TEXT].decode() == label
+        assert context[tfrecord.LABEL_INDEX] == ["abseiling", FOOTBALL].index(label)
+        assert context[tfrecord.NUM_FRAMES] == len(jpegs) == 40
+        assert context[tfrecord.FPS] == pytest.approx(25.0)
+        assert (context[tfrecord.HEIGHT], context[tfrecord.WIDTH]) == (64, 78)
+        expected = decode.decode_all(path, short_side=64)
+        assert_jpegs_hold(jpegs, expected)
+
+    # A rerun finds every shard finished and leaves the files alone.
+    before = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in names}
+    assert convert.convert("kinetics", annotations, videos, out, short_side=64,
+                           num_shards=2, skip_bad_rows=True,
+                           show_progress=False) == report
+    assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in names} == before
+    # Other settings in the same output_dir would mix conversions: refused.
+    with pytest.raises(ValueError, match=r"different conversion \(differs in: "
+                                         r"short_side\)"):
+        convert.convert("kinetics", annotations, videos, out, short_side=32,
+                        num_shards=2, skip_bad_rows=True, show_progress=False)
+
+
+def test_moments_resampled_to_fps(tmp_path, clips):
+    videos = tmp_path / "training"
+    os.makedirs(videos / "blocking")
+    os.makedirs(videos / "asking")
+    shutil.copy(clips["offset_mkv"], videos / "blocking" / "getty-1.mkv")  # csv: .mp4
+    shutil.copy(clips["carphone"], videos / "asking" / "yt-2.mp4")
+    (tmp_path / "moments_categories.txt").write_text("asking,0\nblocking,1\n")
+    (tmp_path / "trainingSet.csv").write_text(
+        "blocking/getty-1.mp4,blocking,3,0\nasking/yt-2.mp4,asking,2,1\n")
+    out = str(tmp_path / "out")
+    report = convert.convert("moments", str(tmp_path / "trainingSet.csv"), str(videos),
+                             out, short_side=48, fps=10, show_progress=False)
+    assert report["converted"] == 2 and report["shards"] == [
+        "trainingSet-00000-of-00001.tfrecord"]
+    stored = read_shards(out)
+    for vid, path, label in [("blocking/getty-1.mp4", videos / "blocking" / "getty-1.mkv", 1),
+                             ("asking/yt-2.mp4", videos / "asking" / "yt-2.mp4", 0)]:
+        context, jpegs = stored[vid]
+        info = decode.probe(path)
+        assert len(jpegs) == context[tfrecord.NUM_FRAMES] == math.ceil(
+            info.duration * 10 - 1e-6)
+        assert context[tfrecord.FPS] == 10.0 and context[tfrecord.LABEL_INDEX] == label
+        assert_jpegs_hold(jpegs, decode.decode_all(path, short_side=48, fps=10))
+
+
+def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips, monkeypatch):
+    extra = {f"x{i}_000000_000010": (clip, os.path.join("abseiling", f"x{i}.mp4"))
+             for i, clip in enumerate(["h264_444", "mpeg4", "portrait"])}
+    annotations, videos, paths = kinetics_layout(tmp_path, clips, extra)
+    out = str(tmp_path / "out")
+    kwargs = dict(short_side=32, num_shards=3, skip_bad_rows=True, show_progress=False)
+    monkeypatch.setenv(convert.CRASH_ENV, "1")  # each pool worker dies after 1 video
+    with pytest.raises(RuntimeError, match="a conversion worker died"):
+        convert.convert("kinetics", annotations, videos, out, workers=2, **kwargs)
+    finished = glob.glob(os.path.join(out, "*.tfrecord"))
+    assert len(finished) < 3 and hidden_tmp_files(out)  # really interrupted
+    assert not os.path.exists(os.path.join(out, "report.json"))
+    monkeypatch.delenv(convert.CRASH_ENV)
+    report = convert.convert("kinetics", annotations, videos, out, workers=1, **kwargs)
+    assert report["converted"] == 6 and len(report["skipped"]) == 1
+    assert sorted(read_shards(out)) == sorted(paths)  # each exactly once
+    assert hidden_tmp_files(out) == []
+    assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/*.tfrecord")) == \
+        report["shards"]
+
+
+def test_killed_main_then_rerun(tmp_path, clips):
+    extra = {f"c{i}_000000_000010": ("mpeg4", os.path.join("abseiling", f"c{i}.avi"))
+             for i in range(9)}
+    annotations, videos, paths = kinetics_layout(tmp_path, clips, extra)
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "pipelines.convert", "--dataset=kinetics",
+               f"--annotations={annotations}", f"--video_dir={videos}",
+               f"--output_dir={out}", "--short_side=32", "--num_shards=6",
+               "--skip_bad_rows", "--workers=1"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:  # SIGKILL as soon as the first shard is being written
+        deadline = time.monotonic() + 120
+        while not (os.path.isdir(out) and any(
+                ".tmp-" in n or n.endswith(".tfrecord") for n in os.listdir(out))):
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+    finished = glob.glob(os.path.join(out, "*.tfrecord"))
+    assert len(finished) < 6  # killed mid-run
+    records, _ = kinetics.read_kinetics(annotations, videos, skip_bad_rows=True)
+    shards = convert.assign_shards(records, 6)
+    for path in finished:  # what a reader matches is a complete shard
+        shard = shards[int(os.path.basename(path).split("-")[1])]
+        ids = [r.video_id for r in shard if r.video_id != "ddd_000001_000011"]
+        stored = [tfrecord.parse_sequence_example(s)[0][tfrecord.VIDEO_ID].numpy()
+                  .decode() for s in tf.data.TFRecordDataset(path)]
+        assert stored == ids
+    report = convert.convert("kinetics", annotations, videos, out, short_side=32,
+                             num_shards=6, skip_bad_rows=True, show_progress=False)
+    assert report["converted"] == len(paths) == 12
+    assert sorted(read_shards(out)) == sorted(paths)
+    assert hidden_tmp_files(out) == []
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f)["shards"] == [f"train-{i:05d}-of-00006.tfrecord"
+                                          for i in range(6)]
+
+
+def test_progress_line_has_rate_and_eta():
+    stream = io.StringIO()
+    progress = convert._Progress(4, stream=stream)
+    progress.start -= 2.0  # pretend 2 s passed
+    progress.update(2, final=True)
+    line = stream.getvalue()
+    assert line.startswith("convert: 2/4 videos (50.0%) ")
+    rate = float(line.split(") ")[1].split(" videos/s")[0])
+    assert 0.9 < rate <= 1.0
+    assert line.rstrip().endswith("ETA 00:00:02")
+
+
+def test_argument_errors(tmp_path):
+    assert convert.parse_fps("KEEP") is None and convert.parse_fps("12.5") == 12.5
+    for bad in ("0", "-1", "fast", "nan"):
+        with pytest.raises(ValueError, match="--fps must be 'keep' or a positive"):
+            convert.parse_fps(bad)
+    for kwargs, match in [({"dataset": "ucf"}, "dataset must be one of"),
+                          ({"num_shards": 0}, "num_shards must be a positive int"),
+                          ({"workers": 0}, "workers must be a positive int"),
+                          ({"fps": 0}, "fps must be a positive number"),
+                          ({"jpeg_quality": 101}, "jpeg_quality must be an int")]:
+        args = dict(dataset="kinetics", annotations="a.csv", video_dir=".",
+                    output_dir=str(tmp_path))
+        args.update(kwargs)
+        with pytest.raises(ValueError, match=match):
+            convert.convert(**args)
