@@ -2,5 +2,7 @@
 
 from cost_tf.cost import CoST
 from cost_tf.fold import fold
+from cost_tf.inflate import inflate_imagenet
+from cost_tf.resnet import ARCHS, build_model, count_macs
 
-__all__ = ["CoST", "fold"]
+__all__ = ["ARCHS", "CoST", "build_model", "count_macs", "fold", "inflate_imagenet"]

@@ -1,0 +1,196 @@
+"""Video ResNets for CoST and its baselines, mirroring keras.applications.ResNet50/101.
+
+`build_model("cost_b_r50")` returns a Keras functional model on clips (N, T, H, W, 3). The backbone is
+keras.applications' ResNet v1 layer for layer (same names, conv biases, stride in the first 1x1 conv of a
+stage, BatchNormalization epsilon 1.001e-5) with every Conv2D turned into a 1xkxk Conv3D, so 2D ImageNet
+weights load exactly (see cost_tf/inflate.py). Only the "inflated" blocks of `_STAGES` differ by family:
+
+  c2d       no temporal kernel anywhere.
+  i3d       the first 1x1 conv of an inflated block becomes 3x1x1 (the official code's I3D baseline).
+  c3d       the 3x3 conv of an inflated block becomes a dense 3x3x3 conv.
+  r2plus1d  the 3x3 conv of an inflated block becomes 1x3x3 -> BN -> ReLU -> 3x1x1 (`_2t_conv`, no bias)
+            -> BN -> ReLU; the mid width equals the block width so the 3x1x1 conv can start as an identity.
+  cost_a/b  the 3x3 conv of an inflated block becomes CoST(a)/(b) (with bias, like the conv it replaces).
+"""
+
+import math
+
+import keras
+from keras import layers, ops
+
+from cost_tf.cost import CoST
+
+BLOCKS = ("c2d", "i3d", "c3d", "r2plus1d", "cost_a", "cost_b")
+
+# depth: (stem / base width, inflation pattern per stage; 1 = inflated block, length = blocks in the stage).
+# R50/R101 patterns follow the public CoST code (spec section 2). `tiny` is a test/demo network: one block
+# per stage at a quarter of the width, every block inflated.
+_STAGES = {
+    "r50": (64, ((0, 1, 0), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (1, 0, 1))),
+    "r101": (64, ((0, 1, 0), (1, 0, 1, 0), tuple(1 - i % 2 for i in range(23)), (0, 1, 0))),
+    "tiny": (16, ((1,), (1,), (1,), (1,))),
+}
+DEPTHS = tuple(_STAGES)
+ARCHS = tuple(f"{block}_{depth}" for depth in DEPTHS for block in BLOCKS)
+
+_BN_EPSILON = 1.001e-5  # keras.applications' value; needed for ImageNet statistics to load exactly.
+
+
+def parse_arch(arch):
+    """Splits "cost_a_r50" into ("cost_a", "r50"); ValueError listing ARCHS if unknown."""
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise ValueError(f"Unknown arch. Valid names: {', '.join(ARCHS)}. Received: arch={arch!r}")
+    block, depth = arch.rsplit("_", 1)
+    return block, depth
+
+
+@keras.saving.register_keras_serializable(package="cost_tf")
+class FramewiseConv3D(layers.Conv3D):
+    """keras.layers.Conv3D that runs a 1xkxk kernel (temporal stride 1) as a Conv2D over N*T frames.
+
+    Same weights, config and results as Conv3D; only faster: on CPU, TF's Conv3D filter gradient of the
+    strided 1x7x7 stem conv takes seconds where the Conv2D one takes tens of milliseconds.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (self.kernel_size[0], self.strides[0], self.dilation_rate[0]) != (1, 1, 1) or (
+                self.data_format != "channels_last"):
+            return super().convolution_op(inputs, kernel)
+        shape = ops.shape(inputs)  # entries may be tensors when unknown
+        frames = ops.reshape(inputs, (-1,) + tuple(shape[2:]))
+        outputs = ops.conv(frames, kernel[0], strides=self.strides[1:], padding=self.padding,
+                           dilation_rate=self.dilation_rate[1:])
+        return ops.reshape(outputs, (shape[0], shape[1]) + tuple(ops.shape(outputs)[1:]))
+
+
+def _conv(x, filters, kernel_size, name, strides=1, use_bias=True, padding="same"):
+    return FramewiseConv3D(filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
+                           kernel_initializer="he_normal", name=name)(x)
+
+
+def _bn_relu(x, name, relu=True):
+    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name=name + "_bn")(x)
+    return layers.Activation("relu", name=name + "_relu")(x) if relu else x
+
+
+def stem(x, filters, temporal_kernel=1, temporal_stride=1, pool_temporal=1):
+    """conv1 + pool1 of keras.applications' ResNet in 3D: explicit zero padding then 'valid' ops."""
+    x = layers.ZeroPadding3D(((temporal_kernel // 2,) * 2, (3, 3), (3, 3)), name="conv1_pad")(x)
+    x = _conv(x, filters, (temporal_kernel, 7, 7), "conv1_conv", strides=(temporal_stride, 2, 2),
+              padding="valid")
+    x = _bn_relu(x, "conv1")
+    # Zero padding before the max-pool is harmless: its input is post-ReLU (>= 0).
+    x = layers.ZeroPadding3D(((0, 0), (1, 1), (1, 1)), name="pool1_pad")(x)
+    return layers.MaxPooling3D((pool_temporal, 3, 3), strides=(pool_temporal, 2, 2), name="pool1_pool")(x)
+
+
+def bottleneck(x, filters, block, stride=1, conv_shortcut=False, name=None):
+    """keras.applications `block1` in 3D; `block` picks the inflated convs ("c2d" for a plain block).
+
+    Args:
+      x: (N, T, H, W, C) tensor.
+      filters: bottleneck width; the block outputs 4 * filters channels.
+      block: one of BLOCKS.
+      stride: spatial stride, applied in the first 1x1 conv and the shortcut (as keras.applications).
+      conv_shortcut: projection shortcut (first block of a stage) instead of identity.
+      name: layer-name prefix, e.g. "conv2_block1".
+    """
+    strides = (1, stride, stride)
+    if conv_shortcut:
+        shortcut = _conv(x, 4 * filters, 1, name + "_0_conv", strides=strides)
+        shortcut = _bn_relu(shortcut, name + "_0", relu=False)
+    else:
+        shortcut = x
+    x = _conv(x, filters, (3 if block == "i3d" else 1, 1, 1), name + "_1_conv", strides=strides)
+    x = _bn_relu(x, name + "_1")
+    if block in ("cost_a", "cost_b"):
+        x = CoST(filters, variant=block[-1], use_bias=True, name=name + "_2_conv")(x)
+    else:
+        x = _conv(x, filters, (3 if block == "c3d" else 1, 3, 3), name + "_2_conv")
+    x = _bn_relu(x, name + "_2")
+    if block == "r2plus1d":
+        x = _conv(x, filters, (3, 1, 1), name + "_2t_conv", use_bias=False)
+        x = _bn_relu(x, name + "_2t")
+    x = _conv(x, 4 * filters, 1, name + "_3_conv")
+    x = _bn_relu(x, name + "_3", relu=False)
+    x = layers.Add(name=name + "_add")([shortcut, x])
+    return layers.Activation("relu", name=name + "_out")(x)
+
+
+def stage(x, filters, block, pattern, stride, name):
+    """keras.applications `stack1`: len(pattern) bottlenecks; pattern[i] = 1 inflates block i + 1."""
+    for i, inflated in enumerate(pattern):
+        x = bottleneck(x, filters, block if inflated else "c2d", stride=stride if i == 0 else 1,
+                       conv_shortcut=i == 0, name=f"{name}_block{i + 1}")
+    return x
+
+
+def build_model(arch, num_classes=400, num_frames=8, input_size=224, dropout=0.5):
+    """Builds a video ResNet.
+
+    Args:
+      arch: "{block}_{depth}", one of ARCHS.
+      num_classes: classifier width; None returns the backbone ending in pooled (N, 4 * 8 * width)
+        features (2048 for r50/r101), like keras.applications.ResNet50(include_top=False, pooling="avg").
+      num_frames: clip length T, or None for unknown. 32 with r101 selects the 32-frame stem
+        (5x7x7 conv, temporal stride 2; pool (2, 3, 3) stride (2, 2, 2)); c2d keeps a 1x7x7 kernel there.
+      input_size: crop side H = W, or None for unknown.
+      dropout: dropout rate before the classifier.
+
+    Returns:
+      keras.Model named `arch`: input "clip" (N, num_frames, input_size, input_size, 3) float32,
+      output float32 logits (N, num_classes) (no softmax), or pooled features if num_classes is None.
+    """
+    block, depth = parse_arch(arch)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int or None. Received: num_classes={num_classes!r}")
+    for arg, value, least in (("num_frames", num_frames, 1), ("input_size", input_size, 32)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ValueError(f"{arg} must be None or an int >= {least}. Received: {arg}={value!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+
+    width, patterns = _STAGES[depth]
+    inputs = keras.Input((num_frames, input_size, input_size, 3), name="clip")
+    if depth == "r101" and num_frames == 32:
+        x = stem(inputs, width, temporal_kernel=1 if block == "c2d" else 5, temporal_stride=2, pool_temporal=2)
+    else:
+        x = stem(inputs, width)
+    for i, pattern in enumerate(patterns):
+        x = stage(x, width * 2**i, block, pattern, stride=1 if i == 0 else 2, name=f"conv{i + 2}")
+    x = layers.GlobalAveragePooling3D(name="avg_pool")(x)
+    if num_classes is not None:
+        x = layers.Dropout(dropout, name="dropout")(x)
+        x = layers.Dense(num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                         dtype="float32", name="logits")(x)
+    return keras.Model(inputs, x, name=arch)
+
+
+def count_macs(model, cost_taps=27):
+    """Multiply-adds of one forward pass per example, from layer shapes (needs static T, H, W).
+
+    Conv3D/Conv2D: output elements x kernel taps x input channels / groups; Dense: inputs x units;
+    CoST: output elements x `cost_taps` x input channels (27 = its merged 3x3x3 kernel, as C3D; 19 = the
+    sparse cross-shaped form without the 8 zero corners), plus for CoST(b) the shared view dense layer
+    (3 x F x F) and the 3 -> 3 view mix (9 x F). BatchNorm (foldable), pooling, additions and biases are
+    not counted.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, (layers.Conv3D, layers.Conv2D, CoST, layers.Dense)):
+            out_shape, in_shape = tuple(layer.output.shape[1:]), tuple(layer.input.shape[1:])
+            if None in out_shape or None in in_shape:
+                raise ValueError(f"count_macs needs static shapes; layer {layer.name!r} has input {in_shape} "
+                                 f"and output {out_shape}. Build the model with num_frames and input_size.")
+            channels_in, out_elements = in_shape[-1], math.prod(out_shape)
+            if isinstance(layer, layers.Dense):
+                total += out_elements * channels_in
+            elif isinstance(layer, CoST):
+                filters = out_shape[-1]
+                total += out_elements * cost_taps * channels_in
+                if layer.variant == "b":
+                    total += 3 * filters * filters + 9 * filters
+            else:
+                total += out_elements * math.prod(layer.kernel_size) * channels_in // layer.groups
+    return total
