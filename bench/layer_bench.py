@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cost_tf.cost import CoST  # noqa: E402
+from cost_tf.resnet import FramewiseConv3D  # noqa: E402
 
 _RUNS = flags.DEFINE_integer("runs", 20, "Timed runs per case (median reported), after 3 warm-up runs.")
 _SHAPES = flags.DEFINE_list("shapes", ["res3", "res4"], "Which R50 CoST shapes to time.")
@@ -34,7 +35,7 @@ PYTORCH_ANCHOR = {"cost_a": (26.2, 55.0), "cost_b": (25.4, 57.5), "tf_conv3d": (
 def _layers(c_out):
     return {
         "c3d (Conv3D 3x3x3)": lambda: keras.layers.Conv3D(c_out, 3, padding="same", use_bias=False),
-        "c2d (Conv3D 1x3x3)": lambda: keras.layers.Conv3D(c_out, (1, 3, 3), padding="same", use_bias=False),
+        "c2d (1x3x3 as Conv2D)": lambda: FramewiseConv3D(c_out, (1, 3, 3), padding="same", use_bias=False),
         "cost_a views": lambda: CoST(c_out, "a", implementation="views"),
         "cost_a fused": lambda: CoST(c_out, "a", implementation="fused"),
         "cost_a sparse": lambda: CoST(c_out, "a", implementation="sparse"),

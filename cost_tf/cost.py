@@ -16,11 +16,11 @@ IMPLEMENTATIONS = ("auto", "views", "fused", "sparse")
 VIEWS = ("hw", "tw", "th")
 
 # "auto" picks, per mode, the implementation measured fastest on CPU by bench/layer_bench.py at the R50
-# res3/res4 shapes (docs/PERFORMANCE.md has the table). Forward: the 19-tap sparse form does 0.70x the
-# multiply-adds of the merged 3x3x3 kernel. Forward+backward: the merged kernel, one conv op whose
-# gradient TF computes with one fused backprop kernel.
+# res3/res4 shapes (docs/PERFORMANCE.md has the table). Training: the views as 2D convolutions, whose
+# gradients TF's CPU kernels compute far faster than Conv3D's. Inference: the 19-tap sparse form does
+# 0.70x the multiply-adds of the merged 3x3x3 kernel.
 AUTO_INFERENCE = "sparse"
-AUTO_TRAINING = "fused"
+AUTO_TRAINING = "views"
 
 
 def _same_pads(size, stride, kernel=3):
@@ -218,16 +218,34 @@ class CoST(keras.layers.Layer):
 
         Each view is a 'valid' convolution of the padded input, offset by one tap on the axis its kernel is
         flat along, so its taps coincide with those of the 3x3x3 'SAME' convolution (for any stride/parity).
+        A view's kernel is flat along one axis, so it runs as a 2D convolution over the planes it spans, with
+        the flat axis folded into the batch: TF's CPU Conv2D (and its gradients) is much faster than Conv3D.
+        Returns (x_hw, x_tw, x_th), each (N, T', H', W', C_out).
         """
         k_tw = k_hw if k_tw is None else k_tw
         k_th = k_hw if k_th is None else k_th
         xp = self._pad_same(x)
-        conv = lambda inp, k: ops.conv(inp, k, strides=self.strides, padding="valid")  # noqa: E731
-        c_in, c_out = k_hw.shape[-2], k_hw.shape[-1]
-        x_hw = conv(xp[:, 1:-1], ops.reshape(k_hw, (1, 3, 3, c_in, c_out)))
-        x_tw = conv(xp[:, :, 1:-1], ops.reshape(k_tw, (3, 1, 3, c_in, c_out)))
-        x_th = conv(xp[:, :, :, 1:-1], ops.reshape(k_th, (3, 3, 1, c_in, c_out)))
+        st, sh, sw = self.strides
+        # (flat axis, the two axes the 2D kernel spans, their strides, the one-tap offset slice)
+        x_hw = self._planar_conv(xp[:, 1:-1:st], k_hw, 1, (sh, sw))
+        x_tw = self._planar_conv(xp[:, :, 1:-1:sh], k_tw, 2, (st, sw))
+        x_th = self._planar_conv(xp[:, :, :, 1:-1:sw], k_th, 3, (st, sh))
         return x_hw, x_tw, x_th
+
+    @staticmethod
+    def _planar_conv(x, kernel, flat_axis, strides):
+        """'valid' 2D convolution of every plane of x (N, T, H, W, C) orthogonal to `flat_axis` (1, 2 or 3)."""
+        order = [0, flat_axis] + [a for a in (1, 2, 3) if a != flat_axis] + [4]
+        planes = ops.transpose(x, order) if flat_axis != 1 else x
+        shape = ops.shape(planes)
+        y = ops.conv(ops.reshape(planes, (-1, shape[2], shape[3], shape[4])), kernel, strides=strides,
+                     padding="valid")
+        y_shape = ops.shape(y)
+        y = ops.reshape(y, (shape[0], shape[1], y_shape[1], y_shape[2], y_shape[3]))
+        if flat_axis == 1:
+            return y
+        inverse = [order.index(a) for a in range(5)]
+        return ops.transpose(y, inverse)
 
     def _sparse(self, x, kernel3d):
         k_hw, k_tw, k_th = sparse_kernels(kernel3d)
