@@ -1,0 +1,283 @@
+"""Tests of pipelines/dataset.py: exact sampling, views, determinism, both sources."""
+
+import itertools
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines import dataset
+from pipelines import decode
+from pipelines import preprocess
+from pipelines import tfrecord
+from tests.test_preprocess import np_resize_bilinear
+from tests.video_clips import CARPHONE
+
+H, W, N = 24, 40, 30  # tiny test videos: 30 frames of 24x40
+
+
+def indexed_video(num_frames=N, height=H, width=W, seed=0):
+  """Frames whose red value encodes the frame index (10 + 8 i), green a horizontal
+  ramp and blue a vertical ramp plus a per-video offset (to locate crops)."""
+  frames = np.zeros((num_frames, height, width, 3), np.uint8)
+  frames[..., 0] = (10 + 8 * np.arange(num_frames))[:, None, None]
+  frames[..., 1] = np.round(np.linspace(0, 255, width))[None, None, :]
+  frames[..., 2] = np.round(np.linspace(0, 200, height) + 10 * seed)[None, :, None]
+  return frames
+
+
+def write_records(path, videos, labels, quality=100):
+  with tf.io.TFRecordWriter(path) as writer:
+    for i, (frames, label) in enumerate(zip(videos, labels)):
+      jpegs = [tf.io.encode_jpeg(f, quality=quality, chroma_downsampling=False).numpy()
+               for f in frames]
+      writer.write(tfrecord.make_sequence_example(
+          jpegs, label, f"class{label}", f"video{i}", 25.0, frames.shape[1],
+          frames.shape[2]).SerializeToString())
+  return path
+
+
+def unnormalize(clips):
+  return (np.asarray(clips) * np.array(preprocess.STD) + np.array(preprocess.MEAN)) * 255
+
+
+def frame_ids(clips):
+  """Frame index of every frame from its red value: (..., T)."""
+  red = unnormalize(clips)[..., 0].mean(axis=(-1, -2))
+  return np.round((red - 10) / 8).astype(int)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  d = tmp_path_factory.mktemp("records")
+  write_records(str(d / "a-00000-of-00002.tfrecord"),
+                [indexed_video(seed=1), indexed_video(seed=2)], [0, 3])
+  write_records(str(d / "a-00001-of-00002.tfrecord"), [indexed_video(seed=3)], [5])
+  return str(d / "a-*.tfrecord")
+
+
+# --- sample_indices: exact index vectors. ---
+
+def test_sample_indices_train_with_fixed_start():
+  got = dataset.sample_indices(100, 8, 8, "train", start=3)
+  assert got.dtype == tf.int32
+  assert got.numpy().tolist() == [3, 11, 19, 27, 35, 43, 51, 59]
+
+
+def test_sample_indices_short_video_wraps_around():
+  got = dataset.sample_indices(20, 8, 8, "train", start=3).numpy().tolist()
+  assert got == [3, 11, 19, 7, 15, 3, 11, 19]
+  assert dataset.sample_indices(20, 8, 8, "eval").numpy().tolist() == \
+      [0, 8, 16, 4, 12, 0, 8, 16]
+
+
+def test_sample_indices_eval_is_centre_clip():
+  # span 57 of 100 frames: start (100 - 57) // 2 = 21.
+  assert dataset.sample_indices(100, 8, 8, "eval").numpy().tolist() == \
+      [21, 29, 37, 45, 53, 61, 69, 77]
+
+
+def test_sample_indices_test_clips_evenly_spaced():
+  got = dataset.sample_indices(100, 4, 2, "test", num_clips=3).numpy()
+  # span 7, slack 93: starts 0, 46, 93 (last clip ends on the last frame).
+  np.testing.assert_array_equal(got, [[0, 2, 4, 6], [46, 48, 50, 52],
+                                      [93, 95, 97, 99]])
+  np.testing.assert_array_equal(
+      dataset.sample_indices(100, 4, 2, "test", num_clips=1).numpy(),
+      [[46, 48, 50, 52]])
+
+
+def test_sample_indices_train_random_start_covers_range_and_is_seeded():
+  starts = {int(dataset.sample_indices(60, 8, 8, "train", seed=[1, s])[0])
+            for s in range(100)}
+  assert starts == {0, 1, 2, 3}  # span 57 of 60 frames
+  short = {int(dataset.sample_indices(20, 8, 8, "train", seed=[1, s])[0])
+           for s in range(200)}
+  assert short == set(range(20))  # shorter than the span: any phase
+  a = dataset.sample_indices(1000, 8, 8, "train", seed=[4, 2])
+  np.testing.assert_array_equal(a, dataset.sample_indices(1000, 8, 8, "train",
+                                                          seed=[4, 2]))
+
+
+def test_sample_indices_bad_mode():
+  with pytest.raises(ValueError, match="mode"):
+    dataset.sample_indices(10, 2, 2, "validation")
+
+
+# --- make_dataset over TFRecords. ---
+
+def test_eval_reads_centre_clip_with_exact_frames(records):
+  ds = dataset.make_dataset(records, "eval", batch_size=2, num_frames=4,
+                            frame_stride=3, crop_size=16, eval_resize=20)
+  batches = list(ds)
+  assert [b[0].shape for b in batches] == [(2, 4, 16, 16, 3), (1, 4, 16, 16, 3)]
+  clips = np.concatenate([b[0].numpy() for b in batches])
+  labels = np.concatenate([b[1].numpy() for b in batches])
+  assert batches[0][1].dtype == tf.int32
+  assert sorted(labels.tolist()) == [0, 3, 5]
+  # span 10 of 30 frames: start 10.
+  np.testing.assert_array_equal(frame_ids(clips), [[10, 13, 16, 19]] * 3)
+  seed = {0: 1, 3: 2, 5: 3}
+  for clip, label in zip(clips, labels):
+    ref = np_resize_bilinear(indexed_video(seed=seed[label])[[10, 13, 16, 19]], 20, 33)
+    # JPEG at quality 100: a few levels.
+    np.testing.assert_allclose(unnormalize(clip), ref[:, 2:18, 8:24], atol=6)
+
+
+def test_test_mode_views_are_clip_major(records):
+  ds = dataset.make_dataset(records, "test", batch_size=3, num_frames=4,
+                            frame_stride=2, crop_size=16, eval_resize=20, num_clips=3,
+                            num_crops=3)
+  assert ds.element_spec[0].shape.as_list() == [None, 9, 4, 16, 16, 3]
+  clips, labels = next(iter(ds))
+  assert clips.shape == (3, 9, 4, 16, 16, 3)
+  # span 7 of 30 frames: clip starts 0, 11, 23; resized 20x33: crops at x 0, 8, 17.
+  starts, xs = [0, 11, 23], [0, 8, 17]
+  seed = {0: 1, 3: 2, 5: 3}
+  for b in range(3):
+    frames = np_resize_bilinear(indexed_video(seed=seed[int(labels[b])]), 20, 33)
+    for v in range(9):
+      c, k = divmod(v, 3)
+      idx = [starts[c] + 2 * t for t in range(4)]
+      assert frame_ids(clips[b, v]).tolist() == idx
+      ref = frames[idx][:, 2:18, xs[k]:xs[k] + 16]
+      np.testing.assert_allclose(unnormalize(clips[b, v]), ref, atol=6)
+
+
+def _match_train_crop(clip, video, min_resize, max_resize, crop):
+  """Best (error, flipped) over every short side / offset / flip the train mode may
+  pick, for a clip whose frame indices are known."""
+  best = (np.inf, None)
+  for short in range(min_resize, max_resize + 1):
+    new_h, new_w = short, int(round(W * short / H))
+    full = np_resize_bilinear(video, new_h, new_w)
+    for oy, ox in itertools.product(range(new_h - crop + 1), range(new_w - crop + 1)):
+      ref = full[:, oy:oy + crop, ox:ox + crop]
+      for flipped, cand in ((False, ref), (True, ref[:, :, ::-1])):
+        err = np.abs(cand - clip).max()
+        if err < best[0]:
+          best = (err, flipped)
+  return best
+
+
+def test_train_clips_are_random_resized_crops_with_flips(records):
+  ds = dataset.make_dataset(records, "train", batch_size=4, num_frames=4,
+                            frame_stride=3, crop_size=16, min_resize=18,
+                            max_resize=21, seed=11)
+  assert ds.element_spec[0].shape.as_list() == [4, 4, 16, 16, 3]
+  clips, labels = next(iter(ds))
+  assert clips.shape == (4, 4, 16, 16, 3) and labels.shape == (4,)
+  assert clips.dtype == tf.float32 and labels.dtype == tf.int32
+  seed = {0: 1, 3: 2, 5: 3}
+  flips = []
+  for clip, label in zip(unnormalize(clips), labels.numpy()):
+    ids = np.round((clip[..., 0].mean(axis=(1, 2)) - 10) / 8).astype(int)
+    assert 0 <= ids[0] <= N - 10 and np.all(np.diff(ids) == 3)
+    err, flipped = _match_train_crop(clip, indexed_video(seed=seed[label])[ids],
+                                     18, 21, 16)
+    assert err < 6
+    flips.append(flipped)
+  # Horizontal flips happen (p = 0.5): over 4 batches both orientations show up.
+  for clips, _ in ds.take(3):
+    ramp = unnormalize(clips)[..., 1].mean(axis=(1, 2))  # (B, W) green ramp
+    flips += list(ramp[:, 0] > ramp[:, -1])
+  assert any(flips) and not all(flips)
+
+
+def test_same_seed_same_batches_other_seed_differs(records):
+  def first(seed):
+    ds = dataset.make_dataset(records, "train", batch_size=2, num_frames=4,
+                              frame_stride=2, crop_size=16, seed=seed,
+                              shuffle_buffer=8)
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(3)]
+
+  a, b, c = first(7), first(7), first(8)
+  for (xa, ya), (xb, yb) in zip(a, b):
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+  assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+
+
+def test_input_context_shards_by_file(records):
+  ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                   num_replicas_in_sync=2)
+  ds = dataset.make_dataset(records, "eval", batch_size=4, num_frames=2,
+                            frame_stride=1, crop_size=16, input_context=ctx)
+  assert np.concatenate([y.numpy() for _, y in ds]).tolist() == [5]
+
+
+def test_bad_arguments(records, tmp_path):
+  pattern = str(tmp_path / "nothing-*.tfrecord")
+  with pytest.raises(ValueError, match="nothing-"):
+    dataset.make_dataset(pattern, "train")
+  with pytest.raises(ValueError, match="mode"):
+    dataset.make_dataset(records, "validate")
+  with pytest.raises(ValueError, match="exactly one"):
+    dataset.make_dataset(records, "eval", annotations="x.csv")
+  with pytest.raises(ValueError, match="min_resize"):
+    dataset.make_dataset(records, "train", crop_size=224, min_resize=200)
+  with pytest.raises(ValueError, match="dataset"):
+    dataset.make_dataset(annotations="x.csv", video_dir=str(tmp_path), dataset="ucf")
+
+
+# --- Raw-video source gives the same clips as the TFRecord of the same video. ---
+
+@pytest.fixture(scope="module")
+def carphone_sources(tmp_path_factory):
+  d = tmp_path_factory.mktemp("raw")
+  video_dir = d / "videos"
+  os.makedirs(video_dir)
+  shutil.copy(CARPHONE, video_dir / "carphone_000000_000010.mp4")
+  csv = d / "val.csv"
+  csv.write_text("label,youtube_id,time_start,time_end,split\n"
+                 "talking,carphone,0,10,validate\n")
+  frames = decode.decode_all(CARPHONE)  # (120, 144, 176, 3)
+  pattern = write_records(str(d / "carphone-00000-of-00001.tfrecord"), [frames], [0],
+                          quality=95)
+  raw = dict(annotations=str(csv), video_dir=str(video_dir), dataset="kinetics",
+             classes=["talking"])
+  return pattern, raw
+
+
+@pytest.mark.parametrize("mode,kwargs", [
+    # No shuffle buffer: both sources see the video at the same element index.
+    ("train", dict(seed=3, frame_stride=8, shuffle_buffer=0, batch_size=2)),
+    ("test", dict(num_clips=2, num_crops=3, frame_stride=16, batch_size=1)),
+])
+def test_raw_video_source_matches_tfrecord_source(carphone_sources, mode, kwargs):
+  pattern, raw = carphone_sources
+  common = dict(mode=mode, num_frames=4, crop_size=96, **kwargs)
+  from_records = next(iter(dataset.make_dataset(pattern, **common)))
+  from_video = next(iter(dataset.make_dataset(**raw, **common)))
+  a, b = unnormalize(from_records[0]), unnormalize(from_video[0])
+  assert a.shape == b.shape
+  assert a.shape == ((2, 4, 96, 96, 3) if mode == "train" else (1, 6, 4, 96, 96, 3))
+  np.testing.assert_array_equal(from_records[1], from_video[1])
+  diff = np.abs(a - b).mean()
+  assert diff < 2.0, diff  # JPEG quality 95
+  # The comparison can fail: a clip of other frames is far off.
+  assert np.abs(a - np.roll(b, 1, axis=-4)).mean() > 3 * diff
+
+
+def test_raw_video_source_skips_and_reports_unreadable_videos(carphone_sources,
+                                                              tmp_path):
+  _, raw = carphone_sources
+  broken = os.path.join(raw["video_dir"], "broken_000000_000010.mp4")
+  with open(broken, "wb") as f:
+    f.write(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)  # not decodable
+  csv = tmp_path / "val.csv"
+  csv.write_text("label,youtube_id,time_start,time_end,split\n"
+                 "other,broken,0,10,validate\n"
+                 "talking,carphone,0,10,validate\n")
+  before = len(dataset.raw_video_skips())
+  ds = dataset.make_dataset(annotations=str(csv), video_dir=raw["video_dir"],
+                            dataset="kinetics", classes=["other", "talking"],
+                            mode="eval", batch_size=4, num_frames=2, crop_size=64)
+  labels = np.concatenate([y.numpy() for _, y in ds])
+  os.remove(broken)
+  assert labels.tolist() == [1]
+  skips = dataset.raw_video_skips()[before:]
+  assert [path for path, _ in skips] == [broken]
+  assert broken in skips[0][1]  # the reason names the file
