@@ -20,17 +20,23 @@ import numpy as np  # noqa: E402
 
 from cost_tf.cost import VIEWS, CoST  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", None, "A .keras model with CoST layers.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSVs and plots go.")
-_DATASET = flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "tfrecord"],
-                             "Clips for CoST(b): the embedded dataset or --pattern.")
-_PATTERN = flags.DEFINE_string("pattern", None, "TFRecord glob (with --dataset=tfrecord).")
-_DATA_DIR = flags.DEFINE_string("data_dir", "runs/synthetic", "Where the embedded dataset is (or is written).")
-_NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Clips averaged over for CoST(b).")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per clip (default: the model's input).")
-_FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 2, "Frame stride of the sampled clips.")
-_CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Crop size (default: the model's input).")
-_TOP_CLASSES = flags.DEFINE_integer("top_classes", 10, "Classes shown in the per-class plot.")
+
+def define_flags():
+    """Defines the command-line flags (only when run as a main: tests import this module beside others)."""
+    global _MODEL, _OUT_DIR, _DATASET, _PATTERN, _DATA_DIR
+    global _NUM_CLIPS, _NUM_FRAMES, _FRAME_STRIDE, _CROP_SIZE, _TOP_CLASSES
+    _MODEL = flags.DEFINE_string("model", None, "A .keras model with CoST layers.")
+    _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSVs and plots go.")
+    _DATASET = flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "tfrecord"],
+                                 "Clips for CoST(b): the embedded dataset or --pattern.")
+    _PATTERN = flags.DEFINE_string("pattern", None, "TFRecord glob (with --dataset=tfrecord).")
+    _DATA_DIR = flags.DEFINE_string("data_dir", "runs/synthetic", "Where the embedded dataset is (or is written).")
+    _NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Clips averaged over for CoST(b).")
+    _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per clip (default: the model's input).")
+    _FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 2, "Frame stride of the sampled clips.")
+    _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Crop size (default: the model's input).")
+    _TOP_CLASSES = flags.DEFINE_integer("top_classes", 10, "Classes shown in the per-class plot.")
+
 
 _VIEW_LABELS = {"hw": "H-W (spatial)", "tw": "T-W", "th": "T-H"}
 COLUMNS = ["layer", "variant", "channels"] + [f"{v}_{s}" for v in VIEWS for s in ("mean", "std_channels", "std_clips")]
@@ -222,4 +228,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -300,30 +300,6 @@ def parse_fps(text):
     return value
 
 
-_DATASET = flags.DEFINE_enum("dataset", None, list(DATASETS), "Annotation format.")
-_ANNOTATIONS = flags.DEFINE_string("annotations", None, "Split CSV as released.")
-_VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of the videos.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the shards.")
-_CLASSES = flags.DEFINE_string(
-    "classes", None, "Kinetics: classes file, one name per line (default: sorted "
-    "labels of --train_annotations or --annotations). Moments: categories file "
-    "(default: moments_categories.txt beside --annotations).")
-_TRAIN_ANNOTATIONS = flags.DEFINE_string(
-    "train_annotations", None, "Kinetics training CSV whose sorted labels are the "
-    "classes when --classes is not given.")
-_SHORT_SIDE = flags.DEFINE_integer("short_side", 256, "Short side of stored frames; "
-                                   "0 keeps the original size.", lower_bound=0)
-_FPS = flags.DEFINE_string("fps", "keep", "'keep' or frames per second to resample to.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shard count; 0 = one per "
-                                   f"{VIDEOS_PER_SHARD} videos.", lower_bound=0)
-_WORKERS = flags.DEFINE_integer("workers", 1, "Processes writing shards.", lower_bound=1)
-_SKIP_BAD_ROWS = flags.DEFINE_bool("skip_bad_rows", False,
-                                   "Count malformed annotation rows instead of failing.")
-_PREFIX = flags.DEFINE_string("prefix", None, "Shard prefix (default: CSV file stem).")
-_JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.",
-                                     lower_bound=1, upper_bound=100)
-
-
 def _valid_fps(text):
     try:
         parse_fps(text)
@@ -332,7 +308,33 @@ def _valid_fps(text):
     return True
 
 
-flags.register_validator("fps", _valid_fps, "--fps must be 'keep' or a positive number")
+def define_flags():
+    """Defines the command-line flags (only when run as a main: tests import this module beside others)."""
+    global _DATASET, _ANNOTATIONS, _VIDEO_DIR, _OUTPUT_DIR, _CLASSES, _TRAIN_ANNOTATIONS
+    global _SHORT_SIDE, _FPS, _NUM_SHARDS, _WORKERS, _SKIP_BAD_ROWS, _PREFIX, _JPEG_QUALITY
+    _DATASET = flags.DEFINE_enum("dataset", None, list(DATASETS), "Annotation format.")
+    _ANNOTATIONS = flags.DEFINE_string("annotations", None, "Split CSV as released.")
+    _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of the videos.")
+    _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the shards.")
+    _CLASSES = flags.DEFINE_string(
+        "classes", None, "Kinetics: classes file, one name per line (default: sorted "
+        "labels of --train_annotations or --annotations). Moments: categories file "
+        "(default: moments_categories.txt beside --annotations).")
+    _TRAIN_ANNOTATIONS = flags.DEFINE_string(
+        "train_annotations", None, "Kinetics training CSV whose sorted labels are the "
+        "classes when --classes is not given.")
+    _SHORT_SIDE = flags.DEFINE_integer("short_side", 256, "Short side of stored frames; "
+                                       "0 keeps the original size.", lower_bound=0)
+    _FPS = flags.DEFINE_string("fps", "keep", "'keep' or frames per second to resample to.")
+    _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shard count; 0 = one per "
+                                       f"{VIDEOS_PER_SHARD} videos.", lower_bound=0)
+    _WORKERS = flags.DEFINE_integer("workers", 1, "Processes writing shards.", lower_bound=1)
+    _SKIP_BAD_ROWS = flags.DEFINE_bool("skip_bad_rows", False,
+                                       "Count malformed annotation rows instead of failing.")
+    _PREFIX = flags.DEFINE_string("prefix", None, "Shard prefix (default: CSV file stem).")
+    _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.",
+                                         lower_bound=1, upper_bound=100)
+    flags.register_validator("fps", _valid_fps, "--fps must be 'keep' or a positive number")
 
 
 def main(argv):
@@ -351,5 +353,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["dataset", "annotations", "video_dir", "output_dir"])
     app.run(main)
