@@ -1,0 +1,313 @@
+"""Export a video model to ONNX with tf2onnx, validated against Keras with onnxruntime.
+
+    python -m export.onnx --model=runs/x/model.keras --output=cost.onnx [--opset=17] [--nofold] \
+        [--num_frames=8] [--crop_size=224]
+    python -m export.onnx --saved_model=serving/cost/1 --output=cost.onnx   # its `logits` signature
+
+Input "clip": the model's float input (batch, T, crop, crop, 3), already preprocessed (pipelines/preprocess.py);
+output "logits" (batch, C). Batch is dynamic, and T too unless the model only runs at its own T or
+--num_frames fixes it.
+
+The conversion runs tf2onnx in a child process: its TF graph passes can abort the whole process (a failed
+CHECK in grappler), and that must end as a clear error here, not a dead exporter. The file is written to a
+temporary name, checked with onnxruntime against the Keras model (or the source signature) on a random clip,
+and only then renamed.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import onnx
+import tensorflow as tf
+
+from export import parity
+from export import saved_model
+
+OPSETS = tuple(range(13, 19))  # the ONNX opsets tf2onnx 1.17 supports
+DEFAULT_OPSET = 17
+INPUT_NAME = "clip"
+OUTPUT_NAME = "logits"
+# onnxruntime runs a folded CoST(a) faster as its 19 non-zero taps (three Conv) than as the merged 3x3x3
+# kernel (27 taps); TF the other way round, so the SavedModel keeps cost_tf.fold's default form.
+# bench/export_bench.py, cost_a_r50 batch 8: ORT CPU time merged / sparse = 1.27.
+FOLD_FORM = "sparse"
+
+
+class ConversionError(RuntimeError):
+    """tf2onnx could not convert the model (unsupported op, converter failure or crash)."""
+
+
+def _save_logits_model(model, path, num_frames, crop_size):
+    """A SavedModel whose serving_default is clip float32 (N, T, crop, crop, 3) -> logits: tf2onnx's input."""
+    concrete = tf.function(
+        lambda clip: {OUTPUT_NAME: tf.cast(model(clip, training=False), tf.float32)}, autograph=False,
+    ).get_concrete_function(tf.TensorSpec((None, num_frames, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME))
+    module = tf.Module()
+    module.model_variables = saved_model.tracked_variables([concrete])
+    tf.saved_model.save(module, path, signatures={"serving_default": concrete})
+
+
+def converter_command(saved_model_dir, output, opset, signature="serving_default"):
+    """The tf2onnx command line run in the child process."""
+    return [
+        sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved_model_dir, "--tag", "serve",
+        "--signature_def", signature, "--opset", str(opset), "--output", output,
+    ]
+
+
+def _layers_named(text, layer_names):
+    """Keras layer names that appear as a scope in TF node names of `text` (e.g. ".../conv2_block1_2_conv_1/Mul")."""
+    found = []
+    for scope in re.findall(r"[\w.\-]+(?:/[\w.\-]+)+", text):
+        for part in scope.split("/"):
+            for name in (part, re.sub(r"_\d+$", "", part)):
+                if name in layer_names and name not in found:
+                    found.append(name)
+    return found
+
+
+def _is_noise(line):
+    # TF's start-up lines on a machine without CUDA are logged as errors but mean nothing here.
+    return "cuInit" in line or "cuda" in line.lower()
+
+
+def failure_message(returncode, log, layer_names, tail_lines=15):
+    """A readable reason for a failed tf2onnx run, naming the Keras layers its log mentions."""
+    if returncode < 0:
+        try:
+            what = f"tf2onnx crashed ({signal.Signals(-returncode).name})"
+        except ValueError:
+            what = f"tf2onnx crashed (signal {-returncode})"
+    elif returncode > 0:
+        what = f"tf2onnx failed (exit status {returncode})"
+    else:
+        what = "tf2onnx could not convert every op"
+    lines = [line for line in log.splitlines() if not _is_noise(line)]
+    unsupported = re.findall(r"Tensorflow op \[([^\]]+?): ([^\]]+?)\] is not supported", log)
+    if unsupported:
+        reasons = [f"unsupported TF ops {sorted({op for _, op in unsupported})}"]
+        layers = _layers_named(" ".join(node for node, _ in unsupported), layer_names)
+    else:
+        key = [line for line in lines if "Check failed" in line] or [
+            line for line in lines if re.search(r" - ERROR - |Error\b|Exception\b", line)]
+        reasons = [line.strip() for line in key[-3:]]
+        layers = _layers_named("\n".join(key), layer_names)
+    if "MulConvPushDown" in log:
+        reasons.append("TF's grappler pass MulConvPushDown failed on a multiply after a convolution: put "
+                       "per-channel factors into the kernel instead of onto the conv output")
+    message = what
+    if layers:
+        message += f" in layer(s) {', '.join(layers)}"
+    if reasons:
+        message += ": " + "; ".join(reasons)
+    return message + "\n--- last lines of the tf2onnx log ---\n" + "\n".join(lines[-tail_lines:])
+
+
+def _name_dynamic_dims(path):
+    """Names the dynamic input/output dims "batch" (and "frames") instead of tf2onnx's unk__N; checks the model.
+
+    Returns the input's (T or None, crop size).
+    """
+    proto = onnx.load(path)
+    inputs = {value.name: value for value in proto.graph.input}
+    outputs = {value.name: value for value in proto.graph.output}
+    if set(inputs) != {INPUT_NAME} or set(outputs) != {OUTPUT_NAME}:
+        raise ValueError(f"Expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r} (a clip -> logits "
+                         f"signature). Received: inputs {sorted(inputs)}, outputs {sorted(outputs)}")
+    dims = inputs[INPUT_NAME].type.tensor_type.shape.dim
+    if len(dims) != 5 or not dims[2].HasField("dim_value") or dims[2].dim_value != dims[3].dim_value:
+        raise ValueError(f"Expected a clip input (batch, T, crop, crop, 3). Received: {dims}")
+    for value in (inputs[INPUT_NAME], outputs[OUTPUT_NAME]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    frames = dims[1].dim_value if dims[1].HasField("dim_value") else None
+    if frames is None:
+        dims[1].dim_param = "frames"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+    return frames, dims[2].dim_value
+
+
+def run_onnxruntime(path, clip):
+    """Logits of the ONNX model at `path` for a float32 clip, on the CPU provider."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(clip, np.float32)})[0]
+
+
+def _check_output(output, opset):
+    output = os.fspath(output)
+    if opset not in OPSETS:
+        raise ValueError(f"opset must be one of {OPSETS} (tf2onnx 1.17). Received: opset={opset!r}")
+    if not output.endswith(".onnx"):
+        raise ValueError(f"output must be a .onnx path. Received: output={output}")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"The output folder does not exist: {out_dir}")
+    return output
+
+
+def convert_saved_model(saved_model_dir, output, opset=DEFAULT_OPSET, signature="serving_default",
+                        reference=None, layer_names=(), tolerance=parity.TOLERANCE, timeout=None,
+                        check_frames=None):
+    """Converts one clip -> logits signature of a SavedModel to a validated ONNX file; returns a report dict.
+
+    E.g. the `logits` signature of an `export.saved_model` version folder.
+
+    Args:
+      saved_model_dir: SavedModel folder.
+      output: destination .onnx path; written only once validated (temp name, then rename).
+      opset: ONNX opset, one of OPSETS.
+      signature: signature taking `clip` float32 (N, T, crop, crop, 3) and returning `logits`.
+      reference: callable float32 clip -> logits that onnxruntime must match; None: the signature itself.
+      layer_names: Keras layer names to look for in tf2onnx's log when it fails.
+      tolerance: largest accepted max relative error (see export.parity).
+      timeout: seconds allowed for the tf2onnx process (None: no limit).
+      check_frames: T of the validation clip when the input's T is dynamic (None: 4).
+    Returns:
+      {"path", "opset", "num_frames" (None: dynamic), "crop_size", "max_relative_error"}.
+    Raises:
+      ConversionError (tf2onnx failed or crashed; names the layer when its log does), parity.ParityError,
+      ValueError for bad arguments.
+    """
+    output = _check_output(output, opset)
+    saved_model_dir = os.fspath(saved_model_dir)
+    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+        raise ValueError(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
+    # Same folder as the final name, so the rename is atomic; ends in .tmp, never mistaken for a model.
+    tmp_onnx = f"{output}.{os.getpid()}.tmp"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1")
+    try:
+        try:
+            result = subprocess.run(
+                converter_command(saved_model_dir, tmp_onnx, opset, signature), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, errors="replace", env=env, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise ConversionError(f"tf2onnx did not finish within {timeout} s.") from e
+        # tf2onnx exits 0 after logging unsupported ops, leaving TF ops in the graph: that is a failure too.
+        if result.returncode != 0 or " - ERROR - " in result.stdout or not os.path.isfile(tmp_onnx):
+            raise ConversionError(failure_message(result.returncode, result.stdout, set(layer_names)))
+        try:
+            frames, crop_size = _name_dynamic_dims(tmp_onnx)
+        except onnx.checker.ValidationError as e:
+            layers = _layers_named(str(e), set(layer_names))
+            where = f" in layer(s) {', '.join(layers)}" if layers else ""
+            raise ConversionError(f"tf2onnx wrote an invalid ONNX model{where}: {e}") from e
+        clip = parity.random_clip(2, frames or check_frames or 4, crop_size)
+        if reference is None:
+            expected = saved_model.run_signature(saved_model_dir, signature, {INPUT_NAME: clip})[OUTPUT_NAME]
+            what = f"{saved_model_dir} '{signature}'"
+        else:
+            expected, what = np.asarray(reference(clip)), "the Keras model"
+        error = parity.check_parity(run_onnxruntime(tmp_onnx, clip), expected,
+                                    f"onnxruntime on {output} vs {what}", tolerance)
+        os.replace(tmp_onnx, output)
+    except BaseException:
+        if os.path.exists(tmp_onnx):
+            os.remove(tmp_onnx)
+        raise
+    return {"path": output, "opset": opset, "num_frames": frames, "crop_size": crop_size,
+            "max_relative_error": error}
+
+
+def choose_num_frames(model, num_frames=None, crop_size=None):
+    """The `num_frames` to export: as given, or for None 0 (dynamic T) if the model runs at another clip
+    length than its own (probed on a random clip of T + 1 frames), else None (keep the model's T)."""
+    if num_frames is not None:
+        return num_frames
+    own = model.input_shape[1]
+    try:
+        reshaped, _, crop_size = parity.with_input_shape(model, 0, crop_size)
+        reshaped(parity.random_clip(1, (own or 4) + 1, crop_size), training=False)
+    except Exception as e:  # any failure means "not at another T"
+        logging.warning("Exporting with T=%s: the model does not run at another clip length (%s: %s)",
+                        own, type(e).__name__, e)
+        return None
+    return 0
+
+
+def export(model, output, opset=DEFAULT_OPSET, fold=True, num_frames=None, crop_size=None,
+           tolerance=parity.TOLERANCE, timeout=None):
+    """Converts a Keras model to an ONNX file at `output`, validated with onnxruntime; returns a report dict.
+
+    Args:
+      model: functional Keras model on clips (N, T, H, W, 3) -> logits (N, C).
+      output: destination .onnx path; written only once validated (temp name, then rename).
+      opset: ONNX opset, one of OPSETS.
+      fold: fold CoST(a) into Conv3D (in FOLD_FORM) and BatchNorm into the preceding conv where exact.
+        Either way Conv3D subclasses are exported as plain Conv3D (export.parity.plain_convolutions).
+      num_frames: None: T dynamic where the model allows it (`choose_num_frames`), else the model's;
+        0: dynamic T; else that T.
+      crop_size: input side; None keeps the model's.
+      tolerance: largest accepted max relative error of onnxruntime vs the unfolded Keras model.
+      timeout: seconds allowed for the tf2onnx process (None: no limit).
+    Returns:
+      {"path", "opset", "folded", "num_frames" (None: dynamic), "crop_size", "max_relative_error"}.
+    Raises:
+      As `convert_saved_model`.
+    """
+    output = _check_output(output, opset)
+    own_frames = model.input_shape[1]
+    reference, frames, crop_size = parity.with_input_shape(
+        model, choose_num_frames(model, num_frames, crop_size), crop_size)
+    deployed = parity.fold_for_inference(reference, FOLD_FORM) if fold else parity.plain_convolutions(reference)
+    layer_names = {layer.name for layer in reference.layers} | {layer.name for layer in deployed.layers}
+    with tempfile.TemporaryDirectory(prefix="onnx-export-") as scratch:
+        sm_dir = os.path.join(scratch, "saved_model")
+        _save_logits_model(deployed, sm_dir, frames, crop_size)
+        report = convert_saved_model(sm_dir, output, opset, reference=lambda clip: reference(clip, training=False),
+                                     layer_names=layer_names, tolerance=tolerance, timeout=timeout,
+                                     check_frames=own_frames)
+    report["folded"] = bool(fold)
+    return report
+
+
+# --- command line ---
+# Flags are defined only when run as a program, so both exporters import into one process (tests, bench)
+# without clashing flag names.
+
+
+def main(argv):
+    del argv
+    if (_MODEL.value is None) == (_SAVED_MODEL.value is None):
+        sys.exit("export.onnx: error: pass exactly one of --model and --saved_model.")
+    try:
+        if _MODEL.value is not None:
+            model = parity.load_model(_MODEL.value)
+            report = export(model, _OUTPUT.value, opset=_OPSET.value, fold=_FOLD.value,
+                            num_frames=_NUM_FRAMES.value, crop_size=_CROP_SIZE.value, timeout=_TIMEOUT.value)
+        else:
+            report = convert_saved_model(_SAVED_MODEL.value, _OUTPUT.value, opset=_OPSET.value,
+                                         signature=_SIGNATURE.value, timeout=_TIMEOUT.value)
+    except (ValueError, OSError, ConversionError) as e:
+        sys.exit(f"export.onnx: error: {e}")
+    logging.info("report: %s", report)
+    folded = f", folded={report['folded']}" if "folded" in report else ""
+    print(f"Wrote {report['path']} (opset {report['opset']}{folded}, T={report['num_frames'] or 'dynamic'}, "
+          f"crop={report['crop_size']}); onnxruntime vs reference max relative error "
+          f"{report['max_relative_error']:.2e}")
+
+
+if __name__ == "__main__":
+    _MODEL = flags.DEFINE_string("model", None, "Trained model: a .keras file saved by model.save().")
+    _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "Instead of --model: a SavedModel folder, e.g. a "
+                                       "version written by export.saved_model (converts --signature).")
+    _SIGNATURE = flags.DEFINE_string("signature", "logits", "With --saved_model: the clip -> logits signature.")
+    _OUTPUT = flags.DEFINE_string("output", None, "Destination .onnx file.")
+    _OPSET = flags.DEFINE_integer("opset", DEFAULT_OPSET, f"ONNX opset ({OPSETS[0]}-{OPSETS[-1]}).")
+    _FOLD = flags.DEFINE_bool("fold", True, "Fold CoST(a) into Conv3D and BatchNorm into the preceding conv.")
+    _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Clip length T (default: dynamic where the model "
+                                       "allows it, else the model's; 0: dynamic).", lower_bound=0)
+    _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Input crop side (default: the model's).", lower_bound=1)
+    _TIMEOUT = flags.DEFINE_integer("timeout", None, "Seconds allowed for tf2onnx.", lower_bound=1)
+    flags.mark_flags_as_required(["output"])
+    app.run(main)

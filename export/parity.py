@@ -1,0 +1,134 @@
+"""What both exporters share: loading the Keras model, the model to deploy, and parity with Keras.
+
+`export.saved_model` and `export.onnx` both export `fold_for_inference(reference)` and check it against
+`reference` (the trained model at the export's input shape) with `check_parity`.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from cost_tf import cost as _cost  # noqa: F401  (registers CoST for load_model)
+from cost_tf import resnet as _resnet  # noqa: F401  (registers the backbone's custom layers)
+from cost_tf.fold import fold as fold_cost
+from export.bn_fold import fold_batchnorm
+
+# Exports are accepted when every output is within this of the Keras model, relative to the largest
+# reference value (float32 convolutions summed in another order differ by ~1e-6 here).
+TOLERANCE = 1e-4
+
+
+class ParityError(ValueError):
+    """An exported model's outputs differ from the Keras model's by more than the tolerance."""
+
+
+def max_relative_error(actual, reference):
+    """max |actual - reference| / max |reference| (float64); shapes must match exactly.
+
+    Relative to the largest reference value rather than elementwise, so outputs near zero (small logits
+    of an untrained model) do not blow the measure up.
+    """
+    actual = np.asarray(actual, np.float64)
+    reference = np.asarray(reference, np.float64)
+    if actual.shape != reference.shape:
+        raise ParityError(f"Output shapes differ: {actual.shape} vs the reference {reference.shape}.")
+    if not np.all(np.isfinite(actual)):
+        return float("inf")
+    scale = np.max(np.abs(reference)) if reference.size else 0.0
+    return float(np.max(np.abs(actual - reference)) / max(scale, np.finfo(np.float32).tiny)) if actual.size else 0.0
+
+
+def check_parity(actual, reference, what, tolerance=TOLERANCE):
+    """Returns the max relative error; raises ParityError naming `what` if it exceeds `tolerance`."""
+    error = max_relative_error(actual, reference)
+    if not error <= tolerance:
+        raise ParityError(
+            f"{what}: max relative error {error:.3g} exceeds the tolerance {tolerance:g} "
+            "(outputs differ from the Keras model)."
+        )
+    return error
+
+
+def random_clip(batch, num_frames, size, seed=0):
+    """A float32 (batch, num_frames, size, size, 3) clip in the normalised range: standard normal values."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, num_frames, size, size, 3)).astype(np.float32)
+
+
+def load_model(path):
+    """Loads a `.keras` model saved by `model.save`; ValueError naming `path` if it cannot."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--model: no such file: {path}")
+    if not path.endswith(".keras"):
+        raise ValueError(f"--model must be a .keras file saved by model.save(). Received: {path}")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # zip, h5 and deserialisation errors all mean "not a usable .keras file"
+        raise ValueError(f"Could not load the Keras model {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(model, keras.Model) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"{path}: expected a model with one clip input and one logits output.")
+    return model
+
+
+def with_input_shape(model, num_frames=None, crop_size=None):
+    """The model on clips (N, num_frames, crop_size, crop_size, 3), sharing its layers and weights.
+
+    Args:
+      model: functional model with one 5D channels-last input.
+      num_frames: None keeps the model's T; 0 accepts any T; else that T.
+      crop_size: None keeps the model's H = W; else that size.
+    Returns:
+      (model, num_frames or None, crop_size): `model` itself when the shape is unchanged.
+    """
+    shape = tuple(model.input_shape)
+    if len(shape) != 5 or shape[-1] != 3:
+        raise ValueError(f"Expected a model on clips (N, T, H, W, 3). Received: input_shape={shape}")
+    if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 0):
+        raise ValueError(f"num_frames must be None, 0 (any) or a positive int. Received: num_frames={num_frames!r}")
+    if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
+        raise ValueError(f"crop_size must be a positive int. Received: crop_size={crop_size!r}")
+    frames = shape[1] if num_frames is None else (num_frames or None)
+    if crop_size is None:
+        if shape[2] is None or shape[2] != shape[3]:
+            raise ValueError(f"The model's input is not a fixed square crop ({shape}): pass --crop_size.")
+        crop_size = shape[2]
+    if (frames, crop_size, crop_size) == shape[1:4]:
+        return model, frames, crop_size
+    name = model.inputs[0].name
+    new_input = keras.Input((frames, crop_size, crop_size, 3), name=name, dtype=model.inputs[0].dtype)
+    # Identity clone: the same layers (and weights) called on a clip of the new shape.
+    new_input = [new_input] if isinstance(model.input, (list, tuple)) else new_input
+    reshaped = keras.models.clone_model(model, input_tensors=new_input, clone_function=lambda layer: layer)
+    return reshaped, frames, crop_size
+
+
+def plain_convolutions(model):
+    """The same model with every Conv3D subclass (e.g. cost_tf.resnet.FramewiseConv3D) as a plain Conv3D.
+
+    FramewiseConv3D runs a 1xkxk kernel as a Conv2D over N*T frames (faster gradients in TF); exported, that
+    is Reshape/Transpose/Conv/Transpose/Reshape per layer (104 Transposes in an R50 ONNX graph, 1 with plain
+    Conv3D). Same weights, same outputs up to float32 rounding. Returns `model` itself if there is none.
+    """
+    subclassed = {layer.name for layer in model.layers
+                  if isinstance(layer, keras.layers.Conv3D) and type(layer) is not keras.layers.Conv3D}
+    if not subclassed:
+        return model
+
+    def clone_layer(layer):
+        cls = keras.layers.Conv3D if layer.name in subclassed else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    plain = keras.models.clone_model(model, clone_function=clone_layer)
+    originals = {layer.name: layer for layer in model.layers}
+    for layer in plain.layers:
+        if layer.weights:
+            layer.set_weights(originals[layer.name].get_weights())
+    return plain
+
+
+def fold_for_inference(model, form="auto"):
+    """The model to deploy: CoST(a) -> Conv3D (cost_tf.fold, `form`), BatchNorm -> the conv before it
+    (export.bn_fold), Conv3D subclasses -> Conv3D (`plain_convolutions`). Same outputs as `model`."""
+    return plain_convolutions(fold_batchnorm(fold_cost(model, form=form)))

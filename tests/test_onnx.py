@@ -1,0 +1,138 @@
+"""export.onnx: Keras, the served SavedModel and onnxruntime agree on real clips; failures are clear errors."""
+
+import collections
+import os
+
+import keras
+from keras import ops
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+
+from cost_tf.resnet import BLOCKS, build_model
+from export import onnx as onnx_export
+from export import parity
+from export import saved_model
+from pipelines import preprocess
+from tests import video_clips
+
+T, CROP = 4, 32
+
+
+def _randomize(model, seed):
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if "moving_variance" in w.path:
+            w.assign(rng.uniform(0.5, 2.0, w.shape).astype("float32"))
+        elif "moving_mean" in w.path or "beta" in w.path:
+            w.assign(rng.normal(0, 0.2, w.shape).astype("float32"))
+        elif w.path == "logits/kernel":
+            w.assign(rng.normal(0, 1.0, w.shape).astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def real_clips():
+    """Two real clips (carphone, and the same frames mirrored and reversed in time), preprocessed, (2, T, 32, 32, 3)."""
+    frames = video_clips.source_frames(T)
+    clip = preprocess.normalize(preprocess.center_crop(preprocess.resize_short_side(frames, 37), CROP)).numpy()
+    return np.stack([clip, clip[::-1, :, ::-1]])
+
+
+def _dims(path):
+    value = onnx.load(path).graph.input[0]
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+# cost_a goes straight from Keras (export.onnx.export, lowest opset, CoST(a) folded as its 19 taps); the
+# rest convert the `logits` signature of their TF Serving export.
+@pytest.mark.parametrize("block", BLOCKS)
+def test_keras_saved_model_and_onnxruntime_agree(block, real_clips, tmp_path):
+    """Folded exports with any T: SavedModel `logits` and onnxruntime both match the unfolded Keras model."""
+    model = _randomize(build_model(f"{block}_tiny", num_classes=5, num_frames=T, input_size=CROP), seed=len(block))
+    version, _ = saved_model.export(model, tmp_path / "serving", num_frames=0, validate=False)
+    output = tmp_path / "model.onnx"
+    if block == "cost_a":
+        report = onnx_export.export(model, output, opset=13)  # T dynamic by default: the model allows it
+        assert report["folded"] and report["opset"] == 13
+        assert [op.version for op in onnx.load(output).opset_import if op.domain in ("", "ai.onnx")] == [13]
+    else:
+        report = onnx_export.convert_saved_model(version, output, signature="logits")
+        assert report["opset"] == onnx_export.DEFAULT_OPSET
+    assert report["max_relative_error"] < 1e-4 and report["num_frames"] is None and report["crop_size"] == CROP
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx", "serving"]  # no temporary file left
+    assert _dims(output) == ["batch", "frames", CROP, CROP, 3]
+    ops_used = collections.Counter(node.op_type for node in onnx.load(output).graph.node)
+    if block != "cost_b":  # plain Conv3D layers: only the input's NDHWC -> NCDHW transpose is left
+        assert ops_used["Transpose"] == 1, ops_used
+    if block == "cost_a":  # 4 CoST(a) layers as 3 Conv each (sparse form) + 13 other convolutions
+        assert ops_used["Conv"] == 4 * 3 + 13, ops_used
+
+    keras_logits = np.asarray(model(real_clips, training=False))
+    served = saved_model.run_signature(version, "logits", {"clip": real_clips})["logits"]
+    onnx_logits = onnx_export.run_onnxruntime(str(output), real_clips)
+    assert onnx_logits.shape == keras_logits.shape == (2, 5)
+    assert parity.max_relative_error(served, keras_logits) < 1e-4  # folding is exact
+    assert parity.max_relative_error(onnx_logits, keras_logits) < 1e-4
+    assert parity.max_relative_error(onnx_logits, served) < 1e-4
+    # Another clip length and batch size through the dynamic axes.
+    longer = np.concatenate([real_clips, real_clips[:, :2]], axis=1)[:1]
+    any_t = parity.with_input_shape(model, num_frames=0)[0]
+    assert parity.max_relative_error(onnx_export.run_onnxruntime(str(output), longer),
+                                     any_t(longer, training=False)) < 1e-4
+
+
+def test_dynamic_frames_only_where_the_model_allows():
+    inp = keras.Input((2, 8, 8, 3), name="clip")
+    pooled = keras.Model(inp, keras.layers.GlobalAveragePooling3D()(keras.layers.Conv3D(3, 1)(inp)))
+    assert onnx_export.choose_num_frames(pooled) == 0
+    assert onnx_export.choose_num_frames(pooled, num_frames=2) == 2
+    flat = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(inp)))  # its Dense needs T = 2
+    assert onnx_export.choose_num_frames(flat) is None
+
+
+def test_bad_arguments(tmp_path):
+    inp = keras.Input((2, 8, 8, 3), name="clip")
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling3D()(inp))
+    with pytest.raises(ValueError, match=r"opset must be one of \(13, 14, 15, 16, 17, 18\)"):
+        onnx_export.export(model, tmp_path / "x.onnx", opset=19)
+    with pytest.raises(ValueError, match="must be a .onnx path"):
+        onnx_export.export(model, tmp_path / "x.pb")
+    with pytest.raises(ValueError, match="output folder does not exist"):
+        onnx_export.export(model, tmp_path / "missing" / "x.onnx")
+    with pytest.raises(ValueError, match="Not a SavedModel folder"):
+        onnx_export.convert_saved_model(tmp_path, tmp_path / "x.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+class _ScaledConv(keras.layers.Layer):
+    """Per-channel weights multiplied onto a conv OUTPUT: makes TF's grappler abort inside tf2onnx."""
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(1, 3, 3, shape[-1], 4), name="kernel")
+        self.alpha = self.add_weight(shape=(2, 4), name="alpha")
+
+    def call(self, x):
+        return ops.softmax(self.alpha, axis=0)[0] * ops.conv(x, self.kernel, padding="same")
+
+
+class _Bessel(keras.layers.Layer):
+    """An op tf2onnx has no converter for."""
+
+    def call(self, x):
+        return x + tf.math.bessel_i0e(x)
+
+
+@pytest.mark.parametrize("layer, message", [
+    (_ScaledConv(name="scaled_conv"), r"tf2onnx crashed \(SIGABRT\).*Check failed.*MulConvPushDown"),
+    (_Bessel(name="odd_layer"), r"in layer\(s\) odd_layer: unsupported TF ops \['BesselI0e'\]"),
+])
+def test_converter_failures_are_clear_errors(layer, message, tmp_path):
+    inp = keras.Input((2, 8, 8, 3), name="clip")
+    x = keras.layers.Conv3D(3, 1, name="conv")(inp)
+    x = keras.layers.GlobalAveragePooling3D(name="pool")(layer(x))
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(x))
+    with pytest.raises(onnx_export.ConversionError, match=message):
+        onnx_export.export(model, tmp_path / "bad.onnx", fold=False)
+    assert os.listdir(tmp_path) == []  # neither the final nor a temporary file
