@@ -114,19 +114,9 @@ def _remove_stale_tmp(output_dir):
         if not (name.startswith(".") and ".tmp-" in name and pid_text.isdigit()):
             continue
         pid = int(pid_text)
-        if pid != os.getpid() and _is_running(pid):
+        if pid != os.getpid() and tfrecord.writer_alive(pid):
             continue  # e.g. an orphaned worker of a killed run still writes it
         os.remove(os.path.join(output_dir, name))
-
-
-def _is_running(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_manifest(output_dir, prefix, settings, shards):

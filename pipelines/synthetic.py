@@ -255,16 +255,6 @@ def _write_split(output_dir, prefix, num, seed, num_frames, size, num_shards):
   return names
 
 
-def _is_running(pid):
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _atomic_write_text(path, text):
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
   with os.fdopen(fd, "w") as f:
@@ -323,7 +313,7 @@ def write_synthetic(output_dir, num_train=2000, num_eval=400, seed=0,
       os.remove(path)  # a shard of other arguments
     elif name.startswith((".train-", ".eval-")) and ".tmp-" in name:
       pid = name.rsplit(".tmp-", 1)[1]
-      if not (pid.isdigit() and _is_running(int(pid))):
+      if not (pid.isdigit() and tfrecord.writer_alive(int(pid))):
         os.remove(path)  # left by a crashed run
   _write_split(output_dir, "train", num_train, seed, num_frames, size, num_shards)
   _write_split(output_dir, "eval", num_eval, seed, num_frames, size, 1)

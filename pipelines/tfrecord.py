@@ -6,6 +6,8 @@ Context: `clip/label/index` int64 (-1 = unlabelled), `clip/label/text` bytes,
 Shards are named `{prefix}-{i:05d}-of-{n:05d}.tfrecord`.
 """
 
+import os
+
 import tensorflow as tf
 
 LABEL_INDEX = "clip/label/index"
@@ -74,3 +76,14 @@ def parse_sequence_example(serialized):
     return tf.io.parse_single_sequence_example(
         serialized, context_features=CONTEXT_FEATURES,
         sequence_features=SEQUENCE_FEATURES)
+
+
+def writer_alive(pid):
+    """Whether process `pid` (the writer named in a temporary shard's name) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
