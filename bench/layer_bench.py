@@ -36,11 +36,14 @@ def _layers(c_out):
     return {
         "c3d (Conv3D 3x3x3)": lambda: keras.layers.Conv3D(c_out, 3, padding="same", use_bias=False),
         "c2d (1x3x3 as Conv2D)": lambda: FramewiseConv3D(c_out, (1, 3, 3), padding="same", use_bias=False),
+        "cost_a frames": lambda: CoST(c_out, "a", implementation="frames"),
         "cost_a views": lambda: CoST(c_out, "a", implementation="views"),
         "cost_a fused": lambda: CoST(c_out, "a", implementation="fused"),
         "cost_a sparse": lambda: CoST(c_out, "a", implementation="sparse"),
         "cost_a auto": lambda: CoST(c_out, "a", implementation="auto"),
+        "cost_b frames": lambda: CoST(c_out, "b", implementation="frames"),
         "cost_b views": lambda: CoST(c_out, "b", implementation="views"),
+        "cost_b auto": lambda: CoST(c_out, "b", implementation="auto"),
     }
 
 
@@ -55,8 +58,21 @@ def _median_ms(fn, runs):
     return statistics.median(times)
 
 
-def time_layer(layer, x, runs):
-    """(forward ms, forward+backward ms) of one layer on x, as tf.functions."""
+def _interleaved_medians_ms(fns, runs):
+    """Median ms of each fn in `fns` (a dict), timed in rounds that run every fn once, so a change of load
+    during the run hits every case alike; 3 warm-up rounds."""
+    times = {name: [] for name in fns}
+    for round_ in range(runs + 3):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= 3:
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def layer_fns(layer, x):
+    """(forward, forward+backward) of one layer on x as tf.functions that return NumPy results."""
     layer(x)
 
     @tf.function
@@ -71,9 +87,15 @@ def time_layer(layer, x, runs):
             loss = tf.reduce_sum(y * y)
         return tape.gradient(loss, [x] + layer.trainable_weights)
 
-    fwd = _median_ms(lambda: forward().numpy(), runs)
-    bwd = _median_ms(lambda: [g.numpy() for g in train_step()], runs)
-    return fwd, bwd
+    return (lambda: forward().numpy()), (lambda: [g.numpy() for g in train_step()])
+
+
+def time_layers(layers, x, runs):
+    """{name: (forward ms, forward+backward ms)} for a dict of layers, interleaved."""
+    fns = {name: layer_fns(layer, x) for name, layer in layers.items()}
+    fwd = _interleaved_medians_ms({name: f[0] for name, f in fns.items()}, runs)
+    bwd = _interleaved_medians_ms({name: f[1] for name, f in fns.items()}, runs)
+    return {name: (fwd[name], bwd[name]) for name in layers}
 
 
 def time_onnx_forms(shape, runs):
@@ -114,14 +136,14 @@ def main(argv):
         print(f"\n## {shape_name}: input {n}x{t}x{h}x{w}x{c_in} -> {c_out} channels")
         print(f"| layer | forward ms | fwd+bwd ms | forward / C3D | fwd+bwd / C3D |")
         print("|---|---|---|---|---|")
-        rows = {name: time_layer(make(), x, _RUNS.value) for name, make in _layers(c_out).items()}
+        rows = time_layers({name: make() for name, make in _layers(c_out).items()}, x, _RUNS.value)
         base = rows["c3d (Conv3D 3x3x3)"]
         for name, (fwd, bwd) in rows.items():
             print(f"| {name} | {fwd:.1f} | {bwd:.1f} | {fwd / base[0]:.2f} | {bwd / base[1]:.2f} |")
         if shape_name == "res3":
             # The PyTorch anchor was measured beside a TF Conv3D on this machine; scale through it.
             ref_fwd, ref_bwd = PYTORCH_ANCHOR["tf_conv3d"]
-            for ours, theirs in (("cost_a auto", "cost_a"), ("cost_b views", "cost_b")):
+            for ours, theirs in (("cost_a auto", "cost_a"), ("cost_b auto", "cost_b")):
                 pt_fwd, pt_bwd = PYTORCH_ANCHOR[theirs]
                 fwd = rows[ours][0] / base[0] * ref_fwd
                 bwd = rows[ours][1] / base[1] * ref_bwd

@@ -60,7 +60,7 @@ def layer_coefficients(model, clips=None, batch_size=8):
         probe = keras.Model(model.inputs, [layer.input for layer in b_layers])
         chunks = {layer.name: [] for layer in b_layers}
         for start in range(0, len(clips), batch_size):
-            inputs = probe(clips[start:start + batch_size], training=False)
+            inputs = probe([clips[start:start + batch_size]], training=False)
             inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
             for layer, x in zip(b_layers, inputs):
                 chunks[layer.name].append(np.asarray(layer.coefficients(x), np.float32))
@@ -108,6 +108,7 @@ def _write_atomic(path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the outputs are for everyone who reads the run
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -193,6 +194,19 @@ def load_clips(pattern, num_clips, num_frames, frame_stride, crop_size):
     return np.concatenate(clips)[:num_clips], np.concatenate(labels)[:num_clips]
 
 
+def analyze_model(model, out_dir, pattern=None, class_names=None, num_clips=64, num_frames=None, frame_stride=2,
+                  crop_size=None, top_classes=10):
+    """analyze() for a loaded model; CoST(b) layers are averaged over `num_clips` eval clips of `pattern`."""
+    _, model_frames, model_crop, _, _ = model.inputs[0].shape
+    clips = labels = None
+    if any(layer.variant == "b" for layer in cost_layers(model)):
+        if not pattern:
+            raise ValueError("The model has CoST(b) layers, whose coefficients depend on the clip: pass `pattern`.")
+        clips, labels = load_clips(pattern, num_clips, num_frames or model_frames or 8, frame_stride,
+                                   crop_size or model_crop)
+    return analyze(model, out_dir, clips, labels, class_names, top_classes)
+
+
 def main(argv):
     del argv
     if not _MODEL.value or not os.path.isfile(_MODEL.value):
@@ -202,29 +216,26 @@ def main(argv):
     import cost_tf  # noqa: F401  (registers CoST for load_model)
 
     model = keras.models.load_model(_MODEL.value)
-    _, num_frames, crop, _, _ = model.inputs[0].shape
-    num_frames = _NUM_FRAMES.value or num_frames or 8
-    crop = _CROP_SIZE.value or crop
-    clips = labels = class_names = None
-    if any(layer.variant == "b" for layer in cost_layers(model)):
-        if _DATASET.value == "synthetic":
-            from pipelines import synthetic
+    pattern = class_names = None
+    if _DATASET.value == "synthetic":
+        from pipelines import synthetic
 
+        class_names = list(synthetic.CLASSES)
+        if any(layer.variant == "b" for layer in cost_layers(model)):
             _, pattern = synthetic.write_synthetic(_DATA_DIR.value)
-            class_names = list(synthetic.CLASSES)
-        else:
-            if not _PATTERN.value:
-                raise app.UsageError("--dataset=tfrecord needs --pattern.")
-            pattern = _PATTERN.value
-            classes_txt = os.path.join(os.path.dirname(pattern), "classes.txt")
-            if os.path.isfile(classes_txt):
-                class_names = [line.strip() for line in open(classes_txt) if line.strip()]
-        clips, labels = load_clips(pattern, _NUM_CLIPS.value, num_frames, _FRAME_STRIDE.value, crop)
-    rows = analyze(model, _OUT_DIR.value, clips, labels, class_names, _TOP_CLASSES.value)
+    else:
+        if not _PATTERN.value:
+            raise app.UsageError("--dataset=tfrecord needs --pattern.")
+        pattern = _PATTERN.value
+        classes_txt = os.path.join(os.path.dirname(pattern), "classes.txt")
+        if os.path.isfile(classes_txt):
+            class_names = [line.strip() for line in open(classes_txt) if line.strip()]
+    rows = analyze_model(model, _OUT_DIR.value, pattern, class_names, _NUM_CLIPS.value, _NUM_FRAMES.value,
+                         _FRAME_STRIDE.value, _CROP_SIZE.value, _TOP_CLASSES.value)
     for row in rows:
         print(f"{row['layer']:<24} ({row['variant']}) hw {row['hw_mean']:.3f}  tw {row['tw_mean']:.3f}  "
               f"th {row['th_mean']:.3f}")
-    print(f"Wrote {_OUT_DIR.value}/coefficients.csv and layers.png" + (" + classes.csv/png" if labels is not None else ""))
+    print(f"Wrote {_OUT_DIR.value}/coefficients.csv and layers.png" + (" + classes.csv/png" if pattern else ""))
 
 
 if __name__ == "__main__":

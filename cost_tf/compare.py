@@ -16,7 +16,7 @@ import time
 
 import keras
 
-from cost_tf import checkpoint
+from cost_tf import checkpoint, cost
 
 ARCHS = ("c2d_tiny", "c3d_tiny", "cost_a_tiny", "cost_b_tiny")
 
@@ -40,6 +40,19 @@ class StepTimer(keras.callbacks.Callback):
         return statistics.median(times) if times else float("nan")
 
 
+def mean_coefficients(model_path, eval_pattern):
+    """(hw, tw, th) averaged over a trained model's CoST layers (CoST(b): over 64 eval clips); None without."""
+    from cost_tf import coefficients
+    from cost_tf.evaluate import load_model
+
+    model = load_model(model_path)
+    if not coefficients.cost_layers(model):
+        return None
+    rows = coefficients.analyze_model(model, os.path.join(os.path.dirname(model_path), "coefficients"),
+                                      eval_pattern)
+    return tuple(statistics.mean(row[f"{view}_mean"] for row in rows) for view in ("hw", "tw", "th"))
+
+
 def compare(output_dir, archs=ARCHS, epochs=None, seed=0):
     """Trains each arch with train()'s synthetic defaults; returns a list of result dicts."""
     from cost_tf.resnet import build_model
@@ -58,6 +71,8 @@ def compare(output_dir, archs=ARCHS, epochs=None, seed=0):
                              input_size=resolved.crop_size).count_params()
         rows.append(dict(arch=arch, top1=metrics["top1"], top5=metrics["top5"], params=params,
                          step_s=timer.median(), train_s=elapsed, epochs=metrics["epochs"], steps=metrics["steps"],
+                         coefficients=mean_coefficients(os.path.join(output_dir, arch, "model.keras"),
+                                                        os.path.join(output_dir, "data", "eval-*.tfrecord")),
                          config=resolved))
         keras.backend.clear_session()
     return rows
@@ -77,18 +92,25 @@ def results_markdown(rows, command):
         f"crops, SGD lr {c.lr} per 64 clips ({c.lr_schedule}, {c.warmup_epochs} warmup epochs), seed {c.seed}. "
         f"Top-1/top-5 on the {c.synthetic_eval} evaluation clips (centre clip, one view).",
         "",
-        "| model | top-1 | top-5 | parameters | time per step (s) | training time (s) |",
-        "|-------|------:|------:|-----------:|------------------:|------------------:|",
+        "| model | top-1 | top-5 | parameters | time per step (s) | training time (s) | CoST coefficients "
+        "hw / tw / th |",
+        "|-------|------:|------:|-----------:|------------------:|------------------:|:---:|",
     ]
     for r in rows:
+        coeffs = " / ".join(f"{a:.3f}" for a in r["coefficients"]) if r.get("coefficients") else "—"
         lines.append(f"| {r['arch']} | {100 * r['top1']:.1f} % | {100 * r['top5']:.1f} % | {r['params']:,} | "
-                     f"{r['step_s']:.3f} | {r['train_s']:.0f} |")
+                     f"{r['step_s']:.3f} | {r['train_s']:.0f} | {coeffs} |")
     lines += [
         "",
         "The classes are 4 motions and their time reversals (moving up/down, growing/shrinking, fading in/out, "
         "separating/converging): only the ORDER of the frames tells a pair apart. C2D has no temporal "
         "convolution and averages over time, so it sees a clip and its reversal alike: at best it finds the "
         "pair, i.e. 50 % top-1 (chance: 12.5 %). C3D, CoST(a) and CoST(b) have temporal kernels.",
+        "",
+        "CoST coefficients: the view weights of the trained model averaged over its CoST layers and channels "
+        "(CoST(b): and over 64 evaluation clips); at initialisation CoST(a) has 0.668 / 0.166 / 0.166. "
+        f"The CoST layers trained with implementation 'auto' = '{cost.AUTO_TRAINING}' for CoST(a), "
+        f"'{cost.AUTO_B}' for CoST(b).",
         "",
         "Time per step is the median wall time of a training batch (after 5 warm-up batches) on a machine "
         "shared with other jobs, so it is indicative only; bench/ has the controlled measurements.",

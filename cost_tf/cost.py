@@ -12,15 +12,19 @@ import keras
 from keras import ops
 
 VARIANTS = ("a", "b")
-IMPLEMENTATIONS = ("auto", "views", "fused", "sparse")
+IMPLEMENTATIONS = ("auto", "frames", "views", "fused", "sparse")
 VIEWS = ("hw", "tw", "th")
 
 # "auto" picks, per mode, the implementation measured fastest on CPU by bench/layer_bench.py at the R50
-# res3/res4 shapes (docs/PERFORMANCE.md has the table). Training: the views as 2D convolutions, whose
-# gradients TF's CPU kernels compute far faster than Conv3D's. Inference: the 19-tap sparse form does
-# 0.70x the multiply-adds of the merged 3x3x3 kernel.
+# res3/res4 shapes (docs/PERFORMANCE.md has the table). CoST(a) training: "frames" (the 19 taps as 2D
+# convolutions over whole frames, no transposes), 0.60-0.83x a Conv3D's forward+backward where "views" took
+# 0.81-1.00x. CoST(a) inference: the 19-tap "sparse" Conv3Ds (0.79-0.81x Conv3D; "frames" 0.83-0.84x);
+# strided, the merged kernel. CoST(b): "views", whose 3x3 view convolutions train 1.4x faster than the
+# seven (1, 3)/(3, 1) convolutions of "frames".
 AUTO_INFERENCE = "sparse"
-AUTO_TRAINING = "views"
+AUTO_STRIDED_INFERENCE = "fused"
+AUTO_TRAINING = "frames"
+AUTO_B = "views"
 
 
 def _same_pads(size, stride, kernel=3):
@@ -104,9 +108,11 @@ class CoST(keras.layers.Layer):
       strides: int or (t, h, w).
       use_bias: add a bias once, after the weighted sum of the views.
       kernel_initializer, kernel_regularizer: for the shared (3, 3, C_in, filters) kernel.
-      implementation: "views" (three 3D convolutions, view weights multiplied into the kernels), "fused"
-        (variant "a": one 3x3x3 convolution with the merged kernel), "sparse" (variant "a", stride 1: the
-        merged kernel's 19 non-zero taps as three dense convolutions), or "auto" (the fastest measured here,
+      implementation: "views" (the three views as 2D convolutions over the planes each spans, view weights
+        multiplied into the kernels), "frames" (2D convolutions over whole frames, one set per temporal tap:
+        variant "a" runs the merged kernel's 19 non-zero taps, variant "b" the three views), "fused" (variant
+        "a": one 3x3x3 convolution with the merged kernel), "sparse" (variant "a", stride 1: the merged
+        kernel's 19 non-zero taps as three dense 3D convolutions), or "auto" (the fastest measured here,
         chosen separately for training and inference).
     Input: (N, T, H, W, C_in). Output: (N, ceil(T/st), ceil(H/sh), ceil(W/sw), filters), 'same' padding.
     """
@@ -137,7 +143,7 @@ class CoST(keras.layers.Layer):
         if variant == "b" and implementation in ("fused", "sparse"):
             raise ValueError(
                 "CoST(b) predicts its coefficients from the separate view outputs, so it only runs as "
-                f"implementation='views' (or 'auto'). Received: implementation={implementation!r}"
+                f"implementation='frames', 'views' or 'auto'. Received: implementation={implementation!r}"
             )
         if implementation == "sparse" and self.strides != (1, 1, 1):
             raise ValueError(
@@ -247,6 +253,46 @@ class CoST(keras.layers.Layer):
         inverse = [order.index(a) for a in range(5)]
         return ops.transpose(y, inverse)
 
+    def _frame_conv(self, xp, kernels):
+        """Sum over the three padded frames t*st + i (i = 0, 1, 2) of a 2D 'valid' convolution of each frame.
+
+        `kernels[i]` is a list of (kh, kw, C_in, C_out) kernels with kh, kw in {1, 3} (a 1 sits on the middle
+        row/column of the window) for the frames at temporal tap i. Every 2D convolution runs over all N*T'
+        frames at once, and nothing is transposed: this is how the views' temporal taps reach TF's CPU Conv2D.
+        xp: the input padded by _pad_same. Returns (N, T', H', W', C_out).
+        """
+        _, sh, sw = self.strides
+        st = self.strides[0]
+        shape = ops.shape(xp)
+        total = None
+        for i, ks in enumerate(kernels):
+            if not ks:
+                continue
+            frames = xp[:, i:(i - 2 if i < 2 else None):st]
+            frames = ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
+            for k in ks:
+                rows = slice(1, -1) if k.shape[0] == 1 else slice(None)
+                cols = slice(1, -1) if k.shape[1] == 1 else slice(None)
+                y = ops.conv(frames[:, rows, cols], k, strides=(sh, sw), padding="valid")
+                total = y if total is None else total + y
+        y_shape = ops.shape(total)
+        return ops.reshape(total, (shape[0], -1, y_shape[1], y_shape[2], y_shape[3]))
+
+    def _frame_views(self, x, kernel):
+        """(x_hw, x_tw, x_th) as _views gives them, each computed by _frame_conv (27 taps, no transposes)."""
+        xp = self._pad_same(x)
+        hw = self._frame_conv(xp, [[], [kernel], []])
+        tw = self._frame_conv(xp, [[kernel[i][None]] for i in range(3)])  # row i of w: (1, 3) over (h=1, w)
+        th = self._frame_conv(xp, [[kernel[i][:, None]] for i in range(3)])  # row i of w: (3, 1) over (h, w=1)
+        return hw, tw, th
+
+    def _frames_merged(self, x, kernel3d):
+        """The merged kernel's 19 non-zero taps per temporal tap: the full 3x3 centre frame, and a plus
+        shape on the previous/next frames as a (1, 3) row and a (3, 1) column with its centre zeroed."""
+        no_centre = ops.convert_to_tensor([1.0, 0.0, 1.0], dtype=kernel3d.dtype)[:, None, None, None]
+        kernels = [[kernel3d[i, 1:2], kernel3d[i, :, 1:2] * no_centre] for i in (0, 2)]
+        return self._frame_conv(self._pad_same(x), [kernels[0], [kernel3d[1]], kernels[1]])
+
     def _sparse(self, x, kernel3d):
         k_hw, k_tw, k_th = sparse_kernels(kernel3d)
         xp = ops.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
@@ -257,25 +303,25 @@ class CoST(keras.layers.Layer):
 
     def resolved_implementation(self, training=False):
         """The implementation `call` runs for this mode."""
-        if self.variant == "b":
-            return "views"
         if self.implementation != "auto":
             return self.implementation
+        if self.variant == "b":
+            return AUTO_B
         if training:
             return AUTO_TRAINING
         if self.strides == (1, 1, 1):
             return AUTO_INFERENCE
-        return "fused"
+        return AUTO_STRIDED_INFERENCE
 
     def call(self, inputs, training=None):
         kernel = ops.cast(self.kernel, self.compute_dtype)
+        impl = self.resolved_implementation(bool(training))
         if self.variant == "b":
-            views = self._views(inputs, kernel)
+            views = self._frame_views(inputs, kernel) if impl == "frames" else self._views(inputs, kernel)
             coeffs = ops.cast(self._predict_coefficients(views), self.compute_dtype)  # (N, 3, C)
             outputs = sum(coeffs[:, i, None, None, None, :] * v for i, v in enumerate(views))
         else:
             coeffs = ops.cast(self.coefficients(), self.compute_dtype)  # (3, C)
-            impl = self.resolved_implementation(bool(training))
             if impl == "views":
                 # View weights go into the kernels, not onto the outputs: tf2onnx's grappler pass aborts on
                 # a per-channel Mul after a Conv (see DEVELOPERS.md), and this is the same sum.
@@ -284,6 +330,8 @@ class CoST(keras.layers.Layer):
                 k3 = merged_kernel(kernel, coeffs)
                 if impl == "fused":
                     outputs = ops.conv(inputs, k3, strides=self.strides, padding="same")
+                elif impl == "frames":
+                    outputs = self._frames_merged(inputs, k3)
                 else:
                     outputs = self._sparse(inputs, k3)
         if self.use_bias:

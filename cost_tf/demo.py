@@ -5,9 +5,12 @@
 1. cost_tf.train with its defaults (--dataset=synthetic): writes the order-only synthetic clips to
    {output_dir}/data and trains cost_b_tiny (a few minutes on 2 CPU cores; resumes if interrupted).
 2. cost_tf.evaluate: top-1/top-5, per-class CSV and confusion-matrix PNG.
-3. Exports: TF Serving SavedModel ({output_dir}/saved_model/N) and ONNX ({output_dir}/model.onnx), each
+3. cost_tf.coefficients: how much each CoST layer relies on the H-W / T-W / T-H views
+   ({output_dir}/coefficients: CSVs and the per-layer and per-class plots).
+4. Exports: TF Serving SavedModel ({output_dir}/saved_model/N) and ONNX ({output_dir}/model.onnx), each
    validated against the Keras model by its exporter.
 """
+
 
 import os
 import time
@@ -59,9 +62,16 @@ def main(argv):
     model_path = os.path.join(output_dir, "model.keras")
     report = evaluate(EvalConfig(model=model_path, views=_VIEWS.value))
     evaluated = time.time()
+    from cost_tf import coefficients
+    from cost_tf.evaluate import load_model
+    from pipelines.synthetic import CLASSES
+
+    coefficients_dir = os.path.join(output_dir, "coefficients")
+    eval_pattern = os.path.join(output_dir, "data", "eval-*.tfrecord")
+    layers = coefficients.analyze_model(load_model(model_path), coefficients_dir, eval_pattern, list(CLASSES))
+    temporal = sum(row["tw_mean"] + row["th_mean"] for row in layers) / len(layers)
     exports = {}
     if _EXPORT.value:
-        from pipelines.synthetic import CLASSES
         exports = run_exports(model_path, output_dir, class_names=list(CLASSES))
     done = time.time()
     print("\n== cost-tf demo ==")
@@ -73,10 +83,12 @@ def main(argv):
     print(f"evaluation:    {report['views']} views on {report['num_videos']} videos: top-1 {report['top1']:.4f}, "
           f"top-5 {report['top5']:.4f}")
     print(f"               {report['per_class_csv']}, {report['confusion_png']}")
+    print(f"coefficients:  {coefficients_dir} ({len(layers)} CoST layers, mean temporal weight tw+th "
+          f"{temporal:.2f}; layers.png, classes.png)")
     for name, where in exports.items():
         print(f"export {name + ':':8s}{where}")
     print(f"time:          train {trained - start:.0f} s, evaluate {evaluated - trained:.0f} s, "
-          f"export {done - evaluated:.0f} s, total {done - start:.0f} s")
+          f"coefficients + export {done - evaluated:.0f} s, total {done - start:.0f} s")
     print(f"final top-1:   {report['top1']:.4f}")
 
 

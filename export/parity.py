@@ -105,20 +105,21 @@ def with_input_shape(model, num_frames=None, crop_size=None):
 
 
 def plain_convolutions(model):
-    """The same model with every Conv3D subclass (e.g. cost_tf.resnet.FramewiseConv3D) as a plain Conv3D.
+    """The same model with every Conv3D / MaxPooling3D subclass (cost_tf.resnet's FramewiseConv3D and
+    FramewiseMaxPooling3D) as the plain Keras layer.
 
-    FramewiseConv3D runs a 1xkxk kernel as a Conv2D over N*T frames (faster gradients in TF); exported, that
-    is Reshape/Transpose/Conv/Transpose/Reshape per layer (104 Transposes in an R50 ONNX graph, 1 with plain
-    Conv3D). Same weights, same outputs up to float32 rounding. Returns `model` itself if there is none.
+    The framewise layers run 1xkxk kernels/pools as 2D ops over N*T frames (faster gradients in TF); exported,
+    that is Reshape/Transpose/Conv/Transpose/Reshape per layer (104 Transposes in an R50 ONNX graph, 1 with
+    plain Conv3D). Same weights, same outputs up to float32 rounding. Returns `model` itself if there is none.
     """
-    subclassed = {layer.name for layer in model.layers
-                  if isinstance(layer, keras.layers.Conv3D) and type(layer) is not keras.layers.Conv3D}
-    if not subclassed:
+    bases = (keras.layers.Conv3D, keras.layers.MaxPooling3D)
+    plain_class = {layer.name: base for layer in model.layers for base in bases
+                   if isinstance(layer, base) and type(layer) is not base}
+    if not plain_class:
         return model
 
     def clone_layer(layer):
-        cls = keras.layers.Conv3D if layer.name in subclassed else layer.__class__
-        return cls.from_config(layer.get_config())
+        return plain_class.get(layer.name, layer.__class__).from_config(layer.get_config())
 
     plain = keras.models.clone_model(model, clone_function=clone_layer)
     originals = {layer.name: layer for layer in model.layers}

@@ -82,3 +82,24 @@ def test_errors():
         coef.layer_coefficients(keras.Model(inp, keras.layers.Conv3D(2, 3)(inp)))
     with pytest.raises(ValueError, match="give clips"):
         coef.layer_coefficients(keras.Model(inp, CoST(2, variant="b")(inp)))
+
+
+def test_analyze_model_reads_eval_clips(tmp_path):
+    from pipelines.synthetic import CLASSES, write_synthetic
+
+    _, pattern = write_synthetic(str(tmp_path / "data"), num_train=8, num_eval=12, num_frames=8, size=32,
+                                 num_shards=1)
+    inp = keras.Input((4, 24, 24, 3), name="clip")
+    model = keras.Model(inp, CoST(2, variant="b", name="b")(inp))
+    with pytest.raises(ValueError, match="pass `pattern`"):
+        coef.analyze_model(model, str(tmp_path / "out"))
+    rows = coef.analyze_model(model, str(tmp_path / "out"), pattern, list(CLASSES), num_clips=10)
+    clips, labels = coef.load_clips(pattern, 10, 4, 2, 24)  # the model's T and crop, the default stride
+    assert clips.shape == (10, 4, 24, 24, 3) and labels.shape == (10,)
+    with open(tmp_path / "out" / "classes.csv") as f:
+        classes = list(csv.DictReader(f))
+    assert sum(int(c["clips"]) for c in classes) == 10
+    assert {c["class"] for c in classes} == {CLASSES[k] for k in labels}
+    expect = coef.analyze(model, str(tmp_path / "ref"), clips, labels, list(CLASSES))
+    for row, ref in zip(rows, expect):
+        assert row == pytest.approx(ref, abs=1e-6)

@@ -83,7 +83,8 @@ def _rel(a, b):
 
 
 CASES = [
-    ("a", "views"), ("a", "fused"), ("a", "sparse"), ("a", "auto"), ("b", "views"), ("b", "auto"),
+    ("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("a", "auto"),
+    ("b", "frames"), ("b", "views"), ("b", "auto"),
 ]
 
 
@@ -141,10 +142,11 @@ def test_b_coefficients_match_reference():
         layer.coefficients()
 
 
+@pytest.mark.parametrize("implementation", ["frames", "views"])
 @pytest.mark.parametrize("variant", ["a", "b"])
-def test_gradients_flow_and_match_finite_differences(variant):
+def test_gradients_flow_and_match_finite_differences(variant, implementation):
     rng = np.random.default_rng(2)
-    layer = CoST(3, variant=variant, dtype="float64", implementation="auto")
+    layer = CoST(3, variant=variant, dtype="float64", implementation=implementation)
     x = tf.constant(rng.normal(size=(2, 3, 5, 5, 2)))
     layer.build(x.shape)
     _randomize(layer, rng)
@@ -277,7 +279,9 @@ _ONNX_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("variant,implementation", [("a", "views"), ("a", "fused"), ("a", "sparse"), ("b", "views")])
+@pytest.mark.parametrize(
+    "variant,implementation", [("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("b", "frames"), ("b", "views")]
+)
 def test_tf2onnx_matches_keras(variant, implementation, tmp_path):
     # In a subprocess: a converter crash (grappler CHECK failure) kills the whole process.
     inp = keras.Input((None, 8, 8, 3), name="clip")

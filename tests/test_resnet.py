@@ -7,9 +7,10 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cost_tf.cost import CoST
-from cost_tf.resnet import ARCHS, BLOCKS, FramewiseConv3D, build_model, count_macs
+from cost_tf.resnet import ARCHS, BLOCKS, FramewiseConv3D, FramewiseMaxPooling3D, build_model, count_macs
 
 # The spec (shared/CoST.md section 2), written out independently of cost_tf.resnet.
 SPEC = {
@@ -233,6 +234,31 @@ def test_framewise_conv_equals_conv3d(kernel, strides, padding, shape):
     model = keras.Model(inputs, FramewiseConv3D.from_config(framewise.get_config())(inputs))
     model.layers[-1].set_weights(weights)
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(reference(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "pool, strides, padding, shape",
+    [((1, 3, 3), (1, 2, 2), "valid", (2, 3, 15, 14, 4)), ((1, 2, 2), None, "same", (1, 4, 9, 9, 3)),
+     ((2, 3, 3), (2, 2, 2), "valid", (1, 6, 9, 9, 2))],
+)
+def test_framewise_max_pool_equals_max_pool3d(pool, strides, padding, shape):
+    x = np.random.default_rng(3).normal(size=shape).astype("float32")
+    framewise = FramewiseMaxPooling3D(pool, strides=strides, padding=padding)
+    reference = keras.layers.MaxPooling3D(pool, strides=strides, padding=padding)
+    np.testing.assert_array_equal(np.asarray(framewise(x)), np.asarray(reference(x)))
+    # Gradients: the max-pool's gradient routes to the same (argmax) positions.
+    xt = tf.constant(x)
+    grads = []
+    for layer in (framewise, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt)
+            loss = tf.reduce_sum(y * tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y)))
+        grads.append(np.asarray(tape.gradient(loss, xt)))
+    np.testing.assert_array_equal(grads[0], grads[1])
+    inputs = keras.Input((None, None, None, shape[-1]))
+    model = keras.Model(inputs, FramewiseMaxPooling3D.from_config(framewise.get_config())(inputs))
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(reference(x)))
 
 
 def test_count_macs_arithmetic():
