@@ -5,6 +5,7 @@
 Each benchmark runs in its own process (they define their own flags) and prints markdown; this collects the
 outputs under one header that names the CPU, core count and TensorFlow build, and adds the machine's float32
 ceiling: the achieved GFLOP/s of the CoST layer against a large float32 matmul timed in the same run.
+The hand-written analysis at the end of the old report (from NOTES_MARKER on) is carried over as it is.
 """
 
 import os
@@ -83,6 +84,19 @@ def ceiling():
     return ("| kernel | GFLOP/s | of matmul |\n|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
+NOTES_MARKER = "<!-- notes below are kept by make bench -->"
+
+
+def kept_notes(path):
+    """The hand-written part of an earlier report (from NOTES_MARKER on), or "" if there is none."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    return text[text.index(NOTES_MARKER):] if NOTES_MARKER in text else ""
+
+
 _OUT = flags.DEFINE_string("out", "docs/PERFORMANCE.md", "Report path (written atomically).")
 _ONLY = flags.DEFINE_list("only", ["layer", "ceiling", "model", "pipeline", "export"], "Which parts to run.")
 
@@ -103,9 +117,13 @@ def main(argv):
         sections.append(f"## {name} (`{' '.join(BENCHES.get(name, ['bench.run_all ceiling']))}`, "
                         f"{time.time() - start:.0f} s)\n\n{body}")
         print(sections[-1], flush=True)
+    notes = kept_notes(_OUT.value)
+    if notes:
+        sections.append(notes)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(_OUT.value)), prefix=".tmp-")
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(sections))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, _OUT.value)
     print(f"Wrote {_OUT.value}")
 

@@ -129,7 +129,11 @@ def plain_convolutions(model):
     return plain
 
 
-def fold_for_inference(model, form="auto"):
+def fold_for_inference(model, form="merged"):
     """The model to deploy: CoST(a) -> Conv3D (cost_tf.fold, `form`), BatchNorm -> the conv before it
-    (export.bn_fold), Conv3D subclasses -> Conv3D (`plain_convolutions`). Same outputs as `model`."""
+    (export.bn_fold), Conv3D subclasses -> Conv3D (`plain_convolutions`). Same outputs as `model`.
+
+    The default is the merged form: the BatchNorm after a CoST(a) then folds into its one Conv3D (bn_fold
+    does not fold through the Add of the 19-tap form's three convolutions). The ONNX export passes "sparse"
+    (tf2onnx folds that BatchNorm itself)."""
     return plain_convolutions(fold_batchnorm(fold_cost(model, form=form)))
