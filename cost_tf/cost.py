@@ -261,8 +261,7 @@ class CoST(keras.layers.Layer):
         frames at once, and nothing is transposed: this is how the views' temporal taps reach TF's CPU Conv2D.
         xp: the input padded by _pad_same. Returns (N, T', H', W', C_out).
         """
-        _, sh, sw = self.strides
-        st = self.strides[0]
+        st, sh, sw = self.strides
         shape = ops.shape(xp)
         total = None
         for i, ks in enumerate(kernels):
