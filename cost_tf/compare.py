@@ -50,7 +50,7 @@ def mean_coefficients(model_path, eval_pattern):
         return None
     rows = coefficients.analyze_model(model, os.path.join(os.path.dirname(model_path), "coefficients"),
                                       eval_pattern)
-    return tuple(statistics.mean(row[f"{view}_mean"] for row in rows) for view in ("hw", "tw", "th"))
+    return tuple(statistics.mean(row[f"{view}_mean"] for row in rows) for view in cost.VIEWS)
 
 
 def compare(output_dir, archs=ARCHS, epochs=None, seed=0):
