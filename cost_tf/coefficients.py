@@ -30,7 +30,8 @@ def define_flags():
     _DATASET = flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "tfrecord"],
                                  "Clips for CoST(b): the embedded dataset or --pattern.")
     _PATTERN = flags.DEFINE_string("pattern", None, "TFRecord glob (with --dataset=tfrecord).")
-    _DATA_DIR = flags.DEFINE_string("data_dir", "runs/synthetic", "Where the embedded dataset is (or is written).")
+    _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where the embedded dataset is (or is written). Default: "
+                                    "the one the model was trained on (config.json beside it), else runs/synthetic.")
     _NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Clips averaged over for CoST(b).")
     _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per clip (default: the model's input).")
     _FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 2, "Frame stride of the sampled clips.")
@@ -213,16 +214,25 @@ def main(argv):
         raise app.UsageError(f"--model must name an existing .keras file. Received: --model={_MODEL.value}")
     if not _OUT_DIR.value:
         raise app.UsageError("--out_dir is required.")
-    import cost_tf  # noqa: F401  (registers CoST for load_model)
+    from cost_tf.loading import load_model, training_config
 
-    model = keras.models.load_model(_MODEL.value)
+    try:
+        model = load_model(_MODEL.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     pattern = class_names = None
     if _DATASET.value == "synthetic":
         from pipelines import synthetic
 
         class_names = list(synthetic.CLASSES)
         if any(layer.variant == "b" for layer in cost_layers(model)):
-            _, pattern = synthetic.write_synthetic(_DATA_DIR.value)
+            trained = training_config(_MODEL.value)
+            data_dir = _DATA_DIR.value or "runs/synthetic"
+            if not _DATA_DIR.value and trained.get("dataset") == "synthetic":  # as cost_tf.train wrote it
+                data_dir = trained.get("data_dir") or os.path.join(trained["model_dir"], "data")
+            _, pattern = synthetic.write_synthetic(
+                data_dir, num_train=trained.get("synthetic_train", synthetic.NUM_TRAIN),
+                num_eval=trained.get("synthetic_eval", synthetic.NUM_EVAL))
     else:
         if not _PATTERN.value:
             raise app.UsageError("--dataset=tfrecord needs --pattern.")

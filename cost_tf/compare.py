@@ -43,7 +43,7 @@ class StepTimer(keras.callbacks.Callback):
 def mean_coefficients(model_path, eval_pattern):
     """(hw, tw, th) averaged over a trained model's CoST layers (CoST(b): over 64 eval clips); None without."""
     from cost_tf import coefficients
-    from cost_tf.evaluate import load_model
+    from cost_tf.loading import load_model
 
     model = load_model(model_path)
     if not coefficients.cost_layers(model):

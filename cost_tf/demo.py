@@ -27,7 +27,7 @@ def run_exports(model_path, output_dir, class_names=None):
     """SavedModel + ONNX exports of the model at `model_path`; returns {name: path or reason}."""
     import keras
 
-    from cost_tf.evaluate import load_model
+    from cost_tf.loading import load_model
 
     results = {}
     model = load_model(model_path)
@@ -63,7 +63,7 @@ def main(argv):
     report = evaluate(EvalConfig(model=model_path, views=_VIEWS.value))
     evaluated = time.time()
     from cost_tf import coefficients
-    from cost_tf.evaluate import load_model
+    from cost_tf.loading import load_model
     from pipelines.synthetic import CLASSES
 
     coefficients_dir = os.path.join(output_dir, "coefficients")

@@ -9,13 +9,17 @@ Keras 3.15.1's `model.fit` fails under MultiWorkerMirroredStrategy (https://gith
 open), in two spots of keras/src/backend/tensorflow/trainer.py:
   1. `_maybe_symbolic_build` all-reduces the first DATA batch across workers (strategy.reduce "MEAN") only to
      learn its shapes; that fails on the per-worker inputs. The fix builds from this worker's first replica's
-     batch (same shapes everywhere).
+     batch (same shapes everywhere). The same reduce fails under MirroredStrategy when the first global batch
+     is partial (an evaluation set smaller than the global batch: a replica gets an empty batch, and
+     AddN refuses [2, T, H, W, 3] + [0, T, H, W, 3]), so the fix applies to every strategy of several
+     replicas.
   2. `reduce_per_replica` reduces the step's scalar logs with `strategy.reduce("MEAN", v, axis=0)`, which fails
      on rank-0 values ("Invalid reduction dimension 0"). The fix reduces rank-0 values with axis=None: the
      mean over all replicas of all workers, so every worker logs the same numbers (and callbacks such as
      TerminateOnNaN decide the same way on every worker).
 `patch_keras_for_multi_worker()` applies both, only on that exact Keras version (elsewhere it warns and does
-nothing), and the patched functions defer to the originals unless the strategy is multi-worker.
+nothing), and the patched functions defer to the originals unless the strategy has several replicas (fix 1)
+or is multi-worker (fix 2); create_strategy applies it for "mirrored" and "multi_worker".
 """
 
 import json
@@ -65,6 +69,7 @@ def create_strategy(name="auto", tpu=None):
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        patch_keras_for_multi_worker()
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
         cluster, task = tf_config_cluster()
@@ -154,11 +159,12 @@ def patch_keras_for_multi_worker():
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
-        if strategy is None or iterator is None or not _is_multi_worker(strategy):
+        if strategy is None or iterator is None or strategy.num_replicas_in_sync < 2:
             return original_build(self, iterator=iterator, data_batch=data_batch)
         for _, _, it in iterator:
             batch = next(it)
-            # Fix 1: this worker's first replica's batch; only its shapes matter.
+            # Fix 1: this worker's first replica's batch; only its shapes matter (the first replica gets
+            # data whenever any replica does).
             data_batch = tf.nest.map_structure(
                 lambda x: strategy.experimental_local_results(x)[0]
                 if isinstance(x, tf.distribute.DistributedValues) else x, batch)

@@ -15,7 +15,6 @@ beside the model.
 import csv
 import dataclasses
 import io
-import json
 import os
 import re
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from cost_tf import checkpoint
+from cost_tf.loading import load_model, resize_model, training_config
 
 
 @dataclasses.dataclass
@@ -39,6 +39,7 @@ class EvalConfig:
     eval_annotations: str = None
     eval_video_dir: str = None
     classes: str = None
+    skip_bad_rows: bool = None
     data_dir: str = None
     num_frames: int = None
     frame_stride: int = None
@@ -116,43 +117,6 @@ def plot_confusion(matrix, class_names, path, title):
     checkpoint.write_text(path, buffer.getvalue(), mode="wb")
 
 
-def load_model(path, num_frames=None, input_size=None):
-    """Loads a .keras model; rebuilt at another clip length / crop size (same weights) when asked."""
-    import keras
-
-    from cost_tf import cost, optim  # noqa: F401  (registers CoST and the optimizer/schedule classes)
-
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--model: cannot load this Keras model ({type(e).__name__}: {e}). "
-                         f"Received: model={path!r}") from None
-    return resize_model(model, num_frames, input_size)
-
-
-def resize_model(model, num_frames=None, input_size=None):
-    """`model` itself, or the same arch rebuilt at (num_frames, input_size) with its weights."""
-    from cost_tf.resnet import ARCHS, build_model
-
-    _, frames, height, _, _ = model.input_shape
-    if (num_frames in (None, frames)) and (input_size in (None, height)):
-        return model
-    if model.name not in ARCHS:
-        raise ValueError(f"Cannot rebuild model {model.name!r} at another input size: not one of the archs.")
-    rebuilt = build_model(model.name, num_classes=model.output_shape[-1], num_frames=num_frames or frames,
-                          input_size=input_size or height)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
-
-
-def _training_config(model_path):
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
 def _eval_source(config, train_config):
     """make_dataset source kwargs and class names for the evaluation split."""
     dataset = config.dataset or train_config.get("dataset", "synthetic")
@@ -167,8 +131,8 @@ def _eval_source(config, train_config):
             data_dir = (config.data_dir or train_config.get("data_dir")
                         or os.path.join(train_config.get("model_dir") or os.path.dirname(config.model), "data"))
             _, pattern = synthetic.write_synthetic(
-                data_dir, num_train=train_config.get("synthetic_train", 1200),
-                num_eval=train_config.get("synthetic_eval", 240))
+                data_dir, num_train=train_config.get("synthetic_train", synthetic.NUM_TRAIN),
+                num_eval=train_config.get("synthetic_eval", synthetic.NUM_EVAL))
             names = names or list(synthetic.CLASSES)
         patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
         if not patterns or not all(tf.io.gfile.glob(p) for p in patterns):
@@ -178,8 +142,24 @@ def _eval_source(config, train_config):
     video_dir = config.eval_video_dir or train_config.get("eval_video_dir") or train_config.get("video_dir")
     if not annotations or not tf.io.gfile.exists(annotations):
         raise ValueError(f"--eval_annotations: no such file. Received: eval_annotations={annotations!r}")
-    return dict(annotations=annotations, video_dir=video_dir, dataset=dataset,
-                classes=config.classes or train_config.get("classes")), names
+    if not video_dir or not tf.io.gfile.isdir(video_dir):
+        raise ValueError(f"--eval_video_dir: must be an existing folder of videos. Received: "
+                         f"eval_video_dir={video_dir!r}")
+    classes = config.classes or train_config.get("classes")
+    # Kinetics without a class list: the class indices of the training CSV the model was trained on.
+    train_annotations = train_config.get("annotations") if dataset == "kinetics" and not classes else None
+    if train_annotations and not tf.io.gfile.exists(train_annotations):
+        train_annotations = None
+    skip_bad_rows = (config.skip_bad_rows if config.skip_bad_rows is not None
+                     else bool(train_config.get("skip_bad_rows", False)))
+    source = dict(annotations=annotations, video_dir=video_dir, dataset=dataset, classes=classes,
+                  train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
+    from pipelines.readers import read_annotations
+
+    _, report = read_annotations(dataset, annotations, video_dir, classes=classes,
+                                 train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
+    source["report"] = report
+    return source, names or report.classes
 
 
 def evaluate(config):
@@ -189,8 +169,9 @@ def evaluate(config):
     num_clips, num_crops = parse_views(config.views)
     if not config.model or not tf.io.gfile.exists(config.model):
         raise ValueError(f"--model: no such file. Received: model={config.model!r}")
-    train_config = _training_config(config.model)
+    train_config = training_config(config.model)
     source, names = _eval_source(config, train_config)
+    annotation_report = source.pop("report", None)
     trained_crop = train_config.get("crop_size")
     eval_resize = config.eval_resize or train_config.get("eval_resize")
     model = load_model(config.model)
@@ -213,6 +194,9 @@ def evaluate(config):
     def predict(clips):
         return tf.nn.softmax(tf.cast(model(clips, training=False), tf.float32), axis=-1)
 
+    from pipelines.dataset import raw_video_skips
+
+    skips_before = len(raw_video_skips())  # this process may have read (and skipped) videos before
     all_probabilities, all_labels = [], []
     for clips, labels in dataset:
         views = clips.shape[1]
@@ -247,6 +231,15 @@ def evaluate(config):
               "num_unlabelled": int((~labelled).sum()), "views": tag, "num_frames": num_frames,
               "frame_stride": frame_stride, "crop_size": crop_size, "eval_resize": eval_resize,
               "model": config.model, "per_class_csv": csv_path, "confusion_png": png_path}
+    if annotation_report is not None:  # raw videos: what was not evaluated, and why
+        unreadable = sorted(dict(raw_video_skips()[skips_before:]).items())
+        own_rows = [row for row in annotation_report.bad_rows if row["file"] == annotation_report.annotations]
+        report["skipped_videos"] = {"missing": annotation_report.missing, "bad_rows": own_rows,
+                                    "unreadable": [{"path": p, "reason": r} for p, r in unreadable]}
+        counts = {k: len(v) for k, v in report["skipped_videos"].items()}
+        if any(counts.values()):
+            print(f"Skipped videos: {counts['missing']} missing on disk, {counts['bad_rows']} bad annotation "
+                  f"rows, {counts['unreadable']} unreadable (listed in eval_{tag}.json).", flush=True)
     checkpoint.write_json(os.path.join(output_dir, f"eval_{tag}.json"), report)
     print(f"{tag} views on {report['num_videos']} videos: top-1 {top1:.4f}, top-5 {top5:.4f}; wrote "
           f"{csv_path}, {png_path}", flush=True)
@@ -271,9 +264,11 @@ def define_flags(flag_values=None):
     for name, help_ in (("eval_pattern", "Glob of evaluation TFRecords."),
                         ("eval_annotations", "Evaluation annotation file (kinetics/moments)."),
                         ("eval_video_dir", "Folder of the evaluation videos."),
-                        ("classes", "Class list file."),
+                        ("classes", "Class list file (Kinetics: one name per line; Moments: category,index)."),
                         ("data_dir", "Synthetic dataset folder.")):
         h[name] = flags.DEFINE_string(name, None, help_ + " Default: as trained.", flag_values=fv)
+    h["skip_bad_rows"] = flags.DEFINE_bool("skip_bad_rows", None, "Raw videos: skip malformed annotation rows "
+                                           "(listed in eval_{views}.json). Default: as trained.", flag_values=fv)
     for name, help_ in (("num_frames", "Frames per clip (default: the model's)."),
                         ("frame_stride", "Frame stride (default: as trained)."),
                         ("crop_size", "Crop side (default: training crop for 1 crop, the eval short side "
@@ -291,9 +286,9 @@ def main(argv):
         parse_views(config.views)
         if not config.model or not tf.io.gfile.exists(config.model):
             raise ValueError(f"--model: no such file. Received: model={config.model!r}")
-    except ValueError as e:
+        evaluate(config)
+    except (ValueError, OSError) as e:  # bad flags, files and annotation rows: one line, exit status 1
         sys.exit(f"error: {e}")
-    evaluate(config)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,13 @@ import tensorflow as tf
 
 from cost_tf import checkpoint, distribute, optim
 from cost_tf.resnet import ARCHS, build_model, parse_arch
+from pipelines import synthetic
 
 DATASETS = ("synthetic", "tfrecord", "kinetics", "moments")
 # What a run writes in model_dir (besides config.json, backup/ and the synthetic data/); a fresh run (no
 # backup to resume) removes them first.
-RUN_OUTPUTS = ("model.keras", "metrics.json", "best.keras", "best.keras.json", "training_log.csv", "tensorboard")
+RUN_OUTPUTS = ("model.keras", "metrics.json", "best.keras", "best.keras.json", "training_log.csv", "tensorboard",
+               "data_report.json")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 _KINETICS = dict(arch="cost_b_r50", epochs=160, lr_steps=(80, 120), lr_schedule="step", batch_size=64, lr=0.01,
@@ -64,10 +66,11 @@ class TrainConfig:
     video_dir: str = None
     eval_video_dir: str = None
     classes: str = None
+    skip_bad_rows: bool = False
     num_classes: int = None
     data_dir: str = None  # synthetic data folder (default {model_dir}/data)
-    synthetic_train: int = 1200
-    synthetic_eval: int = 240
+    synthetic_train: int = synthetic.NUM_TRAIN
+    synthetic_eval: int = synthetic.NUM_EVAL
     # Schedule.
     epochs: int = None
     steps_per_epoch: int = None
@@ -108,6 +111,7 @@ class DataSource:
     kwargs: dict
     count: int = None  # examples (None: unknown)
     num_units: int = 1  # files or videos it can be sharded by
+    report: object = None  # raw videos: the annotation reader's AnnotationReport
 
 
 def _flag_error(name, value, message):
@@ -195,12 +199,15 @@ def resolve_config(config):
         c.eval_video_dir = c.eval_video_dir or c.video_dir
     if c.classes:
         _check_readable("classes", c.classes)
+    if c.dataset in ("kinetics", "moments"):
+        # Read both splits now: a bad row or an empty split fails before anything is built.
+        reports = [read_split(c, split)[1] for split in ("train", "eval")]
+        names = reports[0].classes
     if c.num_classes is None:  # the class list when there is one, else the recipe's
         if c.dataset == "synthetic":
-            from pipelines.synthetic import CLASSES
-            names = CLASSES
-        else:
-            names = _class_names(c, _glob("train_pattern", c.train_pattern) if c.dataset == "tfrecord" else None)
+            names = synthetic.CLASSES
+        elif c.dataset == "tfrecord":
+            names = _class_names(c, _glob("train_pattern", c.train_pattern))
         c.num_classes = len(names) if names else RECIPES[c.dataset]["num_classes"]
     if c.imagenet_weights:
         _check_readable("imagenet_weights", c.imagenet_weights)
@@ -231,17 +238,53 @@ def _count_records(files):
     return int(tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
-def _count_videos(c, split):
-    annotations = c.annotations if split == "train" else c.eval_annotations
-    video_dir = c.video_dir if split == "train" else c.eval_video_dir
-    if c.dataset == "kinetics":
-        from pipelines.kinetics import read_kinetics
-        records, _ = read_kinetics(annotations, video_dir, classes=c.classes,
-                                   train_annotations=c.annotations)
-    else:
-        from pipelines.moments import read_moments
-        records, _ = read_moments(annotations, video_dir, categories=c.classes)
-    return len(records)
+def _raw_source(c, split):
+    """make_dataset's raw-video arguments for a split of --dataset=kinetics|moments."""
+    train_split = split == "train"
+    return dict(dataset=c.dataset, classes=c.classes, skip_bad_rows=c.skip_bad_rows,
+                annotations=c.annotations if train_split else c.eval_annotations,
+                video_dir=c.video_dir if train_split else (c.eval_video_dir or c.video_dir),
+                # Kinetics without --classes: every split takes the training CSV's class indices.
+                train_annotations=None if train_split or c.dataset != "kinetics" or c.classes else c.annotations)
+
+
+def read_split(c, split):
+    """(records, report) of a raw-video split ("train" | "eval"), read as make_dataset reads it.
+
+    Raises ValueError naming the flag when no listed video is found (AnnotationError, a ValueError naming
+    file:line, for a bad row without --skip_bad_rows).
+    """
+    from pipelines.readers import read_annotations
+
+    source = _raw_source(c, split)
+    records, report = read_annotations(source["dataset"], source["annotations"], source["video_dir"],
+                                       classes=source["classes"], train_annotations=source["train_annotations"],
+                                       skip_bad_rows=source["skip_bad_rows"])
+    if not records:
+        name = "annotations" if split == "train" else "eval_annotations"
+        raise _flag_error(name, source["annotations"], f"none of its {report.num_rows} rows names a video found "
+                          f"under {source['video_dir']} ({len(report.missing)} missing, "
+                          f"{len(report.bad_rows)} bad rows)")
+    return records, report
+
+
+def data_report(reports, skips_before=0):
+    """What the raw-video source skipped: {split: {videos, missing, bad_rows}, "unreadable": [...]}; None for
+    TFRecord sources. `reports`: {split: (AnnotationReport, record count)} from prepare_data; the unreadable
+    videos are those pipelines.dataset.raw_video_skips() lists after its first `skips_before`."""
+    if not reports:
+        return None
+    from pipelines.dataset import raw_video_skips
+
+    unreadable = {}
+    for path, reason in raw_video_skips()[skips_before:]:  # a video skipped again in every epoch counts once
+        unreadable.setdefault(path, reason)
+    # A split read with the training CSV's class indices also reports that CSV's bad rows: keep its own.
+    out = {split: {"annotations": report.annotations, "videos": count, "missing": report.missing,
+                   "bad_rows": [row for row in report.bad_rows if row["file"] == report.annotations]}
+           for split, (report, count) in reports.items()}
+    out["unreadable"] = [{"path": path, "reason": reason} for path, reason in sorted(unreadable.items())]
+    return out
 
 
 def prepare_data(c, data_dir=None):
@@ -253,7 +296,6 @@ def prepare_data(c, data_dir=None):
                 min_resize=c.min_resize, max_resize=c.max_resize, eval_resize=c.eval_resize)
     names = None
     if c.dataset == "synthetic":
-        from pipelines import synthetic
         folder = data_dir or c.data_dir or os.path.join(c.model_dir, "data")
         train_pattern, eval_pattern = synthetic.write_synthetic(folder, num_train=c.synthetic_train,
                                                                 num_eval=c.synthetic_eval)
@@ -268,12 +310,11 @@ def prepare_data(c, data_dir=None):
         train = DataSource(dict(clip, file_pattern=train_files), counts[0], len(train_files))
         evaluation = DataSource(dict(clip, file_pattern=eval_files), counts[1], len(eval_files))
     else:
-        names = _class_names(c)
-        raw = dict(dataset=c.dataset, classes=c.classes)
-        n_train = None if c.steps_per_epoch else _count_videos(c, "train")
-        train = DataSource(dict(clip, raw, annotations=c.annotations, video_dir=c.video_dir), n_train,
-                           n_train or 1)
-        evaluation = DataSource(dict(clip, raw, annotations=c.eval_annotations, video_dir=c.eval_video_dir))
+        (train_records, train_report), (eval_records, eval_report) = (read_split(c, s) for s in ("train", "eval"))
+        names = train_report.classes
+        train = DataSource(dict(clip, **_raw_source(c, "train")), len(train_records), len(train_records))
+        evaluation = DataSource(dict(clip, **_raw_source(c, "eval")), len(eval_records), len(eval_records))
+        train.report, evaluation.report = train_report, eval_report
     return train, evaluation, names
 
 
@@ -394,6 +435,9 @@ def train(config, callbacks=(), strategy=None):
 
 
 def _train(c, strategy, out, extra_callbacks):
+    from pipelines.dataset import raw_video_skips
+
+    skips_before = len(raw_video_skips())  # videos this process skipped before this run
     tf.io.gfile.makedirs(out.path)
     train_source, eval_source, names = prepare_data(c, None if out.chief else os.path.join(out.path, "data"))
     num_classes = c.num_classes
@@ -460,6 +504,19 @@ def _train(c, strategy, out, extra_callbacks):
     metrics = {"top1": float(results["top1"]), "top5": float(results["top5"]), "loss": float(results["loss"]),
                "epochs": completed, "steps": int(model.optimizer.iterations.numpy()), "arch": c.arch,
                "dataset": c.dataset, "num_eval": eval_source.count}
+    skipped = data_report({split: (source.report, source.count) for split, source in
+                           (("train", train_source), ("eval", eval_source)) if source.report is not None},
+                          skips_before)
+    if skipped is not None:
+        checkpoint.write_json(os.path.join(out.path, "data_report.json"), skipped)
+        metrics["skipped_videos"] = counts = {
+            "missing": sum(len(skipped[s]["missing"]) for s in ("train", "eval")),
+            "bad_rows": sum(len(skipped[s]["bad_rows"]) for s in ("train", "eval")),
+            "unreadable": len(skipped["unreadable"])}
+        if any(counts.values()):
+            print(f"Skipped videos: {counts['missing']} missing on disk, {counts['bad_rows']} bad annotation rows, "
+                  f"{counts['unreadable']} unreadable; listed in {os.path.join(c.model_dir, 'data_report.json')}.",
+                  flush=True)
     checkpoint.write_json(os.path.join(out.path, "metrics.json"), metrics)
     if out.chief and tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)
@@ -491,7 +548,7 @@ def define_flags(flag_values=None):
                         ("eval_annotations", "Evaluation annotation file."),
                         ("video_dir", "Folder of the training videos."),
                         ("eval_video_dir", "Folder of the evaluation videos (default --video_dir)."),
-                        ("classes", "Class list file (one name per line; Moments: category,index)."),
+                        ("classes", "Class list file (Kinetics: one name per line; Moments: category,index)."),
                         ("data_dir", "Synthetic dataset folder (default {model_dir}/data)."),
                         ("imagenet_weights", "Local keras.applications ResNet .weights.h5 to inflate."),
                         ("tpu", "TPU name or address for --strategy=tpu.")):
@@ -533,6 +590,9 @@ def define_flags(flag_values=None):
                                        flag_values=fv)
     h["dropout"] = flags.DEFINE_float("dropout", defaults.dropout, "Dropout before the classifier.",
                                       flag_values=fv)
+    h["skip_bad_rows"] = flags.DEFINE_bool("skip_bad_rows", defaults.skip_bad_rows,
+                                           "Raw videos: skip malformed annotation rows (listed in "
+                                           "data_report.json) instead of failing.", flag_values=fv)
     h["flip"] = flags.DEFINE_bool("flip", defaults.flip, "Random horizontal flips in training (--noflip).",
                                   flag_values=fv)
     h["precision"] = flags.DEFINE_enum("precision", defaults.precision, PRECISIONS, "Keras dtype policy.",

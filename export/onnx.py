@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import tensorflow as tf
 
+from cost_tf import loading
 from export import parity
 from export import saved_model
 
@@ -282,7 +283,7 @@ def main(argv):
         sys.exit("export.onnx: error: pass exactly one of --model and --saved_model.")
     try:
         if _MODEL.value is not None:
-            model = parity.load_model(_MODEL.value)
+            model = loading.load_model(_MODEL.value)
             report = export(model, _OUTPUT.value, opset=_OPSET.value, fold=_FOLD.value,
                             num_frames=_NUM_FRAMES.value, crop_size=_CROP_SIZE.value, timeout=_TIMEOUT.value)
         else:

@@ -1,16 +1,12 @@
-"""What both exporters share: loading the Keras model, the model to deploy, and parity with Keras.
+"""What both exporters share: the model to deploy and parity with Keras (models load with cost_tf.loading).
 
 `export.saved_model` and `export.onnx` both export `fold_for_inference(reference)` and check it against
 `reference` (the trained model at the export's input shape) with `check_parity`.
 """
 
-import os
-
 import keras
 import numpy as np
 
-from cost_tf import cost as _cost  # noqa: F401  (registers CoST for load_model)
-from cost_tf import resnet as _resnet  # noqa: F401  (registers the backbone's custom layers)
 from cost_tf.fold import fold as fold_cost
 from export.bn_fold import fold_batchnorm
 
@@ -54,22 +50,6 @@ def random_clip(batch, num_frames, size, seed=0):
     """A float32 (batch, num_frames, size, size, 3) clip in the normalised range: standard normal values."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, num_frames, size, size, 3)).astype(np.float32)
-
-
-def load_model(path):
-    """Loads a `.keras` model saved by `model.save`; ValueError naming `path` if it cannot."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--model: no such file: {path}")
-    if not path.endswith(".keras"):
-        raise ValueError(f"--model must be a .keras file saved by model.save(). Received: {path}")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # zip, h5 and deserialisation errors all mean "not a usable .keras file"
-        raise ValueError(f"Could not load the Keras model {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(model, keras.Model) or len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(f"{path}: expected a model with one clip input and one logits output.")
-    return model
 
 
 def with_input_shape(model, num_frames=None, crop_size=None):

@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from cost_tf import loading
 from export import parity
 from pipelines import preprocess
 
@@ -249,7 +250,7 @@ def main(argv):
     from pipelines.annotations import load_classes
 
     try:
-        model = parity.load_model(_MODEL.value)
+        model = loading.load_model(_MODEL.value)
         names = load_classes(_CLASSES.value) if _CLASSES.value else None
         path, report = export(model, _EXPORT_DIR.value, version=_VERSION.value, fold=_FOLD.value,
                               class_names=names, num_frames=_NUM_FRAMES.value, crop_size=_CROP_SIZE.value,

@@ -29,31 +29,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from pipelines import kinetics
-from pipelines import moments
 from pipelines import shard_writer
 from pipelines import tfrecord
+from pipelines.readers import DATASETS, read_annotations
 
-DATASETS = ("kinetics", "moments")
 VIDEOS_PER_SHARD = 100  # for num_shards=None
 # Test hook: each pool worker process exits abruptly after this many videos.
 CRASH_ENV = "COST_TF_CONVERT_CRASH_AFTER"
-
-
-def read_annotations(dataset, annotations, video_dir, classes=None,
-                     train_annotations=None, skip_bad_rows=False):
-    """Dispatches to read_kinetics / read_moments; returns (records, report)."""
-    if dataset == "kinetics":
-        return kinetics.read_kinetics(annotations, video_dir, classes=classes,
-                                      train_annotations=train_annotations,
-                                      skip_bad_rows=skip_bad_rows)
-    if dataset == "moments":
-        if train_annotations is not None:
-            raise ValueError("train_annotations applies to kinetics only; Moments in "
-                             "Time classes come from the categories file.")
-        return moments.read_moments(annotations, video_dir, categories=classes,
-                                    skip_bad_rows=skip_bad_rows)
-    raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
 
 
 def assign_shards(records, num_shards):
@@ -330,13 +312,16 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    report = convert(
-        _DATASET.value, _ANNOTATIONS.value, _VIDEO_DIR.value, _OUTPUT_DIR.value,
-        classes=_CLASSES.value, train_annotations=_TRAIN_ANNOTATIONS.value,
-        short_side=_SHORT_SIDE.value or None, fps=parse_fps(_FPS.value),
-        num_shards=_NUM_SHARDS.value or None, workers=_WORKERS.value,
-        skip_bad_rows=_SKIP_BAD_ROWS.value, prefix=_PREFIX.value,
-        jpeg_quality=_JPEG_QUALITY.value)
+    try:
+        report = convert(
+            _DATASET.value, _ANNOTATIONS.value, _VIDEO_DIR.value, _OUTPUT_DIR.value,
+            classes=_CLASSES.value, train_annotations=_TRAIN_ANNOTATIONS.value,
+            short_side=_SHORT_SIDE.value or None, fps=parse_fps(_FPS.value),
+            num_shards=_NUM_SHARDS.value or None, workers=_WORKERS.value,
+            skip_bad_rows=_SKIP_BAD_ROWS.value, prefix=_PREFIX.value,
+            jpeg_quality=_JPEG_QUALITY.value)
+    except (ValueError, OSError) as e:  # bad flags, annotation rows (file:line), folders: one line
+        sys.exit(f"error: {e}")
     logging.info("converted %d videos, skipped %d, missing %d, bad rows %d -> %s",
                  report["converted"], len(report["skipped"]), len(report["missing"]),
                  len(report["bad_rows"]), _OUTPUT_DIR.value)

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from pipelines import decode
 from pipelines import preprocess
+from pipelines import readers
 from pipelines import tfrecord
 
 MODES = ("train", "eval", "test")
@@ -246,21 +247,19 @@ def _decode_jpegs(cfg, encoded, inverse, index):
   return cfg.spatial(read_window, read_all, shape[0], shape[1], inverse, index)
 
 
-def _read_annotations(annotations, video_dir, dataset, classes):
+def _read_annotations(annotations, video_dir, dataset, classes, train_annotations,
+                      skip_bad_rows):
   """(paths, labels) of the videos found, read with the Kinetics/Moments reader."""
-  if dataset == "kinetics":
-    from pipelines import kinetics
-    records, report = kinetics.read_kinetics(annotations, video_dir, classes=classes)
-  elif dataset == "moments":
-    from pipelines import moments
-    records, report = moments.read_moments(annotations, video_dir, categories=classes)
-  else:
-    raise ValueError('dataset must be "kinetics" or "moments" with annotations. '
-                     f"Received: dataset={dataset!r}")
+  records, report = readers.read_annotations(
+      dataset, annotations, video_dir, classes=classes,
+      train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
   if report.missing:
     logging.warning("%d of the videos listed in %s are not under %s (skipped), "
                     "e.g. %s", len(report.missing), annotations, video_dir,
                     report.missing[:3])
+  if report.bad_rows:
+    logging.warning("%d bad rows of %s skipped, e.g. %s", len(report.bad_rows),
+                    annotations, report.bad_rows[:3])
   if not records:
     raise ValueError(f"No video of annotations={annotations!r} was found under "
                      f"video_dir={video_dir!r}")
@@ -269,10 +268,12 @@ def _read_annotations(annotations, video_dir, dataset, classes):
 
 _skips_lock = threading.Lock()
 _skips = []  # (path, reason) of raw videos skipped because they failed to decode
+_bad_paths = set()  # their paths: a later epoch skips them without trying again
 
 
 def raw_video_skips():
-  """(path, reason) of every video the raw source skipped so far in this process."""
+  """(path, reason) of every video the raw source skipped so far in this process, in order; a video that
+  failed is not tried again by later epochs (a frame read failing after a good probe can repeat it)."""
   with _skips_lock:
     return list(_skips)
 
@@ -280,13 +281,17 @@ def raw_video_skips():
 def _skip(path, error):
   with _skips_lock:
     _skips.append((path, str(error)))
-    count = len(_skips)
-  logging.warning("Skipping unreadable video (%d skipped so far): %s", count, error)
+    _bad_paths.add(path)
+    count = len(_bad_paths)
+  logging.warning("Skipping unreadable video (%d distinct so far): %s", count, error)
 
 
 def _probe_num_frames(path):
   """Frame count, or 0 (counted skip) for a video that cannot be read."""
   path = path.decode()
+  with _skips_lock:
+    if path in _bad_paths:  # failed before (an earlier epoch): not opened, logged or counted again
+      return np.int32(0)
   try:
     return np.int32(decode.probe(path).num_frames)
   except decode.DecodeError as e:
@@ -350,7 +355,7 @@ def make_dataset(file_pattern=None, mode="train", batch_size=8, num_frames=8,
                  min_resize=None, max_resize=None, eval_resize=None, flip=True,
                  deterministic=None, annotations=None, video_dir=None, dataset=None,
                  classes=None, input_context=None, drop_remainder=None, repeat=None,
-                 shuffle_buffer=256):
+                 shuffle_buffer=256, train_annotations=None, skip_bad_rows=False):
   """Batched clips for training or evaluation.
 
   Args:
@@ -377,7 +382,12 @@ def make_dataset(file_pattern=None, mode="train", batch_size=8, num_frames=8,
       file_pattern: annotation file of `dataset` ("kinetics" | "moments"), the video
       folder and optional class list for the label indices (Kinetics: classes
       file or names; Moments: categories file or names). Videos PyAV cannot read
-      are skipped, logged and listed by raw_video_skips().
+      are skipped, logged and listed by raw_video_skips(); videos missing on
+      disk are skipped and logged.
+    train_annotations: raw Kinetics source: the training CSV whose sorted labels
+      give the class indices (for another split read without `classes`).
+    skip_bad_rows: raw source: skip (and log) malformed annotation rows instead
+      of raising.
     input_context: tf.distribute.InputContext: shard by input files (or videos).
     drop_remainder: default True in train mode.
     repeat: repeat forever; default True in train mode.
@@ -408,7 +418,8 @@ def make_dataset(file_pattern=None, mode="train", batch_size=8, num_frames=8,
     _check_shardable(len(files), input_context, "files")
     ds = _tfrecord_elements(files, cfg, train, repeat, input_context, shuffle_buffer)
   else:
-    paths, labels = _read_annotations(annotations, video_dir, dataset, classes)
+    paths, labels = _read_annotations(annotations, video_dir, dataset, classes,
+                                      train_annotations, skip_bad_rows)
     _check_shardable(len(paths), input_context, "videos")
     ds = _raw_elements(paths, labels, cfg, train, repeat, input_context)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)

@@ -35,6 +35,9 @@ CLASSES = ("moving_up", "moving_down", "growing", "shrinking",
            "fading_in", "fading_out", "separating", "converging")
 NUM_FRAMES = 20
 SIZE = 64
+# Clips per split of the embedded dataset, as the demo trains and evaluates on it.
+NUM_TRAIN = 1200
+NUM_EVAL = 240
 FPS = 25.0
 JPEG_QUALITY = 90
 _VERSION = 2  # bump when rendering changes: existing outputs are regenerated
@@ -263,7 +266,7 @@ def _atomic_write_text(path, text):
   os.replace(tmp, path)
 
 
-def write_synthetic(output_dir, num_train=2000, num_eval=400, seed=0,
+def write_synthetic(output_dir, num_train=NUM_TRAIN, num_eval=NUM_EVAL, seed=0,
                     num_frames=NUM_FRAMES, size=SIZE, num_shards=4):
   """Writes the dataset as TFRecords unless `output_dir` already holds it.
 
@@ -335,8 +338,8 @@ if __name__ == "__main__":
   from absl import app, flags
   _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the TFRecords.",
                                     required=True)
-  _NUM_TRAIN = flags.DEFINE_integer("num_train", 2000, "Training clips.")
-  _NUM_EVAL = flags.DEFINE_integer("num_eval", 400, "Evaluation clips.")
+  _NUM_TRAIN = flags.DEFINE_integer("num_train", NUM_TRAIN, "Training clips.")
+  _NUM_EVAL = flags.DEFINE_integer("num_eval", NUM_EVAL, "Evaluation clips.")
   _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
   _NUM_FRAMES = flags.DEFINE_integer("num_frames", NUM_FRAMES, "Frames per clip.")
   _SIZE = flags.DEFINE_integer("size", SIZE, "Frame side in pixels.")

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from cost_tf import evaluate
+from cost_tf import evaluate, loading
 from cost_tf.resnet import build_model
 
 
@@ -61,7 +61,7 @@ def test_unreadable_model_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="--model: cannot load"):
-        evaluate.load_model(str(bad))
+        loading.load_model(str(bad))
     with pytest.raises(ValueError, match="--model: no such file"):
         evaluate.evaluate(evaluate.EvalConfig(model=str(tmp_path / "missing.keras")))
 
@@ -128,7 +128,7 @@ def test_multi_view_evaluation_matches_a_per_view_reference(eval_setup):
 
 def test_model_is_rebuilt_at_a_larger_crop_with_the_same_weights(eval_setup):
     _, path, _, model = eval_setup
-    larger = evaluate.load_model(path, input_size=48)
+    larger = loading.load_model(path, input_size=48)
     assert larger.input_shape == (None, 4, 48, 48, 3)
     for a, b in zip(larger.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -59,7 +59,7 @@ def pytest_tests(srcs, deps, data = [], sizes = {}, runner = "//tools/bazel:pyte
       srcs: test files, e.g. glob(["tests/test_*.py"]).
       deps: py_library labels the tests import.
       data: files every test needs (conftest.py, helpers, __init__.py); may include the tests.
-      sizes: {"test_x": "large"} overrides of the default "medium" size.
+      sizes: {"test_x": "large"} overrides of the default "medium" size ("enormous": timeout eternal).
       runner: the pytest runner source.
     """
     for src in srcs:
@@ -74,5 +74,6 @@ def pytest_tests(srcs, deps, data = [], sizes = {}, runner = "//tools/bazel:pyte
             python_version = "PY3",
             size = sizes.get(name, "medium"),
             # Slack for a 2-core machine shared with other work; `bazel test` prints each duration.
-            timeout = "long",
+            # "enormous" tests (whole mains in subprocesses) get 3600 s.
+            timeout = "eternal" if sizes.get(name) == "enormous" else "long",
         )
