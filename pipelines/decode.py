@@ -197,7 +197,7 @@ class _Tally:
         self.declared = (None, None)  # _declared_length
         self.rate = None  # stream frame rate (Fraction) or None
         self.end = None  # seconds: end of the last decoded frame, when known
-        self.error = None  # the decoder error that stopped the decode, if any
+        self.stop = None  # what stopped the decode early (damaged data), if anything
         self.shortfall = None  # why the decode falls short of the declared length
 
 
@@ -214,8 +214,10 @@ def _frames(path, tally=None):
 
     Checks truncation when the stream is exhausted (not when the caller stops early).
     Strict (tally None): a decoder error or a shortfall raises DecodeError. Lenient
-    (a _Tally): stops at the first decoder error after frame 0 and records it and any
-    shortfall in `tally` instead; a file where no frame decodes still raises.
+    (a _Tally): stops before the first packet the demuxer flags corrupt (a packet cut
+    short by the end of the file decodes to a damaged frame) or at the first decoder
+    error after frame 0, and records that and any shortfall in `tally` instead; a
+    file where no frame decodes still raises.
     """
     container, stream = _open(path)
     try:
@@ -240,6 +242,9 @@ def _frames(path, tally=None):
 
         try:
             for packet in container.demux(stream):
+                if tally is not None and packet.is_corrupt and packet.size:
+                    tally.stop = "a corrupt (cut short) packet"
+                    break
                 for frame in packet.decode():
                     yield timed(frame)
         except _AV_ERRORS as e:
@@ -247,8 +252,9 @@ def _frames(path, tally=None):
                 if isinstance(e, DecodeError):
                     raise
                 raise _error(path, "corrupt or truncated video data", e) from e
-            tally.error = e  # keep what decoded before the damage
-            for frame in _flush(stream):
+            tally.stop = f"{type(e).__name__}: {e}"
+        if tally is not None and tally.stop is not None:
+            for frame in _flush(stream):  # keep what decoded before the damage
                 yield timed(frame)
     finally:
         container.close()
@@ -260,9 +266,8 @@ def _frames(path, tally=None):
         return
     tally.count, tally.declared, tally.rate, tally.end = count, declared, rate, end
     causes = [_shortfall(declared, count, end)]
-    if tally.error is not None:
-        causes.append(f"decoding stopped after {count} frames "
-                      f"({type(tally.error).__name__}: {tally.error})")
+    if tally.stop is not None:
+        causes.append(f"decoding stopped after {count} frames at {tally.stop}")
     tally.shortfall = "; ".join(c for c in causes if c) or None
 
 
