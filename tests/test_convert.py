@@ -1,4 +1,5 @@
-"""Tests of pipelines/convert.py: TFRecord round trip, resampling, resume after kills."""
+"""Tests of pipelines/convert.py: TFRecord round trip, resampling, short videos kept,
+bookkeeping out of the shards' way, GZIP, resume after kills (injected from outside)."""
 
 import glob
 import io
@@ -16,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import convert
+from pipelines import dataset
 from pipelines import decode
 from pipelines import kinetics
 from pipelines import tfrecord
@@ -30,12 +32,12 @@ def clips(tmp_path_factory):
     return video_clips.make_clips(tmp_path_factory.getbasetemp() / "video_clips")
 
 
-def read_shards(output_dir):
-    """{video_id: (context dict, list of JPEG bytes)} over every *.tfrecord; asserts
+def read_shards(output_dir, pattern="*.tfrecord", compression=""):
+    """{video_id: (context dict, list of JPEG bytes)} over every shard; asserts
     no video appears twice."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(output_dir, "*.tfrecord"))):
-        for serialized in tf.data.TFRecordDataset(path):
+    for path in sorted(glob.glob(os.path.join(output_dir, pattern))):
+        for serialized in tf.data.TFRecordDataset(path, compression_type=compression):
             context, sequence = tfrecord.parse_sequence_example(serialized)
             context = {k: v.numpy() for k, v in context.items()}
             video_id = context[tfrecord.VIDEO_ID].decode()
@@ -56,7 +58,10 @@ def assert_jpegs_hold(jpegs, expected):
 
 
 def hidden_tmp_files(output_dir):
-    return [n for n in os.listdir(output_dir) if ".tmp-" in n]
+    """Temporary files in output_dir and its bookkeeping folder .convert/."""
+    folders = [output_dir, os.path.join(output_dir, ".convert")]
+    return [n for d in folders if os.path.isdir(d) for n in os.listdir(d)
+            if ".tmp-" in n]
 
 
 def kinetics_layout(root, clips, extra=()):
@@ -156,25 +161,90 @@ def test_moments_resampled_to_fps(tmp_path, clips):
         assert_jpegs_hold(jpegs, decode.decode_all(path, short_side=48, fps=10))
 
 
-def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips, monkeypatch):
+def convert_command(annotations, videos, out, *flags):
+    return [sys.executable, "-m", "pipelines.convert", "--dataset=kinetics",
+            f"--annotations={annotations}", f"--video_dir={videos}",
+            f"--output_dir={out}", "--short_side=32", "--skip_bad_rows", *flags]
+
+
+def wait_until(predicate, process, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips):
     extra = {f"x{i}_000000_000010": (clip, os.path.join("abseiling", f"x{i}.mp4"))
-             for i, clip in enumerate(["h264_444", "mpeg4", "portrait"])}
+             for i, clip in enumerate(["h264_444", "mpeg4", "portrait", "h264",
+                                       "mpeg4", "mjpeg"])}
     annotations, videos, paths = kinetics_layout(tmp_path, clips, extra)
     out = str(tmp_path / "out")
     kwargs = dict(short_side=32, num_shards=3, skip_bad_rows=True, show_progress=False)
-    monkeypatch.setenv(convert.CRASH_ENV, "1")  # each pool worker dies after 1 video
-    with pytest.raises(RuntimeError, match="a conversion worker died"):
-        convert.convert("kinetics", annotations, videos, out, workers=2, **kwargs)
+    process = subprocess.Popen(
+        convert_command(annotations, videos, out, "--num_shards=3", "--workers=2"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:  # SIGKILL a pool worker (OOM killer, preemption) as it writes a shard
+        def writing():
+            return [n for n in hidden_tmp_files(out) if ".tfrecord.tmp-" in n]
+
+        wait_until(writing, process)
+        pid = int(writing()[0].rsplit(".tmp-", 1)[1])
+        assert pid != process.pid
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+    assert b"a conversion worker died" in stderr
     finished = glob.glob(os.path.join(out, "*.tfrecord"))
     assert len(finished) < 3 and hidden_tmp_files(out)  # really interrupted
     assert not os.path.exists(os.path.join(out, "report.json"))
-    monkeypatch.delenv(convert.CRASH_ENV)
     report = convert.convert("kinetics", annotations, videos, out, workers=1, **kwargs)
-    assert report["converted"] == 6 and len(report["skipped"]) == 1
+    assert report["converted"] == 9 and len(report["skipped"]) == 1
     assert sorted(read_shards(out)) == sorted(paths)  # each exactly once
     assert hidden_tmp_files(out) == []
     assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/*.tfrecord")) == \
         report["shards"]
+
+
+# Fault injection from the test: the converter is killed right after renaming a
+# finished shard, before its stats are written (the narrowest crash window).
+_CRASH_AFTER_RENAME = """
+import os, sys
+from pipelines import convert, shard_writer
+write = shard_writer.atomic_write_text
+def crash_at_stats(path, text):
+    if path.endswith(".tfrecord.json"):
+        os._exit(17)
+    write(path, text)
+shard_writer.atomic_write_text = crash_at_stats
+convert.convert("kinetics", *sys.argv[1:4], short_side=32, num_shards=2,
+                skip_bad_rows=True, show_progress=False)
+"""
+
+
+def test_crash_between_rename_and_stats_redoes_that_shard(tmp_path, clips):
+    annotations, videos, paths = kinetics_layout(tmp_path, clips)
+    out = str(tmp_path / "out")
+    result = subprocess.run([sys.executable, "-c", _CRASH_AFTER_RENAME, annotations,
+                             videos, out], cwd=REPO, capture_output=True)
+    assert result.returncode == 17, result.stderr.decode()[-2000:]
+    finished = glob.glob(os.path.join(out, "*.tfrecord"))
+    assert len(finished) == 1  # renamed: a complete shard, but no stats
+    assert not os.path.exists(os.path.join(out, ".convert",
+                                           os.path.basename(finished[0]) + ".json"))
+    assert not os.path.exists(os.path.join(out, "report.json"))
+    before = os.stat(finished[0]).st_mtime_ns
+    report = convert.convert("kinetics", annotations, videos, out, short_side=32,
+                             num_shards=2, skip_bad_rows=True, show_progress=False)
+    assert os.stat(finished[0]).st_mtime_ns != before  # redone, not trusted
+    assert report["converted"] == 3
+    assert sorted(read_shards(out)) == sorted(paths)
+    assert hidden_tmp_files(out) == []
 
 
 def test_killed_main_then_rerun(tmp_path, clips):
@@ -182,19 +252,12 @@ def test_killed_main_then_rerun(tmp_path, clips):
              for i in range(9)}
     annotations, videos, paths = kinetics_layout(tmp_path, clips, extra)
     out = str(tmp_path / "out")
-    command = [sys.executable, "-m", "pipelines.convert", "--dataset=kinetics",
-               f"--annotations={annotations}", f"--video_dir={videos}",
-               f"--output_dir={out}", "--short_side=32", "--num_shards=6",
-               "--skip_bad_rows", "--workers=1"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        convert_command(annotations, videos, out, "--num_shards=6", "--workers=1"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:  # SIGKILL as soon as the first shard is being written
-        deadline = time.monotonic() + 120
-        while not (os.path.isdir(out) and any(
-                ".tmp-" in n or n.endswith(".tfrecord") for n in os.listdir(out))):
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until(lambda: os.path.isdir(out) and (hidden_tmp_files(out) or any(
+            n.endswith(".tfrecord") for n in os.listdir(out))), process)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
