@@ -111,17 +111,22 @@ class _Progress:
 
 
 def _migrate(old, new):
-    """Moves a bookkeeping file of the old layout (beside the shards) to `new`."""
-    if os.path.exists(old) and not os.path.exists(new):
-        os.replace(old, new)
+    """Moves a bookkeeping file of the old layout (beside the shards) to `new`
+    (dropped if `new` exists already: the new layout's file is the current one)."""
+    if os.path.exists(old):
+        if os.path.exists(new):
+            os.remove(old)
+        else:
+            os.replace(old, new)
 
 
 def _finished_stats(output_dir, name):
     """Stats of a shard finished by an earlier run, or None to (re)write it."""
     path = os.path.join(output_dir, name)
+    # Old layout: out of the shards' way first (even when the shard is to be redone).
+    _migrate(shard_writer.old_sidecar(path), shard_writer.sidecar(path))
     if not os.path.exists(path):
         return None
-    _migrate(shard_writer.old_sidecar(path), shard_writer.sidecar(path))
     try:
         with open(shard_writer.sidecar(path), encoding="utf-8") as f:
             stats = json.load(f)
