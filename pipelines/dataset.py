@@ -34,8 +34,8 @@ from pipelines import tfrecord
 
 MODES = ("train", "eval", "test")
 COMPRESSIONS = {"auto": None, "none": "", "gzip": "GZIP", "zlib": "ZLIB"}
-# Files pipelines/convert.py writes next to its shards (never TFRecords).
-CONVERTER_FILES = ("report.json", "classes.txt")
+# Files pipelines/convert.py (and synthetic.py) write next to their shards.
+CONVERTER_FILES = ("report.json", "classes.txt", "_COMPLETE.json")
 _AUTOTUNE = tf.data.AUTOTUNE
 
 

@@ -101,6 +101,14 @@ def test_sample_indices_train_random_start_covers_range_and_is_seeded():
                                                           seed=[4, 2]))
 
 
+def test_sample_indices_of_the_model_garden_comparison_in_the_docs():
+  # docs/ARCHITECTURE.md, "Sampling conventions": 250 frames, 8 x 8.
+  assert dataset.sample_indices(250, 8, 8, "eval").numpy().tolist() == \
+      [96, 104, 112, 120, 128, 136, 144, 152]
+  assert dataset.sample_indices(250, 8, 8, "test", num_clips=10).numpy()[:, 0] \
+      .tolist() == [0, 21, 42, 64, 85, 107, 128, 150, 171, 193]
+
+
 def test_sample_indices_bad_mode():
   with pytest.raises(ValueError, match="mode"):
     dataset.sample_indices(10, 2, 2, "validation")
