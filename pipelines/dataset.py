@@ -270,7 +270,9 @@ class _Labels:
       return tf.minimum(tf.reduce_sum(tf.one_hot(indices, k), axis=0), 1.0)
 
 
-def _parse(serialized, labels):
+def _parse(serialized, labels=None):
+  """One SequenceExample -> (encoded frames (N,), label as `labels` says)."""
+  labels = labels or _Labels(False, None)
   context, sequence = tf.io.parse_single_sequence_example(
       serialized,
       context_features={tfrecord.LABEL_INDEX: tf.io.VarLenFeature(tf.int64)},
