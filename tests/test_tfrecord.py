@@ -2,7 +2,6 @@
 compression detection."""
 
 import gzip
-import os
 import zlib
 
 import pytest
