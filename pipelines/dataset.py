@@ -87,43 +87,47 @@ def sample_indices(num_available, num_frames, stride, mode, num_clips=1, start=N
   return tf.math.floormod(tf.cast(start, tf.int32) + offsets, n)
 
 
-def _not_a_shard(path):
-  """Hidden files, folders and the converter's report.json / classes.txt."""
+def _skipped_name(path):
+  """Hidden files and the converter's report.json / classes.txt (by name)."""
   name = os.path.basename(path)
-  return (name.startswith(".") or name in CONVERTER_FILES
-          or tf.io.gfile.isdir(path))
+  return name.startswith(".") or name in CONVERTER_FILES
 
 
-def _list_files(file_pattern):
-  """Sorted shard paths matching the glob(s), without what `_not_a_shard` names."""
+def _list_shards(file_pattern, compression="auto"):
+  """(sorted shard paths, TFRecordDataset compression_type of each).
+
+  Skips hidden files, the converter's files and folders. compression "auto"
+  detects each file's type from its first bytes (tfrecord.detect_compression).
+  """
+  key = "none" if compression is None else str(compression).lower()
+  if key not in COMPRESSIONS:
+    raise ValueError(f"compression must be one of {tuple(COMPRESSIONS)}. "
+                     f"Received: compression={compression!r}")
   patterns = [file_pattern] if isinstance(file_pattern, (str, bytes, os.PathLike)) \
       else list(file_pattern)
   matched = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
   if not matched:
     raise ValueError(f"No files match file_pattern={file_pattern!r}")
-  files = [f for f in matched if not _not_a_shard(f)]
-  if not files:
+
+  def inspect(path):  # None: not a shard
+    if _skipped_name(path) or tf.io.gfile.isdir(path):
+      return None
+    fixed = COMPRESSIONS[key]
+    return tfrecord.detect_compression(path) if fixed is None else fixed
+
+  # One stat (and 12 bytes) per file; threads hide remote file systems' latency.
+  with concurrent.futures.ThreadPoolExecutor(min(16, len(matched))) as pool:
+    kinds = list(pool.map(inspect, matched))
+  shards = [(path, kind) for path, kind in zip(matched, kinds) if kind is not None]
+  if not shards:
     raise ValueError(
         f"No TFRecord shard in file_pattern={file_pattern!r}: it matches only "
         "hidden files, folders or the converter's report.json/classes.txt, which "
         f"are skipped: {matched[:5]}{' ...' if len(matched) > 5 else ''}")
-  if len(files) < len(matched):
+  if len(shards) < len(matched):
     logging.info("file_pattern=%r: skipped %d hidden files, folders or converter "
-                 "files", file_pattern, len(matched) - len(files))
-  return files
-
-
-def _compression_types(files, compression):
-  """TFRecordDataset compression_type of each file ("auto": detected per file)."""
-  key = "none" if compression is None else str(compression).lower()
-  if key not in COMPRESSIONS:
-    raise ValueError(f"compression must be one of {tuple(COMPRESSIONS)}. "
-                     f"Received: compression={compression!r}")
-  if COMPRESSIONS[key] is not None:
-    return [COMPRESSIONS[key]] * len(files)
-  # 12 bytes per file; threads hide the latency of remote file systems.
-  with concurrent.futures.ThreadPoolExecutor(min(16, len(files))) as pool:
-    return list(pool.map(tfrecord.detect_compression, files))
+                 "files", file_pattern, len(matched) - len(shards))
+  return [path for path, _ in shards], [kind for _, kind in shards]
 
 
 def _element_seed(seed, index, salt):
@@ -556,8 +560,7 @@ def make_dataset(file_pattern=None, mode="train", batch_size=8, num_frames=8,
   repeat = train if repeat is None else bool(repeat)
   drop_remainder = train if drop_remainder is None else bool(drop_remainder)
   if file_pattern is not None:
-    files = _list_files(file_pattern)
-    compressions = _compression_types(files, compression)
+    files, compressions = _list_shards(file_pattern, compression)
     _check_shardable(len(files), input_context, "files")
     ds = _tfrecord_elements(files, compressions, cfg, label_spec, train, repeat,
                             input_context, shuffle_buffer)
