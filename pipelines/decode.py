@@ -19,9 +19,10 @@ the path and says why. Truncation is detected where the container declares a len
 mp4/mov/avi frame counts and the Matroska/WebM duration (not for MPEG-PS/TS).
 
 `decode_available` is the lenient whole-video decode (used by pipelines/convert.py):
-it keeps every frame that decodes cleanly up to the end of the file or the first
-decoder error, and reports how that falls short of what the container declares
-(a truncated download, a header that lies) instead of raising.
+it keeps every frame that decodes cleanly (up to the end of the data, the first
+packet the demuxer flags as cut short, or the first decoder error) and reports how
+that falls short of what the container declares (a truncated download, a header
+that lies) instead of raising.
 """
 
 import bisect
@@ -370,7 +371,8 @@ def decode_available(path, short_side=None, fps=None):
 
     Like `decode_all` (same arguments and frames), but a file that ends early or
     whose header declares more frames than it holds gives the frames that are there
-    (up to the end of the data or the first decoder error) and says so in
+    (up to the end of the data, a packet cut short, or the first decoder error:
+    never a damaged frame it can detect) and says so in
     `Decoded.shortfall`. Raises DecodeError only when no frame decodes (or the file
     is missing, not a video, ...).
     """
