@@ -3,17 +3,33 @@ r"""Converts Kinetics / Moments in Time videos to SequenceExample TFRecord shard
   python -m pipelines.convert --dataset=kinetics --annotations=train.csv \
       --video_dir=videos/train --output_dir=tfrecords/train [--classes=FILE] \
       [--short_side=256] [--fps=keep|N] [--num_shards=N] [--workers=N] \
-      [--skip_bad_rows]
+      [--skip_bad_rows] [--min_frames=8] [--compression=none|gzip]
 
 Each annotated video becomes one SequenceExample (pipelines/tfrecord.py): every
 frame (or frames resampled by timestamp to --fps) resized to --short_side and JPEG
 encoded. Videos are assigned to shards deterministically (ordered by a hash of the
-video id, then round robin), each worker process writes whole shards to a hidden
-temporary name (`.{shard}.tmp-{pid}`) and renames it when complete, so a reader
-matching `*.tfrecord` never sees a partial shard and a rerun skips finished shards.
-Videos that fail to decode are skipped and listed with the reason in `report.json`
-= {"converted", "skipped", "missing", "bad_rows", "shards", ...}, written atomically
-once every shard is done. Use one output_dir per split.
+video id, then round robin), each worker process writes whole shards to a temporary
+name in the hidden bookkeeping folder (`.convert/{shard}.tmp-{pid}`) and renames it
+into the output folder when complete, so a reader never sees a partial shard and a
+rerun skips finished shards.
+
+A video whose container declares more frames than decode (a truncated download, a
+wrong header) keeps every frame that decodes and is listed under "incomplete" in the
+report with its declared and decoded counts. A video is skipped only when no frame
+decodes or fewer than --min_frames (default 8, one 8-frame clip) frames would be
+stored. `report.json` = {"converted", "skipped", "incomplete", "missing",
+"bad_rows", "shards", ...} is written atomically once every shard is done.
+
+The output folder holds only the shards, `classes.txt` and `report.json`; the
+converter's bookkeeping (per-shard stats, the manifest that lets reruns resume,
+shards being written) lives in `output_dir/.convert/`, where no shard glob reaches
+it (pipelines.dataset.make_dataset also skips folders, hidden files, classes.txt and
+report.json for a glob like `output_dir/*`). Output folders written by earlier
+versions (bookkeeping as hidden `.{shard}.json` / `.{prefix}.manifest.json` beside
+the shards) are moved to the new layout when a rerun resumes them.
+`--compression=gzip` writes GZIP TFRecords named `*.tfrecord.gz` (make_dataset
+detects the compression; other readers need compression_type="GZIP"). Use one
+output_dir per split.
 """
 
 import concurrent.futures
@@ -34,8 +50,8 @@ from pipelines import tfrecord
 from pipelines.readers import DATASETS, read_annotations
 
 VIDEOS_PER_SHARD = 100  # for num_shards=None
-# Test hook: each pool worker process exits abruptly after this many videos.
-CRASH_ENV = "COST_TF_CONVERT_CRASH_AFTER"
+MIN_FRAMES = 8  # default --min_frames: enough for one 8-frame clip
+COMPRESSIONS = tuple(shard_writer.COMPRESSIONS)  # "none", "gzip"
 
 
 def assign_shards(records, num_shards):
@@ -76,9 +92,21 @@ class _Progress:
         self.stream.flush()
 
 
+def _migrate(old, new):
+    """Moves a bookkeeping file of the old layout (beside the shards) to `new`
+    (dropped if `new` exists already: the new layout's file is the current one)."""
+    if os.path.exists(old):
+        if os.path.exists(new):
+            os.remove(old)
+        else:
+            os.replace(old, new)
+
+
 def _finished_stats(output_dir, name):
     """Stats of a shard finished by an earlier run, or None to (re)write it."""
     path = os.path.join(output_dir, name)
+    # Old layout: out of the shards' way first (even when the shard is to be redone).
+    _migrate(shard_writer.old_sidecar(path), shard_writer.sidecar(path))
     if not os.path.exists(path):
         return None
     try:
@@ -86,23 +114,33 @@ def _finished_stats(output_dir, name):
             stats = json.load(f)
     except (OSError, ValueError):
         return None  # renamed but its stats were not written: redo the shard
-    return stats if stats.get("shard") == name else None
+    if stats.get("shard") != name:
+        return None
+    stats.setdefault("incomplete", [])  # stats of the old layout
+    return stats
 
 
 def _remove_stale_tmp(output_dir):
-    """Deletes hidden `.*.tmp-{pid}` files whose writer process no longer runs."""
-    for name in os.listdir(output_dir):
-        pid_text = name.rsplit(".tmp-", 1)[-1]
-        if not (name.startswith(".") and ".tmp-" in name and pid_text.isdigit()):
-            continue
-        pid = int(pid_text)
-        if pid != os.getpid() and tfrecord.writer_alive(pid):
-            continue  # e.g. an orphaned worker of a killed run still writes it
-        os.remove(os.path.join(output_dir, name))
+    """Deletes `*.tmp-{pid}` files whose writer process no longer runs.
+
+    Looks in `.convert/` and, for the old layout, at hidden `.*.tmp-{pid}` files in
+    output_dir itself.
+    """
+    folders = [(output_dir, True), (shard_writer.bookkeeping_dir(output_dir), False)]
+    for folder, hidden_only in folders:
+        for name in os.listdir(folder):
+            pid_text = name.rsplit(".tmp-", 1)[-1]
+            if ".tmp-" not in name or not pid_text.isdigit() or (
+                    hidden_only and not name.startswith(".")):
+                continue
+            pid = int(pid_text)
+            if pid != os.getpid() and tfrecord.writer_alive(pid):
+                continue  # e.g. an orphaned worker of a killed run still writes it
+            os.remove(os.path.join(folder, name))
 
 
 def _check_manifest(output_dir, prefix, settings, shards):
-    """Writes or verifies `.{prefix}.manifest.json` so reruns resume safely.
+    """Writes or verifies `.convert/{prefix}.manifest.json` so reruns resume safely.
 
     Raises ValueError if output_dir holds shards of a different conversion (other
     settings or videos), since skipping its finished shards would then be wrong.
@@ -111,10 +149,17 @@ def _check_manifest(output_dir, prefix, settings, shards):
     content["shards"] = hashlib.sha256(json.dumps(
         [[(r.video_id, r.label_index) for r in shard]
          for shard in shards]).encode("utf-8")).hexdigest()
-    path = os.path.join(output_dir, f".{prefix}.manifest.json")
+    path = os.path.join(shard_writer.bookkeeping_dir(output_dir),
+                        f"{prefix}.manifest.json")
+    _migrate(os.path.join(output_dir, f".{prefix}.manifest.json"), path)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             previous = json.load(f)
+        # Manifests of older versions lack the newer settings: compression was
+        # none; their skip rule (no truncated video) is not a min_frames value, so
+        # resuming takes today's (its skips stay listed in the report).
+        previous = dict({"compression": "none", "min_frames": content["min_frames"]},
+                        **previous)
         if previous != content:
             changed = sorted(k for k in content if previous.get(k) != content[k])
             raise ValueError(
@@ -133,15 +178,12 @@ def _run_jobs(jobs, workers, progress):
     # once (fork from a process running TF is unsafe; spawn re-imports TF in each).
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["pipelines.shard_writer"])
-    crash_after = int(os.environ.get(CRASH_ENV, "0"))
     queue = context.Queue()
     results = []
     with concurrent.futures.ProcessPoolExecutor(
             max_workers=min(workers, len(jobs)), mp_context=context,
             initializer=shard_writer.init_worker, initargs=(queue,)) as executor:
-        pending = {executor.submit(shard_writer.write_shard,
-                                   dict(job, crash_after=crash_after))
-                   for job in jobs}
+        pending = {executor.submit(shard_writer.write_shard, job) for job in jobs}
         try:
             while pending:
                 done, pending = concurrent.futures.wait(pending, timeout=0.2)
@@ -164,7 +206,7 @@ def _run_jobs(jobs, workers, progress):
 def convert(dataset, annotations, video_dir, output_dir, classes=None,
             train_annotations=None, short_side=256, fps=None, num_shards=None,
             workers=1, skip_bad_rows=False, prefix=None, jpeg_quality=90,
-            show_progress=True):
+            show_progress=True, min_frames=MIN_FRAMES, compression="none"):
     """Converts annotated videos to `{prefix}-{i:05d}-of-{n:05d}.tfrecord` shards.
 
     Args:
@@ -183,6 +225,10 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
       prefix: shard name prefix (default: the annotation file's stem).
       jpeg_quality: JPEG quality 1..100.
       show_progress: print a progress line (rate, ETA) to stderr.
+      min_frames: skip (and report) a video that would store fewer frames (after
+        --fps resampling); every video with at least this many is kept, including
+        truncated ones (listed under "incomplete").
+      compression: "none" (`*.tfrecord`) or "gzip" (`*.tfrecord.gz`).
 
     Returns:
       The report dict, also written to `output_dir/report.json`.
@@ -205,6 +251,12 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
     if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be an int in 1..100. "
                          f"Received: jpeg_quality={jpeg_quality!r}")
+    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
+        raise ValueError(f"min_frames must be a positive int. "
+                         f"Received: min_frames={min_frames!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}. "
+                         f"Received: compression={compression!r}")
     prefix = prefix or os.path.splitext(os.path.basename(os.fspath(annotations)))[0]
     if not prefix or "/" in prefix or prefix.startswith("."):
         raise ValueError(f"prefix must be a plain file name. Received: prefix={prefix!r}")
@@ -214,11 +266,13 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
         train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
     num_shards = num_shards or max(1, math.ceil(len(records) / VIDEOS_PER_SHARD))
     shards = assign_shards(records, num_shards)
-    names = [tfrecord.shard_name(prefix, i, num_shards) for i in range(num_shards)]
-    os.makedirs(output_dir, exist_ok=True)
+    names = [tfrecord.shard_name(prefix, i, num_shards, compression)
+             for i in range(num_shards)]
+    os.makedirs(shard_writer.bookkeeping_dir(output_dir), exist_ok=True)
     settings = {"dataset": dataset, "prefix": prefix, "short_side": short_side,
                 "fps": fps, "jpeg_quality": jpeg_quality, "num_shards": num_shards,
-                "classes": annotation_report.classes}
+                "classes": annotation_report.classes, "compression": compression,
+                "min_frames": min_frames}
     _check_manifest(output_dir, prefix, settings, shards)
     _remove_stale_tmp(output_dir)
 
@@ -230,7 +284,8 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
         else:
             jobs.append({"output_dir": output_dir, "name": name, "records": shard,
                          "short_side": short_side, "fps": fps,
-                         "jpeg_quality": jpeg_quality})
+                         "jpeg_quality": jpeg_quality, "min_frames": min_frames,
+                         "compression": compression})
     logging.info("%d videos in %d shards (%d already finished), %d missing files",
                  len(records), num_shards, num_shards - len(jobs),
                  len(annotation_report.missing))
@@ -242,6 +297,7 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
     report = {
         "converted": sum(stats[name]["converted"] for name in names),
         "skipped": [item for name in names for item in stats[name]["skipped"]],
+        "incomplete": [item for name in names for item in stats[name]["incomplete"]],
         "missing": annotation_report.missing,
         "bad_rows": annotation_report.bad_rows,
         "shards": names,
@@ -251,6 +307,8 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
         "num_classes": len(annotation_report.classes),
         "short_side": short_side,
         "fps": fps,
+        "min_frames": min_frames,
+        "compression": compression,
     }
     shard_writer.atomic_write_text(os.path.join(output_dir, "classes.txt"),
                        "".join(f"{name}\n" for name in annotation_report.classes))
@@ -284,6 +342,7 @@ def define_flags():
     """Defines the command-line flags (only when run as a main: tests import this module beside others)."""
     global _DATASET, _ANNOTATIONS, _VIDEO_DIR, _OUTPUT_DIR, _CLASSES, _TRAIN_ANNOTATIONS
     global _SHORT_SIDE, _FPS, _NUM_SHARDS, _WORKERS, _SKIP_BAD_ROWS, _PREFIX, _JPEG_QUALITY
+    global _MIN_FRAMES, _COMPRESSION
     _DATASET = flags.DEFINE_enum("dataset", None, list(DATASETS), "Annotation format.")
     _ANNOTATIONS = flags.DEFINE_string("annotations", None, "Split CSV as released.")
     _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of the videos.")
@@ -306,6 +365,12 @@ def define_flags():
     _PREFIX = flags.DEFINE_string("prefix", None, "Shard prefix (default: CSV file stem).")
     _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.",
                                          lower_bound=1, upper_bound=100)
+    _MIN_FRAMES = flags.DEFINE_integer(
+        "min_frames", MIN_FRAMES, "Skip (and report) videos that would store fewer "
+        "frames; truncated videos with at least this many are kept.", lower_bound=1)
+    _COMPRESSION = flags.DEFINE_enum(
+        "compression", "none", list(COMPRESSIONS),
+        "TFRecord compression; gzip shards are named *.tfrecord.gz.")
     flags.register_validator("fps", _valid_fps, "--fps must be 'keep' or a positive number")
 
 
@@ -319,11 +384,13 @@ def main(argv):
             short_side=_SHORT_SIDE.value or None, fps=parse_fps(_FPS.value),
             num_shards=_NUM_SHARDS.value or None, workers=_WORKERS.value,
             skip_bad_rows=_SKIP_BAD_ROWS.value, prefix=_PREFIX.value,
-            jpeg_quality=_JPEG_QUALITY.value)
+            jpeg_quality=_JPEG_QUALITY.value, min_frames=_MIN_FRAMES.value,
+            compression=_COMPRESSION.value)
     except (ValueError, OSError) as e:  # bad flags, annotation rows (file:line), folders: one line
         sys.exit(f"error: {e}")
-    logging.info("converted %d videos, skipped %d, missing %d, bad rows %d -> %s",
-                 report["converted"], len(report["skipped"]), len(report["missing"]),
+    logging.info("converted %d videos (%d incomplete), skipped %d, missing %d, bad "
+                 "rows %d -> %s", report["converted"], len(report["incomplete"]),
+                 len(report["skipped"]), len(report["missing"]),
                  len(report["bad_rows"]), _OUTPUT_DIR.value)
 
 

@@ -6,12 +6,20 @@ encoded frames -> decode only the sampled JPEGs (only the crop window of each) -
 crop/flip -> normalise -> batch -> prefetch. In train mode a shuffle buffer sits
 between sampling and decoding, where an element is only its sampled JPEG strings.
 
+Files: a glob matches shards only; hidden files, folders and the converter's own
+`report.json` / `classes.txt` are skipped (so `DIR/*` works on a converted folder).
+Each shard's compression (none, GZIP, ZLIB) is detected from its first bytes.
+Frames may be JPEG (decoded with the crop-window fast path) or any format
+tf.io.decode_image reads (PNG, BMP, GIF). Labels: `clip/label/index`, one per clip
+(int32, -1 when absent) or, with multilabel=True, any number as a multi-hot vector.
+
 The raw-video source (`annotations=...`) reads (path, label) rows with the Kinetics or
 Moments reader, probes each video's frame count with PyAV, samples the same indices
 and decodes only those frames (`pipelines.decode.read_frames`), then shares the
 crop/flip/normalise code with the TFRecord source.
 """
 
+import concurrent.futures
 import os
 import random
 import threading
@@ -26,6 +34,9 @@ from pipelines import readers
 from pipelines import tfrecord
 
 MODES = ("train", "eval", "test")
+COMPRESSIONS = {"auto": None, "none": "", "gzip": "GZIP", "zlib": "ZLIB"}
+# Files pipelines/convert.py (and synthetic.py) write next to their shards.
+CONVERTER_FILES = ("report.json", "classes.txt", "_COMPLETE.json")
 _AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -77,13 +88,47 @@ def sample_indices(num_available, num_frames, stride, mode, num_clips=1, start=N
   return tf.math.floormod(tf.cast(start, tf.int32) + offsets, n)
 
 
-def _list_files(file_pattern):
+def _skipped_name(path):
+  """Hidden files and the converter's report.json / classes.txt (by name)."""
+  name = os.path.basename(path)
+  return name.startswith(".") or name in CONVERTER_FILES
+
+
+def _list_shards(file_pattern, compression="auto"):
+  """(sorted shard paths, TFRecordDataset compression_type of each).
+
+  Skips hidden files, the converter's files and folders. compression "auto"
+  detects each file's type from its first bytes (tfrecord.detect_compression).
+  """
+  key = "none" if compression is None else str(compression).lower()
+  if key not in COMPRESSIONS:
+    raise ValueError(f"compression must be one of {tuple(COMPRESSIONS)}. "
+                     f"Received: compression={compression!r}")
   patterns = [file_pattern] if isinstance(file_pattern, (str, bytes, os.PathLike)) \
       else list(file_pattern)
-  files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
-  if not files:
+  matched = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
+  if not matched:
     raise ValueError(f"No files match file_pattern={file_pattern!r}")
-  return files
+
+  def inspect(path):  # None: not a shard
+    if _skipped_name(path) or tf.io.gfile.isdir(path):
+      return None
+    fixed = COMPRESSIONS[key]
+    return tfrecord.detect_compression(path) if fixed is None else fixed
+
+  # One stat (and 12 bytes) per file; threads hide remote file systems' latency.
+  with concurrent.futures.ThreadPoolExecutor(min(16, len(matched))) as pool:
+    kinds = list(pool.map(inspect, matched))
+  shards = [(path, kind) for path, kind in zip(matched, kinds) if kind is not None]
+  if not shards:
+    raise ValueError(
+        f"No TFRecord shard in file_pattern={file_pattern!r}: it matches only "
+        "hidden files, folders or the converter's report.json/classes.txt, which "
+        f"are skipped: {matched[:5]}{' ...' if len(matched) > 5 else ''}")
+  if len(shards) < len(matched):
+    logging.info("file_pattern=%r: skipped %d hidden files, folders or converter "
+                 "files", file_pattern, len(matched) - len(shards))
+  return [path for path, _ in shards], [kind for _, kind in shards]
 
 
 def _element_seed(seed, index, salt):
@@ -193,31 +238,73 @@ class _Config:
     return preprocess.normalize(views)
 
 
-def _parse(serialized):
+class _Labels:
+  """How `clip/label/index` becomes the label of a clip."""
+
+  def __init__(self, multilabel, num_classes):
+    self.multilabel = bool(multilabel)
+    if self.multilabel and (isinstance(num_classes, bool) or not isinstance(
+        num_classes, (int, np.integer)) or num_classes < 1):
+      raise ValueError("multilabel=True needs num_classes, a positive int. "
+                       f"Received: num_classes={num_classes!r}")
+    self.num_classes = int(num_classes) if self.multilabel else None
+
+  def from_indices(self, indices):
+    """int64 (n,) label indices of one record -> int32 () or multi-hot float32 (K,).
+
+    Single label: the index, -1 when the record has none; several raise. Multi-label:
+    1.0 at each index, all zeros when the record has none (or only -1, the
+    converter's "unlabelled").
+    """
+    indices = tf.cast(indices, tf.int32)
+    if not self.multilabel:
+      check = tf.debugging.assert_less_equal(
+          tf.size(indices), 1, message="a record holds several labels in "
+          f"{tfrecord.LABEL_INDEX}; read it with multilabel=True, num_classes=K")
+      with tf.control_dependencies([check]):
+        return tf.concat([indices, [-1]], 0)[0]
+    k = self.num_classes
+    checks = [tf.debugging.assert_less(
+                  indices, k, message=f"a label index in {tfrecord.LABEL_INDEX} is "
+                  f">= num_classes={k}"),
+              tf.debugging.assert_greater_equal(
+                  indices, -1, message=f"a label index in {tfrecord.LABEL_INDEX} "
+                  "is < -1")]
+    with tf.control_dependencies(checks):
+      # one_hot(-1) is all zeros: unlabelled entries add nothing.
+      return tf.minimum(tf.reduce_sum(tf.one_hot(indices, k), axis=0), 1.0)
+
+
+def _parse(serialized, labels=None):
+  """One SequenceExample -> (encoded frames (N,), label as `labels` says)."""
+  labels = labels or _Labels(False, None)
   context, sequence = tf.io.parse_single_sequence_example(
       serialized,
-      context_features={tfrecord.LABEL_INDEX: tf.io.FixedLenFeature([], tf.int64, -1)},
+      context_features={tfrecord.LABEL_INDEX: tf.io.VarLenFeature(tf.int64)},
       sequence_features={tfrecord.IMAGE_ENCODED:
                          tf.io.FixedLenSequenceFeature([], tf.string)})
-  return (sequence[tfrecord.IMAGE_ENCODED],
-          tf.cast(context[tfrecord.LABEL_INDEX], tf.int32))
+  indices = context[tfrecord.LABEL_INDEX].values
+  return sequence[tfrecord.IMAGE_ENCODED], labels.from_indices(indices)
 
 
-def _tfrecord_elements(files, cfg, train, repeat, input_context, shuffle_buffer):
-  """Dataset of (views float32, label int32) read from TFRecord shards."""
-  ds = tf.data.Dataset.from_tensor_slices(files)
+def _tfrecord_elements(files, compressions, cfg, labels, train, repeat,
+                       input_context, shuffle_buffer):
+  """Dataset of (views float32, label) read from TFRecord shards."""
+  ds = tf.data.Dataset.from_tensor_slices((files, compressions))
   if input_context is not None:
     ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   if train:
     ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                     block_length=1, num_parallel_calls=_AUTOTUNE)
+  ds = ds.interleave(
+      lambda path, compression: tf.data.TFRecordDataset(
+          path, compression_type=compression),
+      cycle_length=min(len(files), 16), block_length=1, num_parallel_calls=_AUTOTUNE)
   ds = ds.enumerate()
 
   def parse_and_sample(index, serialized):
-    encoded, label = _parse(serialized)
+    encoded, label = _parse(serialized, labels)
     indices, inverse = cfg.sample(tf.shape(encoded)[0], index)
     return tf.gather(encoded, indices), inverse, label, index
 
@@ -232,19 +319,75 @@ def _tfrecord_elements(files, cfg, train, repeat, input_context, shuffle_buffer)
 
 
 def _decode_jpegs(cfg, encoded, inverse, index):
-  """Sampled JPEG strings -> views (see _Config.spatial)."""
-  shape = tf.image.extract_jpeg_shape(encoded[0])
+  """Sampled encoded frames (JPEG or other formats) -> views (see _Config.spatial)."""
+  shape = frame_shape(encoded[0])
+  all_jpeg = tf.reduce_all(tf.strings.substr(encoded, 0, 3) == _JPEG_MAGIC)
 
   def read_window(y0, x0, h, w):
     window = tf.stack([y0, x0, h, w])
-    return tf.stack([tf.image.decode_and_crop_jpeg(encoded[t], window, channels=3)
-                     for t in range(cfg.num_frames)])
+    return decode_frames(encoded, all_jpeg, window, cfg.num_frames)
 
   def read_all():
-    return tf.map_fn(lambda s: tf.io.decode_jpeg(s, channels=3), encoded,
-                     fn_output_signature=tf.uint8)
+    return decode_frames(encoded, all_jpeg)
 
   return cfg.spatial(read_window, read_all, shape[0], shape[1], inverse, index)
+
+
+# --- Frame formats: JPEG fast path, anything tf.io.decode_image reads otherwise. ---
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _decode_image(encoded):
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+def frame_shape(encoded):
+  """(height, width, channels) int32 of one encoded frame (JPEG: from its header)."""
+  return tf.cond(tf.io.is_jpeg(encoded),
+                 lambda: tf.image.extract_jpeg_shape(encoded),
+                 lambda: tf.shape(_decode_image(encoded), out_type=tf.int32))
+
+
+def decode_frame(encoded, window=None):
+  """One encoded frame (JPEG, PNG, BMP, GIF) -> uint8 (h, w, 3).
+
+  window: int32 [y0, x0, h, w] to return only that window; a JPEG then decodes only
+  the window (decode_and_crop_jpeg), other formats decode whole and are sliced.
+  """
+  def jpeg():
+    if window is None:
+      return tf.io.decode_jpeg(encoded, channels=3)
+    return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+  def other():
+    image = _decode_image(encoded)
+    if window is None:
+      return image
+    return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+
+  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def decode_frames(encoded, all_jpeg, window=None, count=None):
+  """Frames (U,) encoded -> uint8 (U, h, w, 3); `count` = U when static.
+
+  all_jpeg: bool scalar, every frame is a JPEG: the fast path with no per-frame
+  format check; else each frame goes through `decode_frame`.
+  """
+  def jpegs():
+    if window is None:
+      return tf.map_fn(lambda s: tf.io.decode_jpeg(s, channels=3), encoded,
+                       fn_output_signature=tf.uint8)
+    return tf.stack([tf.image.decode_and_crop_jpeg(encoded[t], window, channels=3)
+                     for t in range(count)])
+
+  def any_format():
+    if window is None:
+      return tf.map_fn(decode_frame, encoded, fn_output_signature=tf.uint8)
+    return tf.stack([decode_frame(encoded[t], window) for t in range(count)])
+
+  return tf.cond(all_jpeg, jpegs, any_format)
 
 
 def _read_annotations(annotations, video_dir, dataset, classes, train_annotations,
@@ -355,11 +498,15 @@ def make_dataset(file_pattern=None, mode="train", batch_size=8, num_frames=8,
                  min_resize=None, max_resize=None, eval_resize=None, flip=True,
                  deterministic=None, annotations=None, video_dir=None, dataset=None,
                  classes=None, input_context=None, drop_remainder=None, repeat=None,
-                 shuffle_buffer=256, train_annotations=None, skip_bad_rows=False):
+                 shuffle_buffer=256, compression="auto", multilabel=False,
+                 num_classes=None, train_annotations=None, skip_bad_rows=False):
   """Batched clips for training or evaluation.
 
   Args:
     file_pattern: glob (or list of globs) of TFRecord shards of SequenceExamples.
+      Hidden files, folders and the converter's report.json / classes.txt are
+      skipped; a pattern matching nothing else raises ValueError naming it. Frames
+      may be JPEG (fast crop-window decode) or PNG/BMP/GIF.
     mode: "train" (random clip, short side uniform in [min_resize, max_resize],
       random crop, horizontal flip p=0.5), "eval" (centre clip, short side
       eval_resize, centre crop) or "test" (num_clips clips x num_crops crops).
@@ -392,13 +539,21 @@ def make_dataset(file_pattern=None, mode="train", batch_size=8, num_frames=8,
     drop_remainder: default True in train mode.
     repeat: repeat forever; default True in train mode.
     shuffle_buffer: train-mode shuffle buffer of sampled (still encoded) clips.
+    compression: of the TFRecord files: "auto" (detected per file from its first
+      bytes), "none", "gzip" or "zlib".
+    multilabel: labels as multi-hot float32 (B, num_classes) from every index in
+      `clip/label/index` (TF Model Garden's multi-label layout); a record without
+      labels (or holding only -1) gives an all-zero row. Off: int32 (B,), -1 for a
+      record without a label, an error for a record with several.
+    num_classes: K, required with multilabel=True (ignored otherwise).
 
   Returns:
     tf.data.Dataset of (clips, labels): train/eval clips float32
     (B, num_frames, crop, crop, 3); test clips float32
     (B, V, num_frames, crop, crop, 3) with V = num_clips * num_crops, clip-major:
     view v is clip v // num_crops, crop v % num_crops. labels int32 (B,) (-1 when
-    the record has none). Clips are ImageNet-normalised (preprocess.normalize).
+    the record has none), or float32 (B, num_classes) with multilabel=True. Clips
+    are ImageNet-normalised (preprocess.normalize).
   """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
@@ -410,18 +565,23 @@ def make_dataset(file_pattern=None, mode="train", batch_size=8, num_frames=8,
                      f"file_pattern={file_pattern!r}, annotations={annotations!r}")
   cfg = _Config(mode, num_frames, frame_stride, crop_size, num_clips, num_crops, seed,
                 min_resize, max_resize, eval_resize, flip)
+  label_spec = _Labels(multilabel, num_classes)
   train = mode == "train"
   repeat = train if repeat is None else bool(repeat)
   drop_remainder = train if drop_remainder is None else bool(drop_remainder)
   if file_pattern is not None:
-    files = _list_files(file_pattern)
+    files, compressions = _list_shards(file_pattern, compression)
     _check_shardable(len(files), input_context, "files")
-    ds = _tfrecord_elements(files, cfg, train, repeat, input_context, shuffle_buffer)
+    ds = _tfrecord_elements(files, compressions, cfg, label_spec, train, repeat,
+                            input_context, shuffle_buffer)
   else:
     paths, labels = _read_annotations(annotations, video_dir, dataset, classes,
                                       train_annotations, skip_bad_rows)
     _check_shardable(len(paths), input_context, "videos")
     ds = _raw_elements(paths, labels, cfg, train, repeat, input_context)
+    if label_spec.multilabel:
+      ds = ds.map(lambda views, label: (views, label_spec.from_indices(label[None])),
+                  num_parallel_calls=_AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.prefetch(_AUTOTUNE)
   options = tf.data.Options()

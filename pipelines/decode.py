@@ -17,6 +17,12 @@ Every failure to read a file (missing, empty, not a video, corrupt, truncated, i
 or time past the end) raises `DecodeError`, a ValueError whose message starts with
 the path and says why. Truncation is detected where the container declares a length:
 mp4/mov/avi frame counts and the Matroska/WebM duration (not for MPEG-PS/TS).
+
+`decode_available` is the lenient whole-video decode (used by pipelines/convert.py):
+it keeps every frame that decodes cleanly (up to the end of the data, the first
+packet the demuxer flags as cut short, or the first decoder error) and reports how
+that falls short of what the container declares (a truncated download, a header
+that lies) instead of raising.
 """
 
 import bisect
@@ -127,15 +133,27 @@ def _declared_length(container, stream):
     return None, None
 
 
-def _check_complete(path, declared, count, end):
-    """Raises DecodeError if `count` frames ending at `end` s fall short of `declared`."""
+def _shortfall(declared, count, end):
+    """Why `count` frames ending at `end` s fall short of `declared`, or None.
+
+    Tolerates 2% (at least 2) missing frames and 10% (+ 0.05 s) of the duration:
+    edit lists and a longer audio track make honest files differ that much.
+    """
     frames, seconds = declared
     if frames and frames - count > max(2, 0.02 * frames):
-        raise _error(path, f"truncated or corrupt: only {count} of the {frames} "
-                     "frames the container declares are present")
+        return (f"truncated or corrupt: only {count} of the {frames} frames the "
+                "container declares are present")
     if seconds and end is not None and seconds - end > 0.1 * seconds + 0.05:
-        raise _error(path, f"truncated or corrupt: video ends at {end:.3f} s but "
-                     f"the container declares {seconds:.3f} s")
+        return (f"truncated or corrupt: video ends at {end:.3f} s but the container "
+                f"declares {seconds:.3f} s")
+    return None
+
+
+def _check_complete(path, declared, count, end):
+    """Raises DecodeError if `count` frames ending at `end` s fall short of `declared`."""
+    cause = _shortfall(declared, count, end)
+    if cause:
+        raise _error(path, cause)
 
 
 def _scan(path):
@@ -172,41 +190,86 @@ def _scan(path):
                   time_base=time_base, rate=rate)
 
 
-def _frames(path):
+class _Tally:
+    """What a lenient sequential decode (`_frames(path, tally)`) found."""
+
+    def __init__(self):
+        self.count = 0  # frames decoded
+        self.declared = (None, None)  # _declared_length
+        self.rate = None  # stream frame rate (Fraction) or None
+        self.end = None  # seconds: end of the last decoded frame, when known
+        self.stop = None  # what stopped the decode early (damaged data), if anything
+        self.shortfall = None  # why the decode falls short of the declared length
+
+
+def _flush(stream):
+    """Frames the decoder still buffers (B-frame reordering) after a failed packet."""
+    try:
+        return list(stream.codec_context.decode(None))
+    except _AV_ERRORS:
+        return []
+
+
+def _frames(path, tally=None):
     """Yields (frame, seconds since frame 0) for every frame, decoding sequentially.
 
     Checks truncation when the stream is exhausted (not when the caller stops early).
+    Strict (tally None): a decoder error or a shortfall raises DecodeError. Lenient
+    (a _Tally): stops before the first packet the demuxer flags corrupt (a packet cut
+    short by the end of the file decodes to a damaged frame) or at the first decoder
+    error after frame 0, and records that and any shortfall in `tally` instead; a
+    file where no frame decodes still raises.
     """
     container, stream = _open(path)
     try:
         declared = _declared_length(container, stream)
         rate = _frame_rate(stream)
         count, first_pts, time, abs_time = 0, None, 0.0, None
+
+        def timed(frame):
+            nonlocal count, first_pts, time, abs_time
+            if count == 0:
+                first_pts = frame.pts
+            if frame.pts is not None and first_pts is not None:
+                time = float((frame.pts - first_pts) * frame.time_base)
+                abs_time = float(frame.pts * frame.time_base)
+            elif rate:  # no timestamps: assume a constant rate
+                time, abs_time = count / float(rate), None
+            else:
+                raise _error(path, "frames have no timestamps and the "
+                             "stream no frame rate")
+            count += 1
+            return frame, time
+
         try:
             for packet in container.demux(stream):
+                if tally is not None and packet.is_corrupt and packet.size:
+                    tally.stop = "a corrupt (cut short) packet"
+                    break
                 for frame in packet.decode():
-                    if count == 0:
-                        first_pts = frame.pts
-                    if frame.pts is not None and first_pts is not None:
-                        time = float((frame.pts - first_pts) * frame.time_base)
-                        abs_time = float(frame.pts * frame.time_base)
-                    elif rate:  # no timestamps: assume a constant rate
-                        time, abs_time = count / float(rate), None
-                    else:
-                        raise _error(path, "frames have no timestamps and the "
-                                     "stream no frame rate")
-                    count += 1
-                    yield frame, time
+                    yield timed(frame)
         except _AV_ERRORS as e:
-            if isinstance(e, DecodeError):
-                raise
-            raise _error(path, "corrupt or truncated video data", e) from e
+            if isinstance(e, DecodeError) or tally is None or count == 0:
+                if isinstance(e, DecodeError):
+                    raise
+                raise _error(path, "corrupt or truncated video data", e) from e
+            tally.stop = f"{type(e).__name__}: {e}"
+        if tally is not None and tally.stop is not None:
+            for frame in _flush(stream):  # keep what decoded before the damage
+                yield timed(frame)
     finally:
         container.close()
     if count == 0:
         raise _error(path, "no frame could be decoded")
     end = abs_time + 1 / float(rate) if abs_time is not None and rate else None
-    _check_complete(path, declared, count, end)
+    if tally is None:
+        _check_complete(path, declared, count, end)
+        return
+    tally.count, tally.declared, tally.rate, tally.end = count, declared, rate, end
+    causes = [_shortfall(declared, count, end)]
+    if tally.stop is not None:
+        causes.append(f"decoding stopped after {count} frames at {tally.stop}")
+    tally.shortfall = "; ".join(c for c in causes if c) or None
 
 
 def probe(path):
@@ -274,22 +337,70 @@ def decode_all(path, short_side=None, fps=None):
         video (last frame's time plus one source frame duration).
 
     Returns:
-      uint8 array (n, H, W, 3). Raises DecodeError if the file cannot be read.
+      uint8 array (n, H, W, 3). Raises DecodeError if the file cannot be read or
+      is truncated (see `decode_available` to keep what decodes).
     """
+    return _decode(path, short_side, fps, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """What `decode_available` got from a video.
+
+    Attributes:
+      frames: uint8 (n, H, W, 3), as `decode_all` returns for a complete file.
+      fps: frame rate of the source stream (0.0 when the file gives none).
+      decoded_frames: source frames that decoded (before any fps resampling).
+      declared_frames: frame count the container declares (mp4/mov/avi), or None.
+      declared_seconds: duration the container declares (Matroska/WebM), or None.
+      shortfall: None for a complete video, else why it is short of the declared
+        length ("truncated or corrupt: only 18 of the 40 frames ...") and/or where
+        decoding stopped on damaged data.
+    """
+
+    frames: np.ndarray
+    fps: float
+    decoded_frames: int
+    declared_frames: object
+    declared_seconds: object
+    shortfall: object
+
+
+def decode_available(path, short_side=None, fps=None):
+    """Decodes every frame of a video that decodes cleanly; never fails on a short file.
+
+    Like `decode_all` (same arguments and frames), but a file that ends early or
+    whose header declares more frames than it holds gives the frames that are there
+    (up to the end of the data, a packet cut short, or the first decoder error:
+    never a damaged frame it can detect) and says so in
+    `Decoded.shortfall`. Raises DecodeError only when no frame decodes (or the file
+    is missing, not a video, ...).
+    """
+    tally = _Tally()
+    frames = _decode(path, short_side, fps, tally)
+    rate = float(tally.rate) if tally.rate else 0.0
+    frames_declared, seconds_declared = tally.declared
+    return Decoded(frames=frames, fps=rate, decoded_frames=tally.count,
+                   declared_frames=frames_declared or None,
+                   declared_seconds=seconds_declared, shortfall=tally.shortfall)
+
+
+def _decode(path, short_side, fps, tally):
+    """decode_all (tally None) / decode_available (a _Tally filled in)."""
     short_side = _check_short_side(short_side)
     if fps is not None and (isinstance(fps, bool) or not isinstance(
             fps, (int, float, np.number)) or not math.isfinite(fps) or fps <= 0):
         raise ValueError(f"fps must be a positive number or None. Received: fps={fps!r}")
     out, size = [], None
     if fps is None:
-        for frame, _ in _frames(path):
+        for frame, _ in _frames(path, tally):
             size = size or _target_size(frame, short_side)
             out.append(_to_rgb(frame, size))
         return np.stack(out)
     # Stream the decode and convert only the frames picked at times k / fps.
     fps = float(fps)
     step, previous, previous_time, rate = 0, None, 0.0, None
-    for frame, time in _frames(path):
+    for frame, time in _frames(path, tally):
         size = size or _target_size(frame, short_side)
         # `previous` is on screen during [previous_time, time).
         while previous is not None and step / fps < time - _EPS:

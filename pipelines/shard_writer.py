@@ -2,6 +2,12 @@
 
 Kept apart from convert.py (which defines absl flags) so pool worker processes can
 import it, and the worker pool can preload it once, without the flags.
+
+Only finished shards and the user-facing `classes.txt` / `report.json` live in the
+output folder. The converter's bookkeeping (per-shard stats, the manifest, shards
+being written) lives in its hidden subfolder `.convert/`, which no shard glob
+(`DIR/*.tfrecord*`, `DIR/{prefix}-*`) reaches; `pipelines.dataset.make_dataset`
+also skips it (and every other folder or hidden file) for `DIR/*`.
 """
 
 import json
@@ -12,8 +18,10 @@ import tensorflow as tf
 from pipelines import decode
 from pipelines import tfrecord
 
+BOOKKEEPING = ".convert"  # subfolder of the output folder
+COMPRESSIONS = {"none": "", "gzip": "GZIP"}  # --compression -> TFRecordOptions
+
 _progress_queue = None  # pool workers report each finished video here
-_videos_written = 0  # in this process, for the crash test hook
 
 
 def init_worker(queue):
@@ -33,29 +41,66 @@ def atomic_write_text(path, text):
     os.replace(tmp, path)
 
 
+def bookkeeping_dir(output_dir):
+    """`{output_dir}/.convert`: the converter's own files."""
+    return os.path.join(output_dir, BOOKKEEPING)
+
+
 def sidecar(shard_path):
-    """Hidden stats file of a finished shard: `.{shard}.json`."""
+    """Stats file of a finished shard: `.convert/{shard}.json` beside the shard."""
+    return os.path.join(bookkeeping_dir(os.path.dirname(shard_path)),
+                        f"{os.path.basename(shard_path)}.json")
+
+
+def old_sidecar(shard_path):
+    """Where converters before `.convert/` kept the stats: `.{shard}.json`."""
     return os.path.join(os.path.dirname(shard_path),
                         f".{os.path.basename(shard_path)}.json")
 
 
 def tmp_name(shard_path, pid=None):
-    """Hidden temporary name a shard is written under: `.{shard}.tmp-{pid}`."""
-    return os.path.join(os.path.dirname(shard_path),
-                        f".{os.path.basename(shard_path)}.tmp-{pid or os.getpid()}")
+    """Temporary name a shard is written under: `.convert/{shard}.tmp-{pid}`."""
+    return os.path.join(bookkeeping_dir(os.path.dirname(shard_path)),
+                        f"{os.path.basename(shard_path)}.tmp-{pid or os.getpid()}")
 
 
-def video_example(record, short_side, fps, jpeg_quality):
-    """Decodes one video -> serialized SequenceExample; raises DecodeError."""
-    info = decode.probe(record.video_path)  # fails fast on truncated files
-    frames = decode.decode_all(record.video_path, short_side=short_side, fps=fps)
+class TooShort(decode.DecodeError):
+    """A video decodes to fewer than min_frames frames; `.decoded` has the counts."""
+
+    def __init__(self, message, decoded):
+        super().__init__(message)
+        self.decoded = decoded
+
+
+def video_example(record, short_side, fps, jpeg_quality, min_frames=1):
+    """Decodes one video -> (serialized SequenceExample, decode.Decoded).
+
+    Keeps every frame that decodes (a truncated file or a header that declares more
+    frames gives what is there, see decode.decode_available). Raises DecodeError
+    when nothing decodes or fewer than `min_frames` frames would be stored.
+    """
+    decoded = decode.decode_available(record.video_path, short_side=short_side,
+                                      fps=fps)
+    frames = decoded.frames
+    if len(frames) < min_frames:
+        raise TooShort(
+            f"{record.video_path}: too short: {len(frames)} frames"
+            f"{' (' + decoded.shortfall + ')' if decoded.shortfall else ''}, "
+            f"fewer than min_frames={min_frames}", decoded)
     jpegs = [tf.io.encode_jpeg(frame, quality=jpeg_quality).numpy()
              for frame in frames]
     example = tfrecord.make_sequence_example(
         jpegs, label=record.label_index, label_text=record.label_text,
-        video_id=record.video_id, fps=fps if fps else info.fps,
+        video_id=record.video_id, fps=fps if fps else decoded.fps,
         height=frames.shape[1], width=frames.shape[2])
-    return example.SerializeToString()
+    return example.SerializeToString(), decoded
+
+
+def _incomplete_entry(record, decoded, stored):
+    return {"video": record.video_id, "declared_frames": decoded.declared_frames,
+            "declared_seconds": decoded.declared_seconds,
+            "decoded_frames": decoded.decoded_frames, "stored_frames": stored,
+            "reason": decoded.shortfall}
 
 
 def write_shard(job, progress=None):
@@ -63,35 +108,44 @@ def write_shard(job, progress=None):
 
     Args:
       job: dict with output_dir, name, records (VideoRecord list), short_side, fps,
-        jpeg_quality and optionally crash_after (test hook: exit the process
-        abruptly after this many videos, as a killed worker would).
+        jpeg_quality, min_frames and compression ("none" | "gzip").
       progress: callable(count) when run in-process; pool workers use the queue
         given to `init_worker`.
 
     Returns:
-      {"shard": name, "converted": int, "skipped": [{"video", "reason"}]}.
+      {"shard": name, "converted": int, "skipped": [{"video", "reason"} (plus the
+       counts below for videos skipped as too short)],
+       "incomplete": [{"video", "declared_frames", "declared_seconds",
+       "decoded_frames", "stored_frames", "reason"}]}.
     """
-    global _videos_written
     final = os.path.join(job["output_dir"], job["name"])
     tmp = tmp_name(final)
-    stats = {"shard": job["name"], "converted": 0, "skipped": []}
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    stats = {"shard": job["name"], "converted": 0, "skipped": [], "incomplete": []}
+    options = tf.io.TFRecordOptions(
+        compression_type=COMPRESSIONS[job.get("compression", "none")])
     try:
-        with tf.io.TFRecordWriter(tmp) as writer:
+        with tf.io.TFRecordWriter(tmp, options=options) as writer:
             for record in job["records"]:
                 try:
-                    writer.write(video_example(record, job["short_side"], job["fps"],
-                                               job["jpeg_quality"]))
+                    serialized, decoded = video_example(
+                        record, job["short_side"], job["fps"], job["jpeg_quality"],
+                        job.get("min_frames", 1))
+                    writer.write(serialized)
                     stats["converted"] += 1
+                    if decoded.shortfall:
+                        stats["incomplete"].append(_incomplete_entry(
+                            record, decoded, len(decoded.frames)))
+                except TooShort as e:
+                    entry = _incomplete_entry(record, e.decoded, len(e.decoded.frames))
+                    stats["skipped"].append(dict(entry, reason=str(e)))
                 except decode.DecodeError as e:
                     stats["skipped"].append({"video": record.video_id,
                                              "reason": str(e)})
-                _videos_written += 1
                 if progress is not None:
                     progress(1)
                 elif _progress_queue is not None:
                     _progress_queue.put(1)
-                if job.get("crash_after") and _videos_written >= job["crash_after"]:
-                    os._exit(17)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

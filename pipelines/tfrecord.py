@@ -3,11 +3,15 @@
 Context: `clip/label/index` int64 (-1 = unlabelled), `clip/label/text` bytes,
 `video/id` bytes, `video/num_frames` int64, `video/fps` float, `image/height` int64,
 `image/width` int64. Sequence: `image/encoded`, one JPEG per frame.
-Shards are named `{prefix}-{i:05d}-of-{n:05d}.tfrecord`.
+Shards are named `{prefix}-{i:05d}-of-{n:05d}.tfrecord` (`.tfrecord.gz` when GZIP
+compressed). Several labels per clip: `clip/label/index` holds them all (as TF Model
+Garden's multi-label video datasets do); an unlabelled clip holds -1.
 """
 
 import os
+import struct
 
+import numpy as np
 import tensorflow as tf
 
 LABEL_INDEX = "clip/label/index"
@@ -32,9 +36,12 @@ CONTEXT_FEATURES = {
 SEQUENCE_FEATURES = {IMAGE_ENCODED: tf.io.FixedLenSequenceFeature([], tf.string)}
 
 
-def shard_name(prefix, index, num_shards):
-    """`{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord`."""
-    return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
+SUFFIXES = {"none": ".tfrecord", "gzip": ".tfrecord.gz"}
+
+
+def shard_name(prefix, index, num_shards, compression="none"):
+    """`{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord`, `.tfrecord.gz` for gzip."""
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{SUFFIXES[compression]}"
 
 
 def _bytes(value):
@@ -46,8 +53,10 @@ def make_sequence_example(frames_jpeg_list, label, label_text, video_id, fps,
     """Builds the interchange SequenceExample of one video.
 
     Args:
-      frames_jpeg_list: list of JPEG bytes, one per frame (`video/num_frames` = len).
-      label: int class index, -1 when unlabelled.
+      frames_jpeg_list: list of encoded frames, one per frame (`video/num_frames` =
+        len): JPEG, or any format tf.io.decode_image reads (PNG, BMP, GIF).
+      label: int class index (-1 when unlabelled), a list of class indices (several
+        labels per clip), or None to leave `clip/label/index` out.
       label_text: class name (str or bytes), "" when unlabelled.
       video_id: str or bytes id of the video.
       fps: frame rate of the stored frames.
@@ -58,7 +67,9 @@ def make_sequence_example(frames_jpeg_list, label, label_text, video_id, fps,
     """
     example = tf.train.SequenceExample()
     context = example.context.feature
-    context[LABEL_INDEX].int64_list.value.append(int(label))
+    if label is not None:
+        labels = [label] if isinstance(label, (int, np.integer)) else list(label)
+        context[LABEL_INDEX].int64_list.value.extend(int(v) for v in labels)
     context[LABEL_TEXT].bytes_list.value.append(_bytes(label_text))
     context[VIDEO_ID].bytes_list.value.append(_bytes(video_id))
     context[NUM_FRAMES].int64_list.value.append(len(frames_jpeg_list))
@@ -87,3 +98,27 @@ def writer_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def detect_compression(path):
+    """TFRecordDataset compression_type of a file: "" (none), "GZIP" or "ZLIB".
+
+    Reads the first 12 bytes: an uncompressed TFRecord starts with a record length
+    and its masked CRC32C (the check TF's reader does), GZIP with 1f 8b, ZLIB with a
+    deflate header. An empty file reads as uncompressed (no records). Raises
+    ValueError naming the file when it is none of these.
+    """
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    with tf.io.gfile.GFile(path, "rb") as f:
+        head = f.read(12)
+    if not head:
+        return ""
+    if len(head) == 12 and struct.unpack("<I", head[8:])[0] == masked_crc32c(head[:8]):
+        return ""
+    if head[:2] == b"\x1f\x8b":
+        return "GZIP"
+    if len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] * 256 + head[1]) % 31 == 0:
+        return "ZLIB"
+    raise ValueError(f"{path}: not a TFRecord file (no uncompressed record header, "
+                     f"no GZIP or ZLIB header); it starts with {head!r}")

@@ -1,4 +1,5 @@
-"""Tests of pipelines/convert.py: TFRecord round trip, resampling, resume after kills."""
+"""Tests of pipelines/convert.py: TFRecord round trip, resampling, short videos kept,
+bookkeeping out of the shards' way, GZIP, resume after kills (injected from outside)."""
 
 import glob
 import io
@@ -16,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import convert
+from pipelines import dataset
 from pipelines import decode
 from pipelines import kinetics
 from pipelines import tfrecord
@@ -30,12 +32,12 @@ def clips(tmp_path_factory):
     return video_clips.make_clips(tmp_path_factory.getbasetemp() / "video_clips")
 
 
-def read_shards(output_dir):
-    """{video_id: (context dict, list of JPEG bytes)} over every *.tfrecord; asserts
+def read_shards(output_dir, pattern="*.tfrecord", compression=""):
+    """{video_id: (context dict, list of JPEG bytes)} over every shard; asserts
     no video appears twice."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(output_dir, "*.tfrecord"))):
-        for serialized in tf.data.TFRecordDataset(path):
+    for path in sorted(glob.glob(os.path.join(output_dir, pattern))):
+        for serialized in tf.data.TFRecordDataset(path, compression_type=compression):
             context, sequence = tfrecord.parse_sequence_example(serialized)
             context = {k: v.numpy() for k, v in context.items()}
             video_id = context[tfrecord.VIDEO_ID].decode()
@@ -56,7 +58,10 @@ def assert_jpegs_hold(jpegs, expected):
 
 
 def hidden_tmp_files(output_dir):
-    return [n for n in os.listdir(output_dir) if ".tmp-" in n]
+    """Temporary files in output_dir and its bookkeeping folder .convert/."""
+    folders = [output_dir, os.path.join(output_dir, ".convert")]
+    return [n for d in folders if os.path.isdir(d) for n in os.listdir(d)
+            if ".tmp-" in n]
 
 
 def kinetics_layout(root, clips, extra=()):
@@ -156,25 +161,90 @@ def test_moments_resampled_to_fps(tmp_path, clips):
         assert_jpegs_hold(jpegs, decode.decode_all(path, short_side=48, fps=10))
 
 
-def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips, monkeypatch):
+def convert_command(annotations, videos, out, *flags):
+    return [sys.executable, "-m", "pipelines.convert", "--dataset=kinetics",
+            f"--annotations={annotations}", f"--video_dir={videos}",
+            f"--output_dir={out}", "--short_side=32", "--skip_bad_rows", *flags]
+
+
+def wait_until(predicate, process, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips):
     extra = {f"x{i}_000000_000010": (clip, os.path.join("abseiling", f"x{i}.mp4"))
-             for i, clip in enumerate(["h264_444", "mpeg4", "portrait"])}
+             for i, clip in enumerate(["h264_444", "mpeg4", "portrait", "h264",
+                                       "mpeg4", "mjpeg"])}
     annotations, videos, paths = kinetics_layout(tmp_path, clips, extra)
     out = str(tmp_path / "out")
     kwargs = dict(short_side=32, num_shards=3, skip_bad_rows=True, show_progress=False)
-    monkeypatch.setenv(convert.CRASH_ENV, "1")  # each pool worker dies after 1 video
-    with pytest.raises(RuntimeError, match="a conversion worker died"):
-        convert.convert("kinetics", annotations, videos, out, workers=2, **kwargs)
+    process = subprocess.Popen(
+        convert_command(annotations, videos, out, "--num_shards=3", "--workers=2"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:  # SIGKILL a pool worker (OOM killer, preemption) as it writes a shard
+        def writing():
+            return [n for n in hidden_tmp_files(out) if ".tfrecord.tmp-" in n]
+
+        wait_until(writing, process)
+        pid = int(writing()[0].rsplit(".tmp-", 1)[1])
+        assert pid != process.pid
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+    assert b"a conversion worker died" in stderr
     finished = glob.glob(os.path.join(out, "*.tfrecord"))
     assert len(finished) < 3 and hidden_tmp_files(out)  # really interrupted
     assert not os.path.exists(os.path.join(out, "report.json"))
-    monkeypatch.delenv(convert.CRASH_ENV)
     report = convert.convert("kinetics", annotations, videos, out, workers=1, **kwargs)
-    assert report["converted"] == 6 and len(report["skipped"]) == 1
+    assert report["converted"] == 9 and len(report["skipped"]) == 1
     assert sorted(read_shards(out)) == sorted(paths)  # each exactly once
     assert hidden_tmp_files(out) == []
     assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/*.tfrecord")) == \
         report["shards"]
+
+
+# Fault injection from the test: the converter is killed right after renaming a
+# finished shard, before its stats are written (the narrowest crash window).
+_CRASH_AFTER_RENAME = """
+import os, sys
+from pipelines import convert, shard_writer
+write = shard_writer.atomic_write_text
+def crash_at_stats(path, text):
+    if path.endswith(".tfrecord.json"):
+        os._exit(17)
+    write(path, text)
+shard_writer.atomic_write_text = crash_at_stats
+convert.convert("kinetics", *sys.argv[1:4], short_side=32, num_shards=2,
+                skip_bad_rows=True, show_progress=False)
+"""
+
+
+def test_crash_between_rename_and_stats_redoes_that_shard(tmp_path, clips):
+    annotations, videos, paths = kinetics_layout(tmp_path, clips)
+    out = str(tmp_path / "out")
+    result = subprocess.run([sys.executable, "-c", _CRASH_AFTER_RENAME, annotations,
+                             videos, out], cwd=REPO, capture_output=True)
+    assert result.returncode == 17, result.stderr.decode()[-2000:]
+    finished = glob.glob(os.path.join(out, "*.tfrecord"))
+    assert len(finished) == 1  # renamed: a complete shard, but no stats
+    assert not os.path.exists(os.path.join(out, ".convert",
+                                           os.path.basename(finished[0]) + ".json"))
+    assert not os.path.exists(os.path.join(out, "report.json"))
+    before = os.stat(finished[0]).st_mtime_ns
+    report = convert.convert("kinetics", annotations, videos, out, short_side=32,
+                             num_shards=2, skip_bad_rows=True, show_progress=False)
+    assert os.stat(finished[0]).st_mtime_ns != before  # redone, not trusted
+    assert report["converted"] == 3
+    assert sorted(read_shards(out)) == sorted(paths)
+    assert hidden_tmp_files(out) == []
 
 
 def test_killed_main_then_rerun(tmp_path, clips):
@@ -182,19 +252,12 @@ def test_killed_main_then_rerun(tmp_path, clips):
              for i in range(9)}
     annotations, videos, paths = kinetics_layout(tmp_path, clips, extra)
     out = str(tmp_path / "out")
-    command = [sys.executable, "-m", "pipelines.convert", "--dataset=kinetics",
-               f"--annotations={annotations}", f"--video_dir={videos}",
-               f"--output_dir={out}", "--short_side=32", "--num_shards=6",
-               "--skip_bad_rows", "--workers=1"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        convert_command(annotations, videos, out, "--num_shards=6", "--workers=1"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:  # SIGKILL as soon as the first shard is being written
-        deadline = time.monotonic() + 120
-        while not (os.path.isdir(out) and any(
-                ".tmp-" in n or n.endswith(".tfrecord") for n in os.listdir(out))):
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until(lambda: os.path.isdir(out) and (hidden_tmp_files(out) or any(
+            n.endswith(".tfrecord") for n in os.listdir(out))), process)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -246,3 +309,181 @@ def test_argument_errors(tmp_path):
         args.update(kwargs)
         with pytest.raises(ValueError, match=match):
             convert.convert(**args)
+
+
+def short_layout(root, clips):
+    """Kinetics videos that decode only in part: cut downloads (faststart mp4, avi,
+    webm, a tiny avi), an avi whose header declares 400 frames, a cut mp4 whose
+    index was at the end (nothing decodes), and a complete clip."""
+    cuts = os.path.join(root, "cuts")
+    os.makedirs(cuts)
+    sources = {
+        "cutmp4_000000_000010": video_clips.truncate(clips["faststart"],
+                                                     os.path.join(cuts, "a.mp4")),
+        "cutavi_000000_000010": video_clips.truncate(clips["mpeg4"],
+                                                     os.path.join(cuts, "b.avi")),
+        "cutweb_000000_000010": video_clips.truncate(clips["vp9"],
+                                                     os.path.join(cuts, "c.webm")),
+        "tinyav_000000_000010": video_clips.truncate(clips["mjpeg"],
+                                                     os.path.join(cuts, "d.avi"), 0.2),
+        "liesav_000000_000010": video_clips.declare_avi_frames(
+            clips["mpeg4"], os.path.join(cuts, "e.avi"), 400),
+        "nomoov_000000_000010": video_clips.truncate(clips["h264"],
+                                                     os.path.join(cuts, "f.mp4")),
+        "wholev_000000_000010": clips["h264"],
+    }
+    originals = {"cutmp4": "faststart", "cutavi": "mpeg4", "cutweb": "vp9",
+                 "tinyav": "mjpeg", "liesav": "mpeg4", "wholev": "h264"}
+    videos = os.path.join(root, "videos", "abseiling")
+    os.makedirs(videos)
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for vid, path in sources.items():
+        shutil.copy(path, os.path.join(videos, vid + os.path.splitext(path)[1]))
+        rows.append(f"abseiling,{vid[:6]},0,10,train")
+    annotations = os.path.join(root, "train.csv")
+    with open(annotations, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    # Frames a cut file still holds whole (independent of the decoder).
+    kept = {vid: video_clips.whole_packets(clips[originals[vid[:6]]],
+                                           os.path.getsize(path))
+            for vid, path in sources.items() if vid[:6] in originals}
+    kept["liesav_000000_000010"] = 40
+    originals = {vid: clips[originals[vid[:6]]] for vid in kept}
+    return annotations, os.path.join(root, "videos"), kept, originals
+
+
+def test_truncated_and_header_lying_videos_keep_the_frames_that_decode(tmp_path, clips):
+    annotations, videos, kept, originals = short_layout(tmp_path, clips)
+    assert 0 < kept["tinyav_000000_000010"] < 8  # below the default --min_frames
+    assert all(8 <= kept[v] < 40 for v in ["cutmp4_000000_000010",
+                                            "cutavi_000000_000010",
+                                            "cutweb_000000_000010"])
+    out = str(tmp_path / "out")
+    report = convert.convert("kinetics", annotations, videos, out, short_side=32,
+                             show_progress=False)
+    assert report["min_frames"] == convert.MIN_FRAMES == 8
+    stored = read_shards(out)
+    converted = ["cutavi_000000_000010", "cutmp4_000000_000010",
+                 "cutweb_000000_000010", "liesav_000000_000010", "wholev_000000_000010"]
+    assert sorted(stored) == converted and report["converted"] == 5
+    for vid in converted:
+        context, jpegs = stored[vid]
+        assert context[tfrecord.NUM_FRAMES] == len(jpegs) == kept[vid]
+        # The very frames of the complete file, in order.
+        assert_jpegs_hold(jpegs, decode.decode_all(originals[vid],
+                                                   short_side=32)[:kept[vid]])
+    incomplete = {e["video"]: e for e in report["incomplete"]}
+    assert sorted(incomplete) == converted[:4]  # the complete clip is not listed
+    for vid, declared in [("cutavi_000000_000010", 40), ("cutmp4_000000_000010", 40),
+                          ("liesav_000000_000010", 400)]:
+        entry = incomplete[vid]
+        assert (entry["declared_frames"], entry["declared_seconds"]) == (declared, None)
+        assert entry["decoded_frames"] == entry["stored_frames"] == kept[vid]
+        assert entry["reason"].startswith(f"truncated or corrupt: only {kept[vid]} of "
+                                          f"the {declared} frames")
+    web = incomplete["cutweb_000000_000010"]
+    assert (web["declared_frames"], web["declared_seconds"]) == (None, 1.6)
+    assert web["decoded_frames"] == kept["cutweb_000000_000010"]
+    skipped = {e["video"]: e for e in report["skipped"]}
+    assert sorted(skipped) == ["nomoov_000000_000010", "tinyav_000000_000010"]
+    assert "cannot open" in skipped["nomoov_000000_000010"]["reason"]
+    tiny = skipped["tinyav_000000_000010"]
+    assert f"too short: {kept['tinyav_000000_000010']} frames" in tiny["reason"]
+    assert "fewer than min_frames=8" in tiny["reason"]
+    assert (tiny["declared_frames"], tiny["decoded_frames"]) == (
+        40, kept["tinyav_000000_000010"])
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f) == report
+
+    # --min_frames decides what is too short: 1 keeps the tiny one, 20 drops the
+    # cut ones (the 40-frame videos stay).
+    low = convert.convert("kinetics", annotations, videos, str(tmp_path / "low"),
+                          short_side=32, show_progress=False, min_frames=1)
+    assert sorted(read_shards(str(tmp_path / "low"))) == sorted(
+        converted + ["tinyav_000000_000010"])
+    assert [e["video"] for e in low["skipped"]] == ["nomoov_000000_000010"]
+    high_dir = str(tmp_path / "high")
+    high = subprocess.run(convert_command(annotations, videos, high_dir,
+                                          "--min_frames=20"),
+                          cwd=REPO, capture_output=True)
+    assert high.returncode == 0, high.stderr.decode()[-2000:]
+    assert sorted(read_shards(high_dir)) == ["liesav_000000_000010",
+                                             "wholev_000000_000010"]
+    with open(os.path.join(high_dir, "report.json")) as f:
+        high = json.load(f)
+    assert high["min_frames"] == 20 and sorted(e["video"] for e in high["skipped"]) == \
+        ["cutavi_000000_000010", "cutmp4_000000_000010", "cutweb_000000_000010",
+         "nomoov_000000_000010", "tinyav_000000_000010"]
+    with pytest.raises(ValueError, match="min_frames must be a positive int"):
+        convert.convert("kinetics", annotations, videos, high_dir, min_frames=0)
+
+
+def test_gzip_shards_and_a_converted_folder_read_through_any_glob(tmp_path, clips):
+    annotations, videos, paths = kinetics_layout(tmp_path, clips)
+    plain, packed = str(tmp_path / "plain"), str(tmp_path / "gzip")
+    kwargs = dict(short_side=32, num_shards=2, skip_bad_rows=True, show_progress=False)
+    convert.convert("kinetics", annotations, videos, plain, **kwargs)
+    report = convert.convert("kinetics", annotations, videos, packed,
+                             compression="gzip", **kwargs)
+    names = ["train-00000-of-00002.tfrecord.gz", "train-00001-of-00002.tfrecord.gz"]
+    assert report["shards"] == names and report["compression"] == "gzip"
+    for name in names:
+        with open(os.path.join(packed, name), "rb") as f:
+            assert f.read(2) == b"\x1f\x8b"  # really GZIP
+    assert read_shards(packed, "*.tfrecord.gz", "GZIP") == read_shards(plain)
+    # Bookkeeping is out of reach of shard globs (gfile's glob matches hidden files).
+    for folder, suffix in [(plain, ""), (packed, ".gz")]:
+        shards = sorted(tf.io.gfile.glob(os.path.join(folder, "*.tfrecord*")))
+        assert [os.path.basename(p) for p in shards] == [
+            n.replace(".gz", "") + suffix for n in names]
+        assert sorted(os.listdir(folder)) == sorted(
+            [".convert", "classes.txt", "report.json"] + [os.path.basename(p)
+                                                          for p in shards])
+    # make_dataset reads both through `DIR/*` (report.json, classes.txt, .convert/
+    # skipped), detecting GZIP: the same clips.
+    clips_of = {}
+    for folder in (plain, packed):
+        ds = dataset.make_dataset(os.path.join(folder, "*"), "eval", batch_size=8,
+                                  num_frames=4, frame_stride=2, crop_size=32)
+        clips_of[folder] = [(x.numpy(), y.numpy()) for x, y in ds]
+    (xa, ya), = clips_of[plain]
+    (xb, yb), = clips_of[packed]
+    assert sorted(ya.tolist()) == [0, 0, 1]
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+    with pytest.raises(ValueError, match="compression must be one of"):
+        convert.convert("kinetics", annotations, videos, plain, compression="zip",
+                        **kwargs)
+
+
+def test_rerun_resumes_a_folder_of_the_old_layout(tmp_path, clips):
+    """Bookkeeping of earlier versions (hidden files beside the shards, no
+    compression / min_frames in the manifest) is moved into .convert/ and reused."""
+    annotations, videos, paths = kinetics_layout(tmp_path, clips)
+    out = str(tmp_path / "out")
+    kwargs = dict(short_side=32, num_shards=2, skip_bad_rows=True, show_progress=False)
+    report = convert.convert("kinetics", annotations, videos, out, **kwargs)
+    names = report["shards"]
+    bookkeeping = os.path.join(out, ".convert")
+    with open(os.path.join(bookkeeping, "train.manifest.json")) as f:
+        manifest = json.load(f)
+    del manifest["compression"], manifest["min_frames"]
+    with open(os.path.join(out, ".train.manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    for name in names:
+        with open(os.path.join(bookkeeping, name + ".json")) as f:
+            stats = json.load(f)
+        del stats["incomplete"]
+        with open(os.path.join(out, f".{name}.json"), "w") as f:
+            json.dump(stats, f)
+    shutil.rmtree(bookkeeping)
+    os.remove(os.path.join(out, names[1]))  # not finished by the old run
+    with open(os.path.join(out, f".{names[1]}.tmp-999999999"), "w") as f:
+        f.write("partial")  # its dead writer's temporary file
+    before = os.stat(os.path.join(out, names[0])).st_mtime_ns
+    assert convert.convert("kinetics", annotations, videos, out, **kwargs) == report
+    assert os.stat(os.path.join(out, names[0])).st_mtime_ns == before  # reused
+    assert sorted(read_shards(out)) == sorted(paths)
+    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [".convert"]
+    assert sorted(os.listdir(bookkeeping)) == sorted(
+        [n + ".json" for n in names] + ["train.manifest.json"])

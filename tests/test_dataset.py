@@ -101,6 +101,14 @@ def test_sample_indices_train_random_start_covers_range_and_is_seeded():
                                                           seed=[4, 2]))
 
 
+def test_sample_indices_of_the_model_garden_comparison_in_the_docs():
+  # docs/ARCHITECTURE.md, "Sampling conventions": 250 frames, 8 x 8.
+  assert dataset.sample_indices(250, 8, 8, "eval").numpy().tolist() == \
+      [96, 104, 112, 120, 128, 136, 144, 152]
+  assert dataset.sample_indices(250, 8, 8, "test", num_clips=10).numpy()[:, 0] \
+      .tolist() == [0, 21, 42, 64, 85, 107, 128, 150, 171, 193]
+
+
 def test_sample_indices_bad_mode():
   with pytest.raises(ValueError, match="mode"):
     dataset.sample_indices(10, 2, 2, "validation")
@@ -281,3 +289,195 @@ def test_raw_video_source_skips_and_reports_unreadable_videos(carphone_sources,
   skips = dataset.raw_video_skips()[before:]
   assert [path for path, _ in skips] == [broken]
   assert broken in skips[0][1]  # the reason names the file
+
+
+# --- Readable shards only; what other writers produce (GZIP, PNG, several labels). ---
+
+def write_variant(path, videos, labels, image_format="jpeg", compression=""):
+  """Records of `videos` (frames as JPEG q100 / PNG / alternating), labels as given
+  (int, list of ints or None = no label feature), TFRecord compression as given."""
+  def encode(frame, t):
+    png = image_format == "png" or (image_format == "mixed" and t % 2)
+    return (tf.io.encode_png(frame) if png else
+            tf.io.encode_jpeg(frame, quality=100, chroma_downsampling=False)).numpy()
+
+  options = tf.io.TFRecordOptions(compression_type=compression)
+  with tf.io.TFRecordWriter(path, options=options) as writer:
+    for i, (frames, label) in enumerate(zip(videos, labels)):
+      writer.write(tfrecord.make_sequence_example(
+          [encode(f, t) for t, f in enumerate(frames)], label, "", f"video{i}", 25.0,
+          frames.shape[1], frames.shape[2]).SerializeToString())
+  return path
+
+
+def test_globs_reaching_bookkeeping_files_read_only_shards(records, tmp_path):
+  d = os.path.dirname(records)
+  out = tmp_path / "converted"
+  os.makedirs(out / ".convert")
+  for name in os.listdir(d):
+    shutil.copy(os.path.join(d, name), out / name)
+  # What a converter (this one or an older one) leaves beside its shards.
+  for name in [".a-00000-of-00002.tfrecord.json", ".a.manifest.json",
+               ".a-00001-of-00002.tfrecord.tmp-123", "report.json", "classes.txt",
+               ".convert/a-00000-of-00002.tfrecord.json"]:
+    (out / name).write_text('{"shard": "a-00000-of-00002.tfrecord"}\n')
+  os.makedirs(out / "subfolder.tfrecord")
+  for pattern in ["*", "*.tfrecord*", "a-*"]:
+    assert dataset._list_shards(str(out / pattern)) == ([
+        str(out / "a-00000-of-00002.tfrecord"), str(out / "a-00001-of-00002.tfrecord")],
+        ["", ""])
+  ds = dataset.make_dataset(str(out / "*"), "eval", batch_size=4, num_frames=2,
+                            frame_stride=1, crop_size=16)
+  assert sorted(np.concatenate([y.numpy() for _, y in ds]).tolist()) == [0, 3, 5]
+  # Only skipped files left: the error names the pattern and why.
+  for name in os.listdir(out):
+    if name.startswith("a-"):
+      os.remove(out / name)
+  with pytest.raises(ValueError, match=r"No TFRecord shard in file_pattern='.*"
+                                       r"converted/\*': it matches only hidden files, "
+                                       r"folders or the converter's report.json"):
+    dataset.make_dataset(str(out / "*"), "eval")
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+  """The same two videos as JPEG, GZIP/ZLIB-compressed JPEG, PNG and mixed frames."""
+  d = tmp_path_factory.mktemp("variants")
+  videos, labels = [indexed_video(seed=1), indexed_video(seed=2)], [0, 3]
+  paths = {}
+  for name, fmt, compression in [("jpeg", "jpeg", ""), ("gzip", "jpeg", "GZIP"),
+                                 ("zlib", "jpeg", "ZLIB"), ("png", "png", ""),
+                                 ("mixed", "mixed", "")]:
+    paths[name] = write_variant(str(d / f"{name}.tfrecord"), videos, labels, fmt,
+                                compression)
+  return paths
+
+
+MODE_ARGS = {
+    "train": dict(batch_size=2, num_frames=4, frame_stride=3, crop_size=16,
+                  min_resize=18, max_resize=21, seed=5, shuffle_buffer=0),
+    "eval": dict(batch_size=2, num_frames=4, frame_stride=3, crop_size=16,
+                 eval_resize=20),
+    "test": dict(batch_size=2, num_frames=4, frame_stride=2, crop_size=16,
+                 eval_resize=20, num_clips=3, num_crops=3),
+}
+
+
+def first_batch(pattern, mode, **kwargs):
+  clips, labels = next(iter(dataset.make_dataset(pattern, mode, **MODE_ARGS[mode],
+                                                 **kwargs)))
+  return clips.numpy(), labels.numpy()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "test"])
+def test_gzip_zlib_png_and_mixed_frames_read_in_every_mode(variants, mode):
+  clips, labels = first_batch(variants["jpeg"], mode)
+  assert labels.tolist() == [0, 3]
+  for name in ["gzip", "zlib"]:  # detected: the very same clips
+    got = first_batch(variants[name], mode)
+    np.testing.assert_array_equal(got[0], clips)
+    np.testing.assert_array_equal(got[1], labels)
+  # PNG is lossless: exactly the frames, up to float rounding of the resize.
+  png, png_labels = first_batch(variants["png"], mode)
+  assert png.shape == clips.shape and png_labels.tolist() == [0, 3]
+  frames = [indexed_video(seed=1), indexed_video(seed=2)]
+  if mode == "eval":  # span 10 of 30 frames: start 10, short side 20 -> 20x33
+    for b in range(2):
+      ref = np_resize_bilinear(frames[b][[10, 13, 16, 19]], 20, 33)[:, 2:18, 8:24]
+      np.testing.assert_allclose(unnormalize(png[b]), ref, atol=0.01)
+  if mode == "test":
+    for b, v in itertools.product(range(2), range(9)):
+      c, k = divmod(v, 3)
+      idx = [[0, 11, 23][c] + 2 * t for t in range(4)]
+      x = [0, 8, 17][k]
+      ref = np_resize_bilinear(frames[b][idx], 20, 33)[:, 2:18, x:x + 16]
+      np.testing.assert_allclose(unnormalize(png[b, v]), ref, atol=0.01)
+  if mode == "train":  # same seed, same crop: PNG and JPEG q100 differ by JPEG error
+    assert np.abs(unnormalize(png) - unnormalize(clips)).max() < 6
+  # Mixed (odd frames PNG, even JPEG): PNG exactly where the frame was a PNG.
+  mixed = first_batch(variants["mixed"], mode)[0]
+  assert np.abs(unnormalize(mixed) - unnormalize(png)).max() < 6
+  png_frames = frame_ids(mixed) % 2 == 1
+  assert png_frames.any() and (~png_frames).any()
+  np.testing.assert_allclose(unnormalize(mixed)[png_frames],
+                             unnormalize(png)[png_frames], atol=0.01)
+
+
+def test_compression_argument(variants):
+  with pytest.raises(ValueError, match="compression must be one of"):
+    dataset.make_dataset(variants["jpeg"], "eval", compression="lz4")
+  np.testing.assert_array_equal(first_batch(variants["gzip"], "eval",
+                                            compression="GZIP")[0],
+                                first_batch(variants["jpeg"], "eval")[0])
+  with pytest.raises(tf.errors.DataLossError):  # GZIP read as uncompressed
+    first_batch(variants["gzip"], "eval", compression="none")
+  bad = os.path.join(os.path.dirname(variants["jpeg"]), "notes.txt")
+  with open(bad, "w") as f:
+    f.write("not a record\n")
+  try:
+    with pytest.raises(ValueError, match=r"notes.txt: not a TFRecord file"):
+      dataset.make_dataset(os.path.join(os.path.dirname(bad), "*"), "eval")
+  finally:
+    os.remove(bad)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+  """Five records: several labels, one, none (no feature), -1 (unlabelled), two
+  equal labels."""
+  d = tmp_path_factory.mktemp("labels")
+  labels = [[1, 3], [4], None, [-1], [2, 2]]
+  videos = [indexed_video(seed=i) for i in range(len(labels))]
+  return write_variant(str(d / "multi.tfrecord"), videos, labels), labels
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "test"])
+def test_multilabel_multi_hot_in_every_mode(labelled, mode):
+  pattern, _ = labelled
+  args = dict(MODE_ARGS[mode], batch_size=5)
+  if mode == "train":
+    args["drop_remainder"] = False
+  ds = dataset.make_dataset(pattern, mode, multilabel=True, num_classes=5, **args)
+  assert ds.element_spec[1].shape.as_list() == [None, 5]
+  clips, labels = next(iter(ds))
+  assert labels.dtype == tf.float32 and labels.shape == (5, 5)
+  np.testing.assert_array_equal(labels.numpy(), [[0, 1, 0, 1, 0], [0, 0, 0, 0, 1],
+                                                 [0, 0, 0, 0, 0], [0, 0, 0, 0, 0],
+                                                 [0, 0, 1, 0, 0]])
+  assert clips.shape[0] == 5
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "test"])
+def test_single_label_mode_gives_minus_one_without_label(labelled, mode, tmp_path):
+  videos = [indexed_video(seed=i) for i in range(3)]
+  pattern = write_variant(str(tmp_path / "nolabel.tfrecord"), videos, [None, -1, 2])
+  args = dict(MODE_ARGS[mode], batch_size=3, drop_remainder=False)
+  labels = next(iter(dataset.make_dataset(pattern, mode, **args)))[1]
+  assert labels.dtype == tf.int32
+  assert labels.numpy().tolist() == [-1, -1, 2]
+  # Several labels in single-label mode: an error that says what to do.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="several labels in clip/label/index; read it with "
+                           "multilabel=True"):
+    next(iter(dataset.make_dataset(labelled[0], mode, **args)))
+
+
+def test_multilabel_arguments_and_out_of_range_labels(labelled, tmp_path):
+  for bad in (None, 0, 2.5, True):
+    with pytest.raises(ValueError, match="multilabel=True needs num_classes"):
+      dataset.make_dataset(labelled[0], "eval", multilabel=True, num_classes=bad)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=">= num_classes=4"):
+    list(dataset.make_dataset(labelled[0], "eval", multilabel=True, num_classes=4,
+                              **MODE_ARGS["eval"]))
+  pattern = write_variant(str(tmp_path / "neg.tfrecord"), [indexed_video()], [[-2]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match="is < -1"):
+    list(dataset.make_dataset(pattern, "eval", multilabel=True, num_classes=4,
+                              **MODE_ARGS["eval"]))
+
+
+def test_raw_video_source_multilabel_is_one_hot(carphone_sources):
+  _, raw = carphone_sources
+  ds = dataset.make_dataset(**raw, mode="eval", batch_size=1, num_frames=2,
+                            crop_size=64, multilabel=True, num_classes=3)
+  labels = next(iter(ds))[1]
+  np.testing.assert_array_equal(labels.numpy(), [[1.0, 0.0, 0.0]])

@@ -232,3 +232,81 @@ def test_works_on_a_copy_with_another_extension(clips, tmp_path):
     shutil.copy(clips["vp9"], path)
     np.testing.assert_array_equal(decode.read_frames(path, [30]),
                                   full_decode(clips["vp9"])[[30]])
+
+
+@pytest.fixture(scope="module")
+def short_files(clips, tmp_path_factory):
+    """name -> (path, original clip, whole packets kept, declared frames, seconds)."""
+    d = tmp_path_factory.mktemp("short")
+    out = {}
+    for name, key, ext in [("cut_faststart", "faststart", ".mp4"),
+                           ("cut_avi", "mpeg4", ".avi"), ("cut_mjpeg", "mjpeg", ".avi"),
+                           ("cut_webm", "vp9", ".webm")]:
+        path = video_clips.truncate(clips[key], d / (name + ext))
+        declared = (None, 1.6) if ext == ".webm" else (40, None)
+        out[name] = (path, clips[key], video_clips.whole_packets(
+            clips[key], os.path.getsize(path))) + declared
+    lying = video_clips.declare_avi_frames(clips["mpeg4"], d / "lying.avi", 400)
+    out["lying_avi"] = (lying, clips["mpeg4"], 40, 400, None)
+    return out
+
+
+@pytest.mark.parametrize("name", ["cut_faststart", "cut_avi", "cut_mjpeg", "cut_webm",
+                                  "lying_avi"])
+def test_decode_available_keeps_every_clean_frame_of_a_short_file(short_files, name):
+    path, original, kept, frames, seconds = short_files[name]
+    assert 0 < kept < 40 or name == "lying_avi"
+    with pytest.raises(decode.DecodeError, match="truncated"):
+        decode.decode_all(path)  # the strict decode refuses it
+    got = decode.decode_available(path)
+    # Exactly the frames of the whole packets, equal to the complete file's.
+    np.testing.assert_array_equal(got.frames, full_decode(original)[:kept])
+    assert got.decoded_frames == kept and got.fps == 25.0
+    assert (got.declared_frames, got.declared_seconds) == (frames, seconds)
+    if frames:
+        assert got.shortfall.startswith(f"truncated or corrupt: only {kept} of the "
+                                        f"{frames} frames the container declares")
+    else:
+        assert got.shortfall.startswith(f"truncated or corrupt: video ends at "
+                                        f"{kept / 25:.3f} s but the container "
+                                        "declares 1.600 s")
+    # A packet cut short by the end of the file is not decoded (it would give a
+    # damaged frame).
+    assert ("corrupt (cut short) packet" in got.shortfall) == (
+        name in ("cut_faststart", "cut_avi", "cut_mjpeg"))
+    small = decode.decode_available(path, short_side=32, fps=10)
+    np.testing.assert_array_equal(
+        small.frames, decode.decode_all(original, short_side=32,
+                                        fps=10)[:len(small.frames)])
+    assert len(small.frames) == math.ceil(kept / 25 * 10 - 1e-6)
+
+
+@pytest.mark.parametrize("name", ["h264", "vp9", "mpeg2", "offset_mkv", "portrait"])
+def test_decode_available_of_a_complete_file_is_decode_all(clips, name):
+    got = decode.decode_available(clips[name], short_side=48)
+    np.testing.assert_array_equal(got.frames, decode.decode_all(clips[name],
+                                                                short_side=48))
+    assert got.shortfall is None and got.decoded_frames == len(got.frames)
+
+
+def test_decode_available_stops_at_damaged_data(clips, tmp_path):
+    data = bytearray(open(clips["h264"], "rb").read())
+    middle = len(data) // 3
+    data[middle:middle + 3000] = np.random.default_rng(0).integers(
+        0, 256, 3000, dtype=np.uint8).tobytes()
+    path = tmp_path / "garbled.mp4"
+    path.write_bytes(bytes(data))
+    got = decode.decode_available(path)
+    n = got.decoded_frames
+    assert 0 < n < 40 and len(got.frames) == n
+    np.testing.assert_array_equal(got.frames, full_decode(clips["h264"])[:n])
+    assert f"decoding stopped after {n} frames at" in got.shortfall
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "directory", "audio_only",
+                                  "truncated_mp4"])
+def test_decode_available_still_raises_when_nothing_decodes(bad_files, kind):
+    path, cause = bad_files[kind]
+    with pytest.raises(decode.DecodeError) as info:
+        decode.decode_available(path)
+    assert str(info.value).startswith(path + ": ") and cause in str(info.value)

@@ -116,3 +116,42 @@ def _write_wav(path, seconds=0.2, rate=8000):
         container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+def truncate(src, dst, fraction=0.5):
+    """Copies the first `fraction` of the bytes of `src` (a cut-off download)."""
+    with open(src, "rb") as f:
+        data = f.read()
+    with open(dst, "wb") as f:
+        f.write(data[:int(len(data) * fraction)])
+    return os.fspath(dst)
+
+
+def whole_packets(path, size):
+    """Video packets of `path` (in file order) lying wholly in its first `size`
+    bytes: the frames a copy cut at `size` still holds undamaged."""
+    count = 0
+    with av.open(os.fspath(path)) as container:
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            if packet.pos + packet.size > size:
+                break
+            count += 1
+    return count
+
+
+def declare_avi_frames(src, dst, frames):
+    """Copies an AVI and patches its video stream header (strh dwLength) to declare
+    `frames` frames: a header that lies about the length."""
+    import struct
+
+    with open(src, "rb") as f:
+        data = bytearray(f.read())
+    strh = data.find(b"strh")
+    assert data[strh + 8:strh + 12] == b"vids", "first stream is not video"
+    struct.pack_into("<I", data, strh + 8 + 32, frames)  # dwLength
+    with open(dst, "wb") as f:
+        f.write(bytes(data))
+    return os.fspath(dst)
