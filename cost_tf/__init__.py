@@ -4,5 +4,6 @@ from cost_tf.cost import CoST
 from cost_tf.fold import fold
 from cost_tf.inflate import inflate_imagenet
 from cost_tf.resnet import ARCHS, build_model, count_macs
+from cost_tf.s3dg import build_s3dg  # also registers its initializer for load_model
 
-__all__ = ["ARCHS", "CoST", "build_model", "count_macs", "fold", "inflate_imagenet"]
+__all__ = ["ARCHS", "CoST", "build_model", "build_s3dg", "count_macs", "fold", "inflate_imagenet"]

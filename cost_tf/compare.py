@@ -1,4 +1,4 @@
-"""The temporal benchmark: C2D, C3D, CoST(a), CoST(b) (tiny) trained with the same budget on the embedded
+"""The temporal benchmark: C2D, C3D, CoST(a), CoST(b), S3D-G (tiny) trained with the same budget on the embedded
 order-only dataset; writes docs/RESULTS.md.
 
     python -m cost_tf.compare [--output_dir=runs/compare] [--results=docs/RESULTS.md] [--epochs=N]
@@ -18,7 +18,7 @@ import keras
 
 from cost_tf import checkpoint, cost
 
-ARCHS = ("c2d_tiny", "c3d_tiny", "cost_a_tiny", "cost_b_tiny")
+ARCHS = ("c2d_tiny", "c3d_tiny", "cost_a_tiny", "cost_b_tiny", "s3dg_tiny")
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -105,7 +105,8 @@ def results_markdown(rows, command):
         "The classes are 4 motions and their time reversals (moving up/down, growing/shrinking, fading in/out, "
         "separating/converging): only the ORDER of the frames tells a pair apart. C2D has no temporal "
         "convolution and averages over time, so it sees a clip and its reversal alike: at best it finds the "
-        "pair, i.e. 50 % top-1 (chance: 12.5 %). C3D, CoST(a) and CoST(b) have temporal kernels.",
+        "pair, i.e. 50 % top-1 (chance: 12.5 %). C3D, CoST(a), CoST(b) and S3D-G (separable temporal convs, "
+        "the paper's other comparison; its own Inception-v1 layout) have temporal kernels.",
         "",
         "CoST coefficients: the view weights of the trained model averaged over its CoST layers and channels "
         "(CoST(b): and over 64 evaluation clips); at initialisation CoST(a) has 0.668 / 0.166 / 0.166. "

@@ -14,6 +14,9 @@ from keras import ops
 VARIANTS = ("a", "b")
 IMPLEMENTATIONS = ("auto", "frames", "views", "fused", "sparse")
 VIEWS = ("hw", "tw", "th")
+# "same": TF 'SAME' (pads (0, 1) on an even axis at stride 2); "symmetric": (1, 1) on every axis, as the
+# authors' PyTorch layer (padding 1). Both give ceil(size / stride) outputs and agree at stride 1.
+PADDINGS = ("same", "symmetric")
 
 # "auto" picks, per mode, the implementation measured fastest on CPU by bench/layer_bench.py at the R50
 # res3/res4 shapes (docs/PERFORMANCE.md has the table). CoST(a) training: "frames" (the 19 taps as 2D
@@ -114,7 +117,9 @@ class CoST(keras.layers.Layer):
         "a": one 3x3x3 convolution with the merged kernel), "sparse" (variant "a", stride 1: the merged
         kernel's 19 non-zero taps as three dense 3D convolutions), or "auto" (the fastest measured here,
         chosen separately for training and inference).
-    Input: (N, T, H, W, C_in). Output: (N, ceil(T/st), ceil(H/sh), ceil(W/sw), filters), 'same' padding.
+      padding: "same" (TF 'SAME': an even axis at stride 2 is padded (0, 1)) or "symmetric" (every axis
+        padded (1, 1), then 'valid': the authors' PyTorch CoST). Identical at stride 1 and on odd sizes.
+    Input: (N, T, H, W, C_in). Output: (N, ceil(T/st), ceil(H/sh), ceil(W/sw), filters) for both paddings.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class CoST(keras.layers.Layer):
         kernel_initializer="he_normal",
         kernel_regularizer=None,
         implementation="auto",
+        padding="same",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -137,8 +143,11 @@ class CoST(keras.layers.Layer):
             raise ValueError(
                 f"`implementation` must be one of {IMPLEMENTATIONS}. Received: implementation={implementation!r}"
             )
+        if padding not in PADDINGS:
+            raise ValueError(f"`padding` must be one of {PADDINGS}. Received: padding={padding!r}")
         self.filters = filters
         self.variant = variant
+        self.padding = padding
         self.strides = _normalize_strides(strides)
         if variant == "b" and implementation in ("fused", "sparse"):
             raise ValueError(
@@ -210,7 +219,9 @@ class CoST(keras.layers.Layer):
     # -- the convolutions -----------------------------------------------------------------------------
 
     def _pad_same(self, x):
-        """Zero-pad once as a 3x3x3 'SAME' convolution with these strides would."""
+        """Zero-pad once as a 3x3x3 convolution with these strides and `padding` would."""
+        if self.padding == "symmetric":
+            return ops.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
         shape = ops.shape(x)
         pads = [(0, 0)]
         for axis, stride in zip((1, 2, 3), self.strides):
@@ -328,7 +339,10 @@ class CoST(keras.layers.Layer):
             else:
                 k3 = merged_kernel(kernel, coeffs)
                 if impl == "fused":
-                    outputs = ops.conv(inputs, k3, strides=self.strides, padding="same")
+                    if self.padding == "symmetric":
+                        outputs = ops.conv(self._pad_same(inputs), k3, strides=self.strides, padding="valid")
+                    else:
+                        outputs = ops.conv(inputs, k3, strides=self.strides, padding="same")
                 elif impl == "frames":
                     outputs = self._frames_merged(inputs, k3)
                 else:
@@ -354,6 +368,7 @@ class CoST(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
                 "implementation": self.implementation,
+                "padding": self.padding,
             }
         )
         return config

@@ -27,9 +27,13 @@ def _call_folded(layer, inputs, form):
     if form == "sparse" and layer.strides != (1, 1, 1):
         form = "merged"  # the 19-tap form's dilated taps assume stride 1
     if form == "merged":
+        # padding="symmetric" (the authors' (1, 1)) differs from 'same' only when strided: pad, then 'valid'.
+        symmetric = getattr(layer, "padding", "same") == "symmetric" and layer.strides != (1, 1, 1)
+        if symmetric:
+            inputs = keras.layers.ZeroPadding3D(1, dtype=layer.dtype_policy, name=f"{layer.name}_pad")(inputs)
         conv = keras.layers.Conv3D(
-            layer.filters, 3, strides=layer.strides, padding="same", use_bias=layer.use_bias,
-            dtype=layer.dtype_policy, name=layer.name,
+            layer.filters, 3, strides=layer.strides, padding="valid" if symmetric else "same",
+            use_bias=layer.use_bias, dtype=layer.dtype_policy, name=layer.name,
         )
         out = conv(inputs)
         conv.set_weights([k3] + bias)

@@ -209,6 +209,10 @@ def resolve_config(config):
         elif c.dataset == "tfrecord":
             names = _class_names(c, _glob("train_pattern", c.train_pattern))
         c.num_classes = len(names) if names else RECIPES[c.dataset]["num_classes"]
+    if c.imagenet_weights and parse_arch(c.arch)[0] == "s3dg":
+        raise _flag_error("imagenet_weights", c.imagenet_weights,
+                          f"--arch={c.arch} (S3D-G, Inception-v1 layout) has no ImageNet initialisation: "
+                          "keras.applications has no Inception-v1 to inflate; omit the flag to train from scratch")
     if c.imagenet_weights:
         _check_readable("imagenet_weights", c.imagenet_weights)
         try:

@@ -303,3 +303,80 @@ def test_tf2onnx_matches_keras(variant, implementation, tmp_path):
     ops_used = json.loads(proc.stdout.strip().splitlines()[-1])["ops"]
     assert "Conv" in ops_used
     assert _rel(np.load(tmp_path / "y.npy"), np.asarray(model(clip), np.float64)) < 1e-5
+
+
+# ---- padding="symmetric": the authors' PyTorch padding (1, 1) on every axis --------------------------------
+
+def ref_views_symmetric(x, w, strides):
+    """The three view outputs with (1, 1) zero padding on T, H and W, by explicit sums over 9 taps (float64)."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    xp = np.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
+    out = [(size - 1) // s + 1 for size, s in zip(x.shape[1:4], strides)]  # floor((size + 2 - 3) / s) + 1
+    outs = []
+    for view in ("hw", "tw", "th"):
+        acc = np.zeros((x.shape[0], *out, w.shape[-1]))
+        for i in range(3):
+            for j in range(3):
+                dt, dh, dw = {"hw": (1, i, j), "tw": (i, 1, j), "th": (i, j, 1)}[view]
+                window = xp[:, dt::strides[0], dh::strides[1], dw::strides[2]][:, :out[0], :out[1], :out[2]]
+                acc += window @ w[i, j]
+        outs.append(acc)
+    return outs
+
+
+def ref_cost_symmetric(x, layer):
+    views = ref_views_symmetric(x, np.asarray(layer.kernel), layer.strides)
+    if layer.variant == "a":
+        alpha = np.asarray(layer.alpha, np.float64)
+        a = np.exp(alpha) / np.exp(alpha).sum(axis=0)
+        y = sum(a[i] * v for i, v in enumerate(views))
+    else:
+        a = ref_b_coefficients(views, np.asarray(layer.view_dense, np.float64), np.asarray(layer.view_mix, np.float64))
+        y = sum(a[:, i, None, None, None, :] * v for i, v in enumerate(views))
+    return y + np.asarray(layer.bias) if layer.use_bias else y
+
+
+@pytest.mark.parametrize("variant,implementation", CASES)
+@pytest.mark.parametrize("strides", [1, (1, 2, 2), 2])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 3), (2, 4, 8, 6, 3)], ids=["odd", "even"])
+@pytest.mark.parametrize("training", [False, True])
+def test_symmetric_padding_matches_numpy_reference(variant, implementation, strides, shape, training):
+    if implementation == "sparse" and strides != 1:
+        return  # 'sparse' rejects strides (test_bad_arguments); at stride 1 both paddings are (1, 1)
+    rng = np.random.default_rng(7)
+    layer = CoST(5, variant=variant, strides=strides, use_bias=True, implementation=implementation,
+                 padding="symmetric")
+    x = rng.normal(size=shape).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer, rng)
+    y = layer(x, training=training)
+    ref = ref_cost_symmetric(x, layer)
+    assert tuple(y.shape) == ref.shape == layer.compute_output_shape(x.shape)
+    assert _rel(y, ref) < 1e-5
+    # TF 'SAME' is the other reference: equal at stride 1 and on odd sizes, a shifted grid otherwise.
+    same = ref_cost(x, layer)
+    assert same.shape == ref.shape
+    if strides == 1 or shape[1] % 2 == 1:
+        np.testing.assert_allclose(same, ref, rtol=1e-9, atol=1e-9)
+    else:
+        assert _rel(same, ref) > 1e-2
+
+
+def test_symmetric_padding_config_and_errors(tmp_path):
+    layer = CoST(4, variant="b", strides=(1, 2, 2), padding="symmetric")
+    assert layer.get_config()["padding"] == "symmetric"
+    assert CoST.from_config(layer.get_config()).padding == "symmetric"
+    assert CoST(4).padding == "same" and CoST(4).get_config()["padding"] == "same"
+    with pytest.raises(ValueError, match="Received: padding='valid'"):
+        CoST(4, padding="valid")
+    # Saved and loaded with the padding (a strided even-size layer, where the two paddings differ).
+    inp = keras.Input((4, 8, 8, 3), name="clip")
+    model = keras.Model(inp, CoST(4, strides=(1, 2, 2), use_bias=True, padding="symmetric", name="cost")(inp))
+    _randomize(model.get_layer("cost"), np.random.default_rng(8))
+    x = np.random.default_rng(9).normal(size=(2, 4, 8, 8, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    assert restored.get_layer("cost").padding == "symmetric"
+    np.testing.assert_allclose(np.asarray(restored(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
+    assert _rel(restored(x), ref_cost_symmetric(x, model.get_layer("cost"))) < 1e-5

@@ -78,3 +78,21 @@ def test_fold_rejects_bad_arguments(model):
         fold(model, form="dense")
     with pytest.raises(ValueError, match="functional keras.Model"):
         fold(CoST(4))
+
+
+@pytest.mark.parametrize("form", ["merged", "sparse"])
+def test_fold_keeps_symmetric_padding(form):
+    """A strided CoST(a) with padding="symmetric" (the authors' (1, 1)) folds to ZeroPadding3D + 'valid' Conv3D."""
+    inp = keras.Input((4, 8, 8, 3), name="clip")  # even sizes at stride 2: where 'same' would pad (0, 1)
+    x = CoST(4, strides=2, use_bias=True, padding="symmetric", name="strided")(inp)
+    x = CoST(4, padding="symmetric", name="plain")(x)
+    model = keras.Model(inp, x)
+    rng = np.random.default_rng(3)
+    for w in model.weights:
+        w.assign(rng.normal(0, 0.5, w.shape).astype("float32"))
+    folded = fold(model, form=form)
+    assert type(folded.get_layer("strided_pad")).__name__ == "ZeroPadding3D"
+    assert folded.get_layer("strided").padding == "valid"
+    x = rng.normal(size=(2, 4, 8, 8, 3)).astype("float32")
+    ref = np.asarray(model(x), np.float64)
+    assert np.max(np.abs(np.asarray(folded(x), np.float64) - ref)) / np.max(np.abs(ref)) < 1e-5

@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 
 from cost_tf.cost import CoST
-from cost_tf.resnet import ARCHS, BLOCKS, FramewiseConv3D, FramewiseMaxPooling3D, build_model, count_macs
+from cost_tf.resnet import BLOCKS, FramewiseConv3D, FramewiseMaxPooling3D, build_model, count_macs
+from cost_tf.resnet import RESNET_ARCHS as ARCHS  # the ResNets; tests/test_s3dg.py has S3D-G
+from cost_tf import resnet
 
 # The spec (shared/CoST.md section 2), written out independently of cost_tf.resnet.
 SPEC = {
@@ -46,6 +48,9 @@ def inflated_blocks(depth):
 def test_archs_lists_every_block_and_depth():
     assert sorted(ARCHS) == sorted(f"{b}_{d}" for b in BLOCKS for d in ("r50", "r101", "tiny"))
     assert len(ARCHS) == 18
+    # Every name build_model accepts: the ResNets and S3D-G.
+    assert resnet.ARCHS == ARCHS + ("s3dg", "s3dg_tiny")
+    assert resnet.parse_arch("s3dg") == ("s3dg", "full") and resnet.parse_arch("s3dg_tiny") == ("s3dg", "tiny")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -321,3 +326,82 @@ def test_one_fit_step_of_every_tiny_arch(block):
     changed = [p for p in before if not np.array_equal(before[p], after[p])]
     # Every trainable variable gets a gradient (the stem kernel and the head included).
     assert sorted(changed) == sorted(before), set(before) - set(changed)
+
+
+# ---- style="pytorch": the authors' ResNet3d layout -------------------------------------------------------------
+
+def ref_conv_symmetric(x, kernel, bias, stride):
+    """1x3x3 conv, spatial stride `stride`, (1, 1) zero padding on H and W, by explicit tap sums (float64)."""
+    x, kernel = x.astype(np.float64), kernel.astype(np.float64)[0]
+    xp = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])
+    oh, ow = (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
+    out = np.zeros(x.shape[:2] + (oh, ow, kernel.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            out += xp[:, :, i::stride, j::stride][:, :, :oh, :ow] @ kernel[i, j]
+    return out + bias
+
+
+@pytest.mark.parametrize("block", ["c2d", "cost_a", "cost_b", "r2plus1d"])
+def test_pytorch_style_has_keras_style_parameters_and_shapes(block):
+    keras_style = cached(f"{block}_r50")
+    torch_style = build_model(f"{block}_r50", num_frames=4, input_size=32, style="pytorch")
+    assert torch_style.name == f"{block}_r50_pytorch" and keras_style.name == f"{block}_r50"
+    assert torch_style.count_params() == keras_style.count_params()
+    names = {layer.name for layer in torch_style.layers}
+    for layer in keras_style.layers:
+        if layer.name.endswith("_out") or layer.name in ("pool1_pool", "avg_pool", "logits"):
+            assert tuple(torch_style.get_layer(layer.name).output.shape) == tuple(layer.output.shape), layer.name
+    for s in (3, 4, 5):  # the strided first block of a stage: stride moved from the 1x1 conv to the 3x3 one
+        prefix = f"conv{s}_block1"
+        conv1, conv2 = torch_style.get_layer(prefix + "_1_conv"), torch_style.get_layer(prefix + "_2_conv")
+        assert conv1.strides == (1, 1, 1) and conv2.strides == (1, 2, 2)
+        assert keras_style.get_layer(prefix + "_1_conv").strides == (1, 2, 2)
+        assert keras_style.get_layer(prefix + "_2_conv").strides == (1, 1, 1)
+        assert torch_style.get_layer(prefix + "_0_conv").strides == (1, 2, 2)
+        if isinstance(conv2, CoST):
+            assert conv2.padding == "symmetric"
+        else:  # explicit (1, 1) padding, then 'valid'
+            assert conv2.padding == "valid" and prefix + "_2_pad" in names
+            assert torch_style.get_layer(prefix + "_2_pad").padding == ((0, 0), (1, 1), (1, 1))
+    assert all(layer.padding == "symmetric" for layer in torch_style.layers if isinstance(layer, CoST))
+    bns = [layer for layer in torch_style.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.epsilon == 1e-5 for layer in bns)
+
+
+def test_pytorch_style_strided_conv_pads_symmetrically():
+    model = build_model("c2d_tiny", num_classes=3, num_frames=2, input_size=32, style="pytorch")
+    rng = np.random.default_rng(5)
+    for w in model.weights:
+        w.assign(rng.normal(0, 0.5, w.shape).astype("float32") if "moving_variance" not in w.path
+                 else rng.uniform(0.5, 2.0, w.shape).astype("float32"))
+    probe = keras.Model(model.input, [model.get_layer("conv3_block1_1_relu").output,
+                                      model.get_layer("conv3_block1_2_conv").output])
+    x, y = (np.asarray(t) for t in probe(rng.normal(size=(2, 2, 32, 32, 3)).astype("float32")))
+    assert x.shape[2:4] == (8, 8)  # an even size at stride 2: where TF 'SAME' pads (0, 1)
+    conv = model.get_layer("conv3_block1_2_conv")
+    kernel, bias = (np.asarray(v) for v in (conv.kernel, conv.bias))
+    ref = ref_conv_symmetric(x, kernel, bias, 2)
+    assert y.shape == ref.shape == (2, 2, 4, 4, 32)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    same = np.asarray(tf.nn.conv3d(x, kernel, strides=(1, 1, 2, 2, 1), padding="SAME")) + bias
+    assert np.abs(same - ref).max() > 1e-2 * np.abs(ref).max()  # the keras-style padding is another grid
+
+
+def test_pytorch_style_round_trip(tmp_path):
+    model = build_model("cost_b_tiny", num_classes=4, num_frames=4, input_size=32, dropout=0.0, style="pytorch")
+    x = np.random.default_rng(6).normal(size=(2, 4, 32, 32, 3)).astype("float32")
+    path = str(tmp_path / "torch_style.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.get_layer("conv3_block1_2_conv").padding == "symmetric"
+    np.testing.assert_allclose(np.asarray(restored(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"arch": "c2d_tiny", "style": "caffe"}, "Received: style='caffe'"),
+    ({"arch": "s3dg_tiny", "style": "pytorch"}, "ResNet archs only.*Received: style='pytorch'"),
+])
+def test_bad_style(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(**kwargs)
