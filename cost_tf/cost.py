@@ -8,6 +8,8 @@ which equals ONE 3x3x3 'SAME' convolution with the merged kernel (`merged_kernel
 per-channel coefficients `a`; CoST(b) predicts them per clip from the view outputs.
 """
 
+import json
+
 import keras
 from keras import ops
 
@@ -38,6 +40,19 @@ DEFAULTS = {
 # The CPU defaults at stride 1, named for cost_tf.compare's report.
 AUTO_TRAINING = DEFAULTS["cpu"][("a", "training")][0]
 AUTO_B = DEFAULTS["cpu"][("b", "training")][0]
+
+
+# cost_tf.autotune's choices in this process: {tuned_key(...): implementation}. "auto" layers look themselves up
+# by config and input shape, so copies of a tuned layer (fold, export, a resized model) run the tuned choice.
+TUNED = {}
+
+
+def tuned_key(layer, mode, input_shape):
+    """The TUNED key of `layer`'s configuration (name and implementation aside) in `mode` on inputs of
+    `input_shape` (the batch size aside)."""
+    config = {k: v for k, v in layer.get_config().items() if k not in ("name", "implementation", "trainable")}
+    shape = tuple(None if s is None else int(s) for s in tuple(input_shape)[1:])
+    return json.dumps(config, sort_keys=True, default=str), mode, shape
 
 
 def valid_implementations(variant, strides=(1, 1, 1)):
@@ -344,13 +359,18 @@ class CoST(keras.layers.Layer):
         y = y + ops.conv(xp[:, :, :, 1:-1], k_th, padding="valid", dilation_rate=(2, 2, 1))
         return y
 
-    def resolved_implementation(self, training=False):
-        """The implementation `call` runs for this mode."""
+    def resolved_implementation(self, training=False, input_shape=None):
+        """The implementation `call` runs for this mode: the explicit one; else the one autotuned for this
+        layer, or for its configuration at `input_shape` (TUNED); else the device kind's default."""
         if self.implementation != "auto":
             return self.implementation
         mode = "training" if training else "inference"
         if mode in self.tuned_implementations:
             return self.tuned_implementations[mode]
+        if input_shape is not None and TUNED:
+            tuned = TUNED.get(tuned_key(self, mode, input_shape))
+            if tuned in valid_implementations(self.variant, self.strides):
+                return tuned
         return default_implementation(self.variant, self.strides, training)
 
     def set_tuned_implementations(self, inference=None, training=None):
@@ -366,7 +386,7 @@ class CoST(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         kernel = ops.cast(self.kernel, self.compute_dtype)
-        impl = self.resolved_implementation(bool(training))
+        impl = self.resolved_implementation(bool(training), inputs.shape)
         if self.variant == "b":
             views = {"frames": self._frame_views, "flat": self._flat_views}.get(impl, self._views)(inputs, kernel)
             coeffs = ops.cast(self._predict_coefficients(views), self.compute_dtype)  # (N, 3, C)

@@ -328,7 +328,8 @@ _ONNX_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "variant,implementation", [("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("b", "frames"), ("b", "views")]
+    "variant,implementation", [("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("a", "flat"),
+                               ("b", "frames"), ("b", "views"), ("b", "flat")]
 )
 def test_tf2onnx_matches_keras(variant, implementation, tmp_path):
     # In a subprocess: a converter crash (grappler CHECK failure) kills the whole process.
