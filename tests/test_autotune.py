@@ -326,10 +326,24 @@ def test_train_and_evaluate_flags():
     assert train.TrainConfig().autotune is False and evaluate.EvalConfig().autotune is False  # library: off
 
 
-@pytest.mark.parametrize("module", ["export.saved_model", "export.onnx"])
-def test_export_flags(module):
-    proc = subprocess.run([sys.executable, "-m", module, "--helpfull"], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "--[no]autotune" in proc.stdout
-    assert "(default: 'true')" in proc.stdout.split("--[no]autotune", 1)[1].split("--", 1)[0]
+@pytest.mark.parametrize("module,flag", [("export.saved_model", None), ("export.onnx", "--noautotune")])
+def test_export_mains_autotune_by_default(module, flag, tmp_path):
+    from cost_tf.resnet import build_model
+
+    model = build_model("cost_b_tiny", num_classes=3, num_frames=4, input_size=32)
+    model.save(tmp_path / "m.keras")
+    out = ["--export_dir", str(tmp_path / "serving")] if module == "export.saved_model" else \
+        ["--output", str(tmp_path / "m.onnx")]
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", module, f"--model={tmp_path / 'm.keras'}"] + out + ([flag] if flag else []),
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=ROOT, **{CACHE_ENV: str(cache)}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("autotune:")]
+    assert len(lines) == 1, proc.stdout
+    if flag == "--noautotune":
+        assert lines[0].startswith("autotune: off") and not cache.exists()
+    else:
+        assert lines[0].startswith("autotune: 4 CoST layers (4 measured, 0 cached, 0 explicit) chosen inference ")
+        with open(cache / CACHE_FILE) as f:
+            assert len(json.load(f)["entries"]) == 4  # four stages, inference only
