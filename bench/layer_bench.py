@@ -13,7 +13,6 @@ padded planes against the former 27 stacked taps, and with --onnx the folded CoS
 
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 
@@ -25,7 +24,7 @@ from keras import ops  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cost_tf.autotune import autotune, cpu_model  # noqa: E402
+from cost_tf.autotune import autotune, machine  # noqa: E402
 from cost_tf.cost import CoST, merged_kernel, valid_implementations  # noqa: E402
 from cost_tf.resnet import FramewiseConv3D  # noqa: E402
 
@@ -34,26 +33,13 @@ _SHAPES = flags.DEFINE_list("shapes", ["res2", "res3", "res4", "res5"], "Which R
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "mixed_bfloat16"], "Keras dtype policy of the layers.")
 _MODES = flags.DEFINE_list("modes", ["inference", "training"], "inference (forward), training (fwd+bwd).")
 _ONNX = flags.DEFINE_bool("onnx", True, "Also time the folded forms in onnxruntime.")
+_LAYERS = flags.DEFINE_bool("layers", True, "Time the layers (--nolayers with --merged_kernel: that only).")
 _MERGED = flags.DEFINE_bool("merged_kernel", True, "Also time merged_kernel against the stacked-taps version.")
 
 # name: (batch, T, H, W, C_in, C_out)
 SHAPES = {"res2": (2, 8, 56, 56, 64, 64), "res3": (2, 8, 28, 28, 128, 128), "res4": (2, 8, 14, 14, 256, 256),
           "res5": (2, 8, 7, 7, 512, 512)}
 BASE = "c3d (Conv3D 3x3x3)"
-
-
-def machine():
-    """One line naming the CPU (lscpu's model name), the TF/Keras versions and the load."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        name = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-        name = f"{name}, {os.cpu_count()} cores"
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        name = cpu_model()
-    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in tf.config.list_physical_devices("GPU")]
-    return (f"CPU: {name}; GPU: {', '.join(gpus) or 'none'}; TensorFlow {tf.__version__}, Keras "
-            f"{keras.__version__}; load average {os.getloadavg()[0]:.1f}")
 
 
 def layers_for(c_out, dtype):
@@ -73,11 +59,11 @@ def layer_fns(layer, x):
     layer(x)
     weights = layer.trainable_weights
 
-    @tf.function
+    @tf.function(autograph=False)
     def forward():
         return tf.reduce_sum(tf.cast(layer(x, training=False), tf.float32))
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step():
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -151,7 +137,7 @@ def time_merged_kernel(channels, runs):
         alpha = tf.Variable(rng.normal(size=(3, c)).astype("float32"))
         fns = {}
         for name, build in (("planes", merged_kernel), ("stacked", merged_kernel_stacked)):
-            @tf.function
+            @tf.function(autograph=False)
             def step(build=build):
                 with tf.GradientTape() as tape:
                     k3 = build(kernel, tf.nn.softmax(alpha, axis=0))
@@ -194,7 +180,7 @@ def main(argv):
     dtype, modes = _DTYPE.value, _MODES.value
     print(f"{machine()}\ndtype policy {dtype}; median of {_RUNS.value} interleaved rounds after 2 warm-up rounds; "
           "batch 2, 8 frames; training = forward+backward with input and weight gradients")
-    for shape_name in _SHAPES.value:
+    for shape_name in _SHAPES.value if _LAYERS.value else ():
         shape = SHAPES[shape_name]
         n, t, h, w, c_in, c_out = shape
         start = time.perf_counter()

@@ -48,6 +48,7 @@ _TRAIN_SIZE = flags.DEFINE_integer("train_size", 160, "Training crop side.")
 _TRAIN_RUNS = flags.DEFINE_integer("train_runs", 3, "Timed training rounds after one warm-up step.")
 _RSS_BATCH = flags.DEFINE_integer("rss_batch", 4, "Batch of the two SGD steps of the peak-RSS subprocess.")
 _RSS_ONLY = flags.DEFINE_string("rss_only", None, "Internal: run two SGD steps of this arch and print peak RSS.")
+_DEFAULTS = flags.DEFINE_bool("defaults", True, "Also time the CoST models without autotuning (the defaults).")
 _SKIP_INFERENCE = flags.DEFINE_bool("skip_inference", False, "Only the training part.")
 
 NUM_FRAMES, SIZE, BASE = 8, 224, "c3d_r50"
@@ -96,7 +97,7 @@ def train_step_fn(model, batch, size, seed=0):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     variables = model.trainable_variables  # by closure: as tf.function arguments they would be constants
 
-    @tf.function
+    @tf.function(autograph=False)
     def step():
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
@@ -127,7 +128,7 @@ def measure_training(archs, batch, size, runs):
     names = []
     for arch in archs:
         names.append(arch)
-        if arch.startswith("cost"):
+        if arch.startswith("cost") and _DEFAULTS.value:
             names.append(f"{arch} (defaults)")
     rows, steps = {}, {}
     for name in names:
@@ -202,7 +203,7 @@ def main(argv):
     unknown = [name for name in _TIMED.value + _TRAIN.value if name not in ARCHS and name not in FOLDED]
     if unknown:
         raise app.UsageError(f"--timed/--train: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}")
-    from bench.layer_bench import machine
+    from cost_tf.autotune import machine
 
     tf.get_logger().setLevel("ERROR")  # one tf.function per model trips the retracing warning
     print(machine() + "\n")

@@ -22,13 +22,16 @@ import warnings
 
 import tensorflow as tf
 
-from cost_tf.cost import MODES, TUNED, CoST, tuned_key, valid_implementations
+from cost_tf.cost import MODES, TUNED, CoST, default_implementation, tuned_key, valid_implementations
 
 AUTOTUNE_HELP = ("Before the first step, time every CoST implementation per layer on this device and run the "
                  "fastest (cached; --noautotune: the per-device-kind defaults).")
 CACHE_ENV = "COST_TF_AUTOTUNE_CACHE"
 CACHE_FILE = "autotune.json"
 _CACHE_VERSION = 1
+# The device kind's default stays unless another candidate is faster by more than this fraction: short
+# measurements on a loaded machine are noisy, and a near tie is not worth a change.
+TIE = 0.05
 # Config entries that do not change the computation's speed (kept out of the cache key).
 _NOT_IN_KEY = ("name", "implementation", "kernel_initializer", "kernel_regularizer", "trainable", "dtype")
 
@@ -55,6 +58,16 @@ def cpu_model():
     return f"{name}, {os.cpu_count()} cores"
 
 
+def machine():
+    """One line for benchmark reports: the CPU model, GPUs, TF/Keras versions and the load average."""
+    import keras
+
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    return (f"CPU: {cpu_model()}; GPU: {', '.join(gpus) or 'none'}; TensorFlow {tf.__version__}, Keras "
+            f"{keras.__version__}; load average {os.getloadavg()[0]:.1f}")
+
+
 def device_description():
     """The GPU's name where TensorFlow sees one (the first), else the CPU model: part of every cache key."""
     gpus = tf.config.list_physical_devices("GPU")
@@ -76,11 +89,12 @@ def cache_key(layer, shape, mode, device=None):
 
 def interleaved_min_ms(runs, rounds=3, budget_s=2.0, keep=1.5):
     """Best ms of each zero-argument callable in `runs` ({name: fn}, already traced), timed in rounds that call
-    every remaining fn once, so load changes hit all alike (a fn's `trace` attribute, if any, is called first,
-    untimed). After each round only those within `keep` x the
+    every remaining fn once, so load changes hit all alike, after one untimed call each (and `fn.trace()`
+    where present). After each round only those within `keep` x the
     best so far go on; it stops after `rounds` rounds, or once `budget_s` of timed calls is spent."""
     for fn in runs.values():
         getattr(fn, "trace", lambda: None)()
+        fn()  # the first call of a traced function also runs grappler: never timed
     times = {name: [] for name in runs}
     active, spent = list(runs), 0.0
     for _ in range(rounds):
@@ -97,6 +111,12 @@ def interleaved_min_ms(runs, rounds=3, budget_s=2.0, keep=1.5):
     return {name: min(t) for name, t in times.items()}
 
 
+def choose(ms, default=None):
+    """The fastest implementation in `ms` ({impl: ms}); `default` where it is within TIE of the fastest."""
+    best = min(ms, key=ms.get)
+    return default if default in ms and ms[default] <= (1 + TIE) * ms[best] else best
+
+
 def candidate_fn(layer, shape, mode, implementation, seed=0):
     """A zero-argument callable running `layer`'s configuration with `implementation` once on random inputs
     of `shape` in `mode`; "training" also takes the gradients w.r.t. the input and every weight."""
@@ -107,11 +127,11 @@ def candidate_fn(layer, shape, mode, implementation, seed=0):
     weights = candidate.trainable_weights  # captured by closure: as arguments they would become constants
 
     if mode == "inference":
-        @tf.function
+        @tf.function(autograph=False)
         def step():
             return tf.reduce_sum(tf.cast(candidate(x, training=False), tf.float32))
     else:
-        @tf.function
+        @tf.function(autograph=False)
         def step():
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -290,7 +310,8 @@ def _autotune(model_or_layer, input_shape, modes, path, use_cache, timer, verbos
                 ms = {impl: float(v) for impl, v in timer(runs).items()}
                 del runs
                 gc.collect()
-                hit = {"choice": min(ms, key=ms.get), "ms": ms}
+                hit = {"choice": choose(ms, default_implementation(layer.variant, layer.strides, mode == "training")),
+                       "ms": ms}
                 new_entries[key] = hit
                 measured[key] = hit
                 entry["ms"][mode] = ms
