@@ -20,14 +20,15 @@ MODES = ("inference", "training")
 
 # What "auto" runs when the layer was not autotuned (cost_tf.autotune measures every candidate on the device
 # it runs on and overrides these per layer): per device kind, variant and mode, the first implementation in
-# the list that is valid for the layer's strides. The CPU lists are the fastest measured on this project's
-# current machine (docs/PERFORMANCE.md, bench/layer_bench.py); the GPU lists are unmeasured (no GPU was lent),
-# cuDNN's dense Conv3D first. They are only defaults: run cost_tf.autotune on other hardware.
+# the list that is valid for the layer's strides. The CPU lists have the smallest R50-weighted time measured
+# on this project's current machine (AMD EPYC, 2 cores; docs/PERFORMANCE.md, bench/layer_bench.py), within that
+# run's noise; the GPU lists are unmeasured (no GPU was lent), cuDNN's dense Conv3D first. They are only
+# defaults: cost_tf.autotune measures the device it runs on.
 DEFAULTS = {
     "cpu": {
-        ("a", "inference"): ("sparse", "fused"),
+        ("a", "inference"): ("frames",),
         ("a", "training"): ("frames",),
-        ("b", "inference"): ("views",),
+        ("b", "inference"): ("frames",),
         ("b", "training"): ("views",),
     },
     "gpu": {
