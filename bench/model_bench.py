@@ -1,6 +1,7 @@
-"""Whole-model numbers for every arch at 8 x 224^2: parameters, multiply-adds, CPU inference clips/s.
+"""Whole-model numbers for every arch at 8 x 224^2: parameters, multiply-adds, CPU inference clips/s; and the
+SGD training step time and peak memory of every R50 family.
 
-    python -m bench.model_bench [--runs=5] [--timed=c2d_r50,...] [--output_json=PATH]
+    python -m bench.model_bench [--runs=5] [--timed=c2d_r50,...] [--train=c2d_r50,...] [--output_json=PATH]
 
 Parameters and multiply-adds (cost_tf.resnet.count_macs, analytic from layer shapes) for all r50/r101
 archs; CPU inference at batch 1 for the --timed models (r50 and the folded CoST(a)), measured side by
@@ -8,11 +9,20 @@ side in one run: one warm-up call each, then --runs rounds that time every model
 drift hits all models alike). Reported: clips/s from the best (least disturbed) round, and the median
 process CPU seconds per clip (all TF threads; robust when other jobs share the cores), each with its ratio
 to c3d_r50. Prints a markdown table.
+
+Training (--train): one SGD (momentum) step at batch --train_batch, 8 x --train_size^2, gradients of every
+trainable weight (checked: none is None), all --train models in one process in interleaved rounds, median
+of --train_runs after one warm-up step; CoST models run implementation="auto" after cost_tf.autotune
+(training mode, at that shape; its time is reported) and, as "(defaults)", without it. Peak RSS: each model in
+its own subprocess, two SGD steps at batch --rss_batch, ru_maxrss of that process.
 """
 
 import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -31,6 +41,15 @@ _RUNS = flags.DEFINE_integer("runs", 5, "Timed rounds after one warm-up call per
 _TIMED = flags.DEFINE_list("timed", [a for a in ARCHS if a.endswith("_r50")] + list(FOLDED),
                            f"Models to time: arch names or {list(FOLDED)}.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Also write the rows here (JSON).")
+_TRAIN = flags.DEFINE_list("train", [f"{b}_r50" for b in ("c2d", "i3d", "c3d", "r2plus1d", "cost_a", "cost_b")],
+                           "Models whose training step is timed and whose peak RSS is measured ('' for none).")
+_TRAIN_BATCH = flags.DEFINE_integer("train_batch", 2, "Training step batch.")
+_TRAIN_SIZE = flags.DEFINE_integer("train_size", 160, "Training crop side.")
+_TRAIN_RUNS = flags.DEFINE_integer("train_runs", 3, "Timed training rounds after one warm-up step.")
+_RSS_BATCH = flags.DEFINE_integer("rss_batch", 4, "Batch of the two SGD steps of the peak-RSS subprocess.")
+_RSS_ONLY = flags.DEFINE_string("rss_only", None, "Internal: run two SGD steps of this arch and print peak RSS.")
+_DEFAULTS = flags.DEFINE_bool("defaults", True, "Also time the CoST models without autotuning (the defaults).")
+_SKIP_INFERENCE = flags.DEFINE_bool("skip_inference", False, "Only the training part.")
 
 NUM_FRAMES, SIZE, BASE = 8, 224, "c3d_r50"
 
@@ -69,6 +88,99 @@ def measure(archs, timed, runs):
     return rows
 
 
+def train_step_fn(model, batch, size, seed=0):
+    """A zero-argument SGD step of `model` on fixed random clips (returns the loss as a NumPy scalar)."""
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=(batch, NUM_FRAMES, size, size, 3)).astype("float32"))
+    y = tf.constant(rng.integers(0, model.output_shape[-1], size=(batch,)))
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variables = model.trainable_variables  # by closure: as tf.function arguments they would be constants
+
+    @tf.function(autograph=False)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, variables)
+        missing = [v.path for v, g in zip(variables, grads) if g is None]
+        assert not missing, f"no gradient for {missing}"
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    return lambda: step().numpy()
+
+
+def _train_model(name, size, tune):
+    """(model, autotune seconds or None) for a --train row name ("cost_a_r50" or "cost_a_r50 (defaults)")."""
+    arch = name.split(" ")[0]
+    model = build_model(arch, num_frames=NUM_FRAMES, input_size=size)
+    if not tune or not arch.startswith("cost"):
+        return model, None
+    from cost_tf.autotune import autotune
+
+    start = time.perf_counter()
+    autotune(model, (_TRAIN_BATCH.value, NUM_FRAMES, size, size, 3), modes=("training",))
+    return model, time.perf_counter() - start
+
+
+def measure_training(archs, batch, size, runs):
+    """{name: {"step_s": median, "steps_s": [...], "autotune_s"}}, all models interleaved in one process."""
+    names = []
+    for arch in archs:
+        names.append(arch)
+        if arch.startswith("cost") and _DEFAULTS.value:
+            names.append(f"{arch} (defaults)")
+    rows, steps = {}, {}
+    for name in names:
+        model, tune_s = _train_model(name, size, tune=not name.endswith("(defaults)"))
+        if name.endswith("(defaults)"):
+            from cost_tf import cost
+
+            cost.TUNED.clear()  # the tuned copy of this arch must not lend its choices to this one
+        steps[name] = train_step_fn(model, batch, size)
+        steps[name]()  # trace + warm-up
+        rows[name] = {"autotune_s": tune_s, "steps_s": []}
+    for _ in range(runs):
+        for name, fn in steps.items():
+            start = time.perf_counter()
+            fn()
+            rows[name]["steps_s"].append(time.perf_counter() - start)
+    for row in rows.values():
+        row["step_s"] = statistics.median(row["steps_s"])
+    return rows
+
+
+def peak_rss_gb(arch, batch, size):
+    """Peak RSS (GB) of a fresh process that builds `arch`, autotunes it (cached) and runs two SGD steps."""
+    proc = subprocess.run([sys.executable, "-m", "bench.model_bench", f"--rss_only={arch}", f"--rss_batch={batch}",
+                           f"--train_size={size}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak RSS run of {arch} failed:\n{proc.stderr[-2000:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def _rss_only(arch, batch, size):
+    model, _ = _train_model(arch, size, tune=True)
+    step = train_step_fn(model, batch, size)
+    step()
+    step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
+
+
+def training_table(rows, rss):
+    base = rows.get(BASE, {}).get("step_s")
+    lines = [f"| model | SGD step s (median) | vs c3d_r50 | peak RSS GB (batch {_RSS_BATCH.value}, 2 steps) | "
+             "vs c3d_r50 | autotune s |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        ratio = f"{r['step_s'] / base:.2f}x" if base else "-"
+        mem = rss.get(name)
+        mem_cells = (f"{mem:.2f} | {mem / rss[BASE]:.2f}x" if mem is not None and BASE in rss else
+                     (f"{mem:.2f} | -" if mem is not None else "- | -"))
+        tune = f"{r['autotune_s']:.0f}" if r.get("autotune_s") is not None else "-"
+        lines.append(f"| {name} | {r['step_s']:.2f} | {ratio} | {mem_cells} | {tune} |")
+    return "\n".join(lines)
+
+
 def table(rows):
     base = rows.get(BASE, {})
     lines = ["| model | params (M) | GMACs / clip (CoST 27 taps) | GMACs (CoST 19 taps) | clips/s (best) | "
@@ -85,22 +197,44 @@ def table(rows):
 
 def main(argv):
     del argv
-    unknown = [name for name in _TIMED.value if name not in ARCHS and name not in FOLDED]
+    if _RSS_ONLY.value:
+        _rss_only(_RSS_ONLY.value, _RSS_BATCH.value, _TRAIN_SIZE.value)
+        return
+    unknown = [name for name in _TIMED.value + _TRAIN.value if name not in ARCHS and name not in FOLDED]
     if unknown:
-        raise app.UsageError(f"--timed: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}")
+        raise app.UsageError(f"--timed/--train: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}")
+    from cost_tf.autotune import machine
+
     tf.get_logger().setLevel("ERROR")  # one tf.function per model trips the retracing warning
-    load_before = os.getloadavg()
-    start = time.time()
-    archs = [a for a in ARCHS if not a.endswith("_tiny")]
-    rows = measure(archs, set(_TIMED.value), _RUNS.value)
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; batch 1, "
-          f"{NUM_FRAMES}x{SIZE}x{SIZE}; {_RUNS.value} timed rounds after 1 warm-up; load average "
-          f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - start:.0f} s total\n")
-    print(table(rows))
+    print(machine() + "\n")
+    out = {}
+    if not _SKIP_INFERENCE.value:
+        load_before = os.getloadavg()
+        start = time.time()
+        archs = [a for a in ARCHS if not a.endswith("_tiny")]
+        rows = measure(archs, set(_TIMED.value), _RUNS.value)
+        print(f"Inference: batch 1, {NUM_FRAMES}x{SIZE}x{SIZE}; {_RUNS.value} timed rounds after 1 warm-up; load "
+              f"average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - start:.0f} s\n")
+        print(table(rows))
+        out.update(load_before=load_before, rows=rows)
+    if _TRAIN.value:
+        load_before = os.getloadavg()
+        start = time.time()
+        train_rows = measure_training(_TRAIN.value, _TRAIN_BATCH.value, _TRAIN_SIZE.value, _TRAIN_RUNS.value)
+        print(f"\nTraining: one SGD step at batch {_TRAIN_BATCH.value}, {NUM_FRAMES}x{_TRAIN_SIZE.value}x"
+              f"{_TRAIN_SIZE.value}, median of {_TRAIN_RUNS.value} interleaved rounds after 1 warm-up; load average "
+              f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - start:.0f} s\n")
+        print(training_table(train_rows, {}), flush=True)
+        start = time.time()
+        rss = {arch: peak_rss_gb(arch, _RSS_BATCH.value, _TRAIN_SIZE.value) for arch in _TRAIN.value}
+        print(f"\nPeak RSS: a separate process per model (CoST autotuned, from the cache), two SGD steps at batch "
+              f"{_RSS_BATCH.value}; {time.time() - start:.0f} s\n")
+        print(training_table(train_rows, rss))
+        out.update(train_rows=train_rows, rss_gb=rss)
     if _OUTPUT_JSON.value:
         directory = os.path.dirname(os.path.abspath(_OUTPUT_JSON.value))
         with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-            json.dump({"load_before": load_before, "rows": rows}, f, indent=1)
+            json.dump(out, f, indent=1)
         os.replace(f.name, _OUTPUT_JSON.value)
 
 

@@ -8,26 +8,76 @@ which equals ONE 3x3x3 'SAME' convolution with the merged kernel (`merged_kernel
 per-channel coefficients `a`; CoST(b) predicts them per clip from the view outputs.
 """
 
+import json
+
 import keras
 from keras import ops
 
 VARIANTS = ("a", "b")
-IMPLEMENTATIONS = ("auto", "frames", "views", "fused", "sparse")
+IMPLEMENTATIONS = ("auto", "frames", "views", "fused", "sparse", "flat")
 VIEWS = ("hw", "tw", "th")
 # "same": TF 'SAME' (pads (0, 1) on an even axis at stride 2); "symmetric": (1, 1) on every axis, as the
 # authors' PyTorch layer (padding 1). Both give ceil(size / stride) outputs and agree at stride 1.
 PADDINGS = ("same", "symmetric")
+MODES = ("inference", "training")
 
-# "auto" picks, per mode, the implementation measured fastest on CPU by bench/layer_bench.py at the R50
-# res3/res4 shapes (docs/PERFORMANCE.md has the table). CoST(a) training: "frames" (the 19 taps as 2D
-# convolutions over whole frames, no transposes), 0.60-0.83x a Conv3D's forward+backward where "views" took
-# 0.81-1.00x. CoST(a) inference: the 19-tap "sparse" Conv3Ds (0.79-0.81x Conv3D; "frames" 0.83-0.84x);
-# strided, the merged kernel. CoST(b): "views", whose 3x3 view convolutions train 1.4x faster than the
-# seven (1, 3)/(3, 1) convolutions of "frames".
-AUTO_INFERENCE = "sparse"
-AUTO_STRIDED_INFERENCE = "fused"
-AUTO_TRAINING = "frames"
-AUTO_B = "views"
+# What "auto" runs when the layer was not autotuned (cost_tf.autotune measures every candidate on the device
+# it runs on and overrides these per layer): per device kind, variant and mode, the first implementation in
+# the list that is valid for the layer's strides. The CPU lists have the smallest R50-weighted time measured
+# on this project's current machine (AMD EPYC, 2 cores; docs/PERFORMANCE.md, bench/layer_bench.py), within that
+# run's noise; the GPU lists are unmeasured (no GPU was lent), cuDNN's dense Conv3D first. They are only
+# defaults: cost_tf.autotune measures the device it runs on.
+DEFAULTS = {
+    "cpu": {
+        ("a", "inference"): ("frames",),
+        ("a", "training"): ("frames",),
+        ("b", "inference"): ("frames",),
+        ("b", "training"): ("views",),
+    },
+    "gpu": {
+        ("a", "inference"): ("fused",),
+        ("a", "training"): ("fused",),
+        ("b", "inference"): ("flat",),
+        ("b", "training"): ("flat",),
+    },
+}
+# The CPU defaults at stride 1, named for cost_tf.compare's report.
+AUTO_TRAINING = DEFAULTS["cpu"][("a", "training")][0]
+AUTO_B = DEFAULTS["cpu"][("b", "training")][0]
+
+
+# cost_tf.autotune's choices in this process: {tuned_key(...): implementation}. "auto" layers look themselves up
+# by config and input shape, so copies of a tuned layer (fold, export, a resized model) run the tuned choice.
+TUNED = {}
+
+
+def tuned_key(layer, mode, input_shape):
+    """The TUNED key of `layer`'s configuration (name and implementation aside) in `mode` on inputs of
+    `input_shape` (the batch size aside)."""
+    config = {k: v for k, v in layer.get_config().items() if k not in ("name", "implementation", "trainable")}
+    shape = tuple(None if s is None else int(s) for s in tuple(input_shape)[1:])
+    return json.dumps(config, sort_keys=True, default=str), mode, shape
+
+
+def valid_implementations(variant, strides=(1, 1, 1)):
+    """The implementations (not "auto") a CoST layer of this variant and strides can run."""
+    if variant == "b":
+        return ("frames", "views", "flat")
+    return ("frames", "views", "fused", "flat") + (("sparse",) if tuple(strides) == (1, 1, 1) else ())
+
+
+def device_kind():
+    """"gpu" if TensorFlow sees a GPU, else "cpu": which DEFAULTS "auto" falls back to."""
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+def default_implementation(variant, strides, training, kind=None):
+    """The implementation "auto" runs without autotuning: the first valid one of DEFAULTS[kind]."""
+    choices = DEFAULTS[kind or device_kind()][(variant, "training" if training else "inference")]
+    valid = valid_implementations(variant, strides)
+    return next((impl for impl in choices if impl in valid), "views")
 
 
 def _same_pads(size, stride, kernel=3):
@@ -59,28 +109,12 @@ def merged_kernel(kernel, coefficients):
     Returns:
       (3, 3, 3, C_in, C_out): a_hw * w on the plane t=1, a_tw * w on h=1, a_th * w on w=1.
     """
-    a_hw, a_tw, a_th = coefficients[0], coefficients[1], coefficients[2]
-    zeros = ops.zeros_like(kernel)
-    hw = kernel * a_hw  # (h, w) taps at t=1
-    tw = kernel * a_tw  # (t, w) taps at h=1
-    th = kernel * a_th  # (t, h) taps at w=1
-    planes = []
-    for t in range(3):
-        rows = []
-        for h in range(3):
-            cols = []
-            for w in range(3):
-                tap = zeros[0, 0]
-                if t == 1:
-                    tap = tap + hw[h, w]
-                if h == 1:
-                    tap = tap + tw[t, w]
-                if w == 1:
-                    tap = tap + th[t, h]
-                cols.append(tap)
-            rows.append(ops.stack(cols, axis=0))
-        planes.append(ops.stack(rows, axis=0))
-    return ops.stack(planes, axis=0)
+    # Three zero-padded planes and two adds: the same sum as placing the 27 taps one by one, a few ops
+    # instead of ~40 stacks per step (bench/layer_bench.py --merged_kernel measures both).
+    hw = ops.pad((kernel * coefficients[0])[None], [(1, 1), (0, 0), (0, 0), (0, 0), (0, 0)])  # t=1
+    tw = ops.pad((kernel * coefficients[1])[:, None], [(0, 0), (1, 1), (0, 0), (0, 0), (0, 0)])  # h=1
+    th = ops.pad((kernel * coefficients[2])[:, :, None], [(0, 0), (0, 0), (1, 1), (0, 0), (0, 0)])  # w=1
+    return hw + tw + th
 
 
 def sparse_kernels(kernel3d):
@@ -115,8 +149,10 @@ class CoST(keras.layers.Layer):
         multiplied into the kernels), "frames" (2D convolutions over whole frames, one set per temporal tap:
         variant "a" runs the merged kernel's 19 non-zero taps, variant "b" the three views), "fused" (variant
         "a": one 3x3x3 convolution with the merged kernel), "sparse" (variant "a", stride 1: the merged
-        kernel's 19 non-zero taps as three dense 3D convolutions), or "auto" (the fastest measured here,
-        chosen separately for training and inference).
+        kernel's 19 non-zero taps as three dense 3D convolutions), "flat" (the three views as 3D
+        convolutions with flat kernels 1x3x3, 3x1x3, 3x3x1, no transposes), or "auto": what
+        cost_tf.autotune measured fastest for this layer on this device, separately for training and
+        inference, else the per-device-kind default (DEFAULTS). An explicit choice is never overridden.
       padding: "same" (TF 'SAME': an even axis at stride 2 is padded (0, 1)) or "symmetric" (every axis
         padded (1, 1), then 'valid': the authors' PyTorch CoST). Identical at stride 1 and on odd sizes.
     Input: (N, T, H, W, C_in). Output: (N, ceil(T/st), ceil(H/sh), ceil(W/sw), filters) for both paddings.
@@ -152,7 +188,7 @@ class CoST(keras.layers.Layer):
         if variant == "b" and implementation in ("fused", "sparse"):
             raise ValueError(
                 "CoST(b) predicts its coefficients from the separate view outputs, so it only runs as "
-                f"implementation='frames', 'views' or 'auto'. Received: implementation={implementation!r}"
+                f"implementation='frames', 'views', 'flat' or 'auto'. Received: implementation={implementation!r}"
             )
         if implementation == "sparse" and self.strides != (1, 1, 1):
             raise ValueError(
@@ -163,6 +199,9 @@ class CoST(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.implementation = implementation
+        # {mode: implementation} set by cost_tf.autotune for implementation="auto". A speed property of
+        # this device only: not in get_config, so a saved model does not carry it to another machine.
+        self.tuned_implementations = {}
         self.input_spec = keras.layers.InputSpec(ndim=5)
 
     def build(self, input_shape):
@@ -303,6 +342,32 @@ class CoST(keras.layers.Layer):
         kernels = [[kernel3d[i, 1:2], kernel3d[i, :, 1:2] * no_centre] for i in (0, 2)]
         return self._frame_conv(self._pad_same(x), [kernels[0], [kernel3d[1]], kernels[1]])
 
+    def _flat_views(self, x, k_hw, k_tw=None, k_th=None):
+        """(x_hw, x_tw, x_th) as _views gives them, as three 'SAME' 3D convolutions with flat kernels.
+
+        A kernel of size 1 along the flat axis and 'SAME' padding picks input index o*s there, the 3x3x3
+        window's centre is o*s - before + 1: the input is shifted by 1 - before on a strided flat axis.
+        """
+        k_tw = k_hw if k_tw is None else k_tw
+        k_th = k_hw if k_th is None else k_th
+        if self.padding == "symmetric":  # window centre o*s: 'valid' on (1, 1)-padded axes but the flat one
+            xp = self._pad_same(x)
+            return tuple(ops.conv(xp[(slice(None),) * axis + (slice(1, -1),)], ops.expand_dims(k, axis - 1),
+                                  strides=self.strides, padding="valid")
+                         for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th)))
+        shape = ops.shape(x)
+        outputs = []
+        for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th)):
+            stride = self.strides[axis - 1]
+            if stride != 1:
+                shift = 1 - _same_pads(shape[axis], stride)[0]
+                x_axis = x[(slice(None),) * axis + (slice(shift, None),)]
+            else:
+                x_axis = x
+            kernel = ops.expand_dims(k, axis - 1)  # (3, 3, Ci, Co) -> 1 along the flat axis
+            outputs.append(ops.conv(x_axis, kernel, strides=self.strides, padding="same"))
+        return tuple(outputs)
+
     def _sparse(self, x, kernel3d):
         k_hw, k_tw, k_th = sparse_kernels(kernel3d)
         xp = ops.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
@@ -311,23 +376,36 @@ class CoST(keras.layers.Layer):
         y = y + ops.conv(xp[:, :, :, 1:-1], k_th, padding="valid", dilation_rate=(2, 2, 1))
         return y
 
-    def resolved_implementation(self, training=False):
-        """The implementation `call` runs for this mode."""
+    def resolved_implementation(self, training=False, input_shape=None):
+        """The implementation `call` runs for this mode: the explicit one; else the one autotuned for this
+        layer, or for its configuration at `input_shape` (TUNED); else the device kind's default."""
         if self.implementation != "auto":
             return self.implementation
-        if self.variant == "b":
-            return AUTO_B
-        if training:
-            return AUTO_TRAINING
-        if self.strides == (1, 1, 1):
-            return AUTO_INFERENCE
-        return AUTO_STRIDED_INFERENCE
+        mode = "training" if training else "inference"
+        if mode in self.tuned_implementations:
+            return self.tuned_implementations[mode]
+        if input_shape is not None and TUNED:
+            tuned = TUNED.get(tuned_key(self, mode, input_shape))
+            if tuned in valid_implementations(self.variant, self.strides):
+                return tuned
+        return default_implementation(self.variant, self.strides, training)
+
+    def set_tuned_implementations(self, inference=None, training=None):
+        """Sets what "auto" runs per mode (cost_tf.autotune calls this); an explicit implementation wins."""
+        valid = valid_implementations(self.variant, self.strides)
+        for mode, impl in (("inference", inference), ("training", training)):
+            if impl is None:
+                continue
+            if impl not in valid:
+                raise ValueError(f"CoST {self.name}: {mode} implementation must be one of {valid}. "
+                                 f"Received: {mode}={impl!r}")
+            self.tuned_implementations[mode] = impl
 
     def call(self, inputs, training=None):
         kernel = ops.cast(self.kernel, self.compute_dtype)
-        impl = self.resolved_implementation(bool(training))
+        impl = self.resolved_implementation(bool(training), inputs.shape)
         if self.variant == "b":
-            views = self._frame_views(inputs, kernel) if impl == "frames" else self._views(inputs, kernel)
+            views = {"frames": self._frame_views, "flat": self._flat_views}.get(impl, self._views)(inputs, kernel)
             coeffs = ops.cast(self._predict_coefficients(views), self.compute_dtype)  # (N, 3, C)
             outputs = sum(coeffs[:, i, None, None, None, :] * v for i, v in enumerate(views))
         else:
@@ -336,6 +414,8 @@ class CoST(keras.layers.Layer):
                 # View weights go into the kernels, not onto the outputs: tf2onnx's grappler pass aborts on
                 # a per-channel Mul after a Conv (see DEVELOPERS.md), and this is the same sum.
                 outputs = sum(self._views(inputs, kernel * coeffs[0], kernel * coeffs[1], kernel * coeffs[2]))
+            elif impl == "flat":
+                outputs = sum(self._flat_views(inputs, kernel * coeffs[0], kernel * coeffs[1], kernel * coeffs[2]))
             else:
                 k3 = merged_kernel(kernel, coeffs)
                 if impl == "fused":

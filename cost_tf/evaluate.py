@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from cost_tf import checkpoint
+from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.loading import load_model, resize_model, training_config
 
 
@@ -45,6 +46,7 @@ class EvalConfig:
     frame_stride: int = None
     crop_size: int = None
     eval_resize: int = None
+    autotune: bool = False  # the main's --autotune (default on): time the CoST implementations first
 
 
 def parse_views(views):
@@ -184,6 +186,9 @@ def evaluate(config):
     frame_stride = config.frame_stride or train_config.get("frame_stride") or 8
     model = resize_model(model, num_frames=num_frames, input_size=crop_size)
     num_classes = model.output_shape[-1]
+    if config.autotune:
+        autotune_for_main(model, (config.batch_size * num_clips * num_crops, num_frames, crop_size, crop_size, 3),
+                          modes=("inference",))
     names = names if names and len(names) == num_classes else [str(i) for i in range(num_classes)]
 
     dataset = make_dataset(mode="test", batch_size=config.batch_size, num_frames=num_frames,
@@ -275,6 +280,7 @@ def define_flags(flag_values=None):
                                       "for several)."),
                         ("eval_resize", "Short side before cropping (default: as trained).")):
         h[name] = flags.DEFINE_integer(name, None, help_, flag_values=fv)
+    h["autotune"] = flags.DEFINE_bool("autotune", True, AUTOTUNE_HELP, flag_values=fv)
     return h
 
 

@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from cost_tf import checkpoint, distribute, optim
+from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.resnet import ARCHS, build_model, parse_arch
 from pipelines import synthetic
 
@@ -102,6 +103,7 @@ class TrainConfig:
     backup_steps: int = None
     validation_freq: int = None
     verbose: object = "auto"
+    autotune: bool = False  # the main's --autotune (default on): time the CoST implementations first
 
 
 @dataclasses.dataclass
@@ -475,6 +477,9 @@ def _train(c, strategy, out, extra_callbacks):
 
     with strategy.scope():
         model = compile_model(c, num_classes, steps)
+    if c.autotune:
+        autotune_for_main(model, (c.batch_size // strategy.num_replicas_in_sync, c.num_frames, c.crop_size,
+                                  c.crop_size, 3))
     callbacks, backup = make_callbacks(c, out.path, backup_dir, strategy)
     callbacks[-1:-1] = extra_callbacks
     completed = state["epoch"] if state else 0
@@ -608,6 +613,7 @@ def define_flags(flag_values=None):
     h["verbose"] = flags.DEFINE_enum("verbose", "auto", ("auto", "0", "1", "2"),
                                      "Keras fit verbosity (1: progress bar, 2: one line per epoch).",
                                      flag_values=fv)
+    h["autotune"] = flags.DEFINE_bool("autotune", True, AUTOTUNE_HELP, flag_values=fv)
     return h
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import tensorflow as tf
 
+from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main, main_input_shape
 from cost_tf import loading
 from export import parity
 from export import saved_model
@@ -284,6 +285,8 @@ def main(argv):
     try:
         if _MODEL.value is not None:
             model = loading.load_model(_MODEL.value)
+            autotune_for_main(model, main_input_shape(model, _NUM_FRAMES.value, _CROP_SIZE.value), _AUTOTUNE.value,
+                              modes=("inference",))
             report = export(model, _OUTPUT.value, opset=_OPSET.value, fold=_FOLD.value,
                             num_frames=_NUM_FRAMES.value, crop_size=_CROP_SIZE.value, timeout=_TIMEOUT.value)
         else:
@@ -310,5 +313,6 @@ if __name__ == "__main__":
                                        "allows it, else the model's; 0: dynamic).", lower_bound=0)
     _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Input crop side (default: the model's).", lower_bound=1)
     _TIMEOUT = flags.DEFINE_integer("timeout", None, "Seconds allowed for tf2onnx.", lower_bound=1)
+    _AUTOTUNE = flags.DEFINE_bool("autotune", True, AUTOTUNE_HELP)
     flags.mark_flags_as_required(["output"])
     app.run(main)

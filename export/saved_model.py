@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main, main_input_shape
 from cost_tf import loading
 from export import parity
 from pipelines import preprocess
@@ -251,6 +252,8 @@ def main(argv):
 
     try:
         model = loading.load_model(_MODEL.value)
+        autotune_for_main(model, main_input_shape(model, _NUM_FRAMES.value, _CROP_SIZE.value), _AUTOTUNE.value,
+                          modes=("inference",))
         names = load_classes(_CLASSES.value) if _CLASSES.value else None
         path, report = export(model, _EXPORT_DIR.value, version=_VERSION.value, fold=_FOLD.value,
                               class_names=names, num_frames=_NUM_FRAMES.value, crop_size=_CROP_SIZE.value,
@@ -274,5 +277,6 @@ if __name__ == "__main__":
     _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Input crop side (default: the model's).",
                                       lower_bound=1)
     _TOP_K = flags.DEFINE_integer("top_k", TOP_K, "Classes returned by serving_default.", lower_bound=1)
+    _AUTOTUNE = flags.DEFINE_bool("autotune", True, AUTOTUNE_HELP)
     flags.mark_flags_as_required(["model", "export_dir"])
     app.run(main)

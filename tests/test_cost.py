@@ -58,17 +58,22 @@ def ref_b_coefficients(views, dense, mix):
 
 
 def ref_cost(x, layer):
-    w = np.asarray(layer.kernel)
-    views = ref_views(x, w, layer.strides)
-    if layer.variant == "a":
-        alpha = np.asarray(layer.alpha, np.float64)
+    return ref_cost_params(x, {w.name: np.asarray(w) for w in layer.weights}, layer.variant, layer.strides)
+
+
+def ref_cost_params(x, params, variant, strides):
+    """ref_cost from a {weight name: array} dict (the layer's weight names; "bias" optional)."""
+    views = ref_views(x, params["kernel"], strides)
+    if variant == "a":
+        alpha = np.asarray(params["alpha"], np.float64)
         a = np.exp(alpha) / np.exp(alpha).sum(axis=0)
         y = sum(a[i] * v for i, v in enumerate(views))
     else:
-        a = ref_b_coefficients(views, np.asarray(layer.view_dense, np.float64), np.asarray(layer.view_mix, np.float64))
+        a = ref_b_coefficients(views, np.asarray(params["view_dense"], np.float64),
+                               np.asarray(params["view_mix"], np.float64))
         y = sum(a[:, i, None, None, None, :] * v for i, v in enumerate(views))
-    if layer.use_bias:
-        y = y + np.asarray(layer.bias)
+    if "bias" in params:
+        y = y + np.asarray(params["bias"], np.float64)
     return y
 
 
@@ -83,8 +88,8 @@ def _rel(a, b):
 
 
 CASES = [
-    ("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("a", "auto"),
-    ("b", "frames"), ("b", "views"), ("b", "auto"),
+    ("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("a", "flat"), ("a", "auto"),
+    ("b", "frames"), ("b", "views"), ("b", "flat"), ("b", "auto"),
 ]
 
 
@@ -94,7 +99,10 @@ CASES = [
 @pytest.mark.parametrize("training", [False, True])
 def test_matches_numpy_reference(variant, implementation, strides, shape, training):
     if implementation == "sparse" and strides != 1:
-        return  # 'sparse' rejects strides; test_bad_arguments checks that it says so
+        # 'sparse' has no strided form: the case is the error, not a result.
+        with pytest.raises(ValueError, match=r"implementation='sparse' needs strides 1.*Received: strides="):
+            CoST(5, variant=variant, strides=strides, implementation=implementation)
+        return
     rng = np.random.default_rng(0)
     layer = CoST(5, variant=variant, strides=strides, use_bias=True, implementation=implementation)
     x = rng.normal(size=shape).astype("float32")
@@ -104,6 +112,46 @@ def test_matches_numpy_reference(variant, implementation, strides, shape, traini
     ref = ref_cost(x, layer)
     assert tuple(y.shape) == ref.shape == layer.compute_output_shape(x.shape)
     assert _rel(y, ref) < 1e-5
+
+
+# Every candidate and stride it accepts ('sparse' rejects strides: test_matches_numpy_reference checks that).
+GRADIENT_CASES = [(v, i, s) for v, i in CASES if i != "auto" for s in (1, (1, 2, 2), 2) if i != "sparse" or s == 1]
+
+
+@pytest.mark.parametrize("variant,implementation,strides", GRADIENT_CASES)
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 3), (2, 4, 8, 6, 3)], ids=["odd", "even"])
+def test_gradients_match_numpy_reference(variant, implementation, strides, shape):
+    """Input and weight gradients of sum(y * probe) against central differences of the NumPy reference."""
+    rng = np.random.default_rng(7)
+    layer = CoST(4, variant=variant, strides=strides, use_bias=True, implementation=implementation)
+    x = rng.normal(size=shape).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer, rng)
+    probe = rng.normal(size=layer.compute_output_shape(x.shape)).astype("float32")
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(layer(xt, training=True) * probe)
+    grads = tape.gradient(loss, [xt] + layer.trainable_weights)
+    assert all(g is not None for g in grads)
+    params = {w.name: np.asarray(w, np.float64) for w in layer.weights}
+    values = dict(params, x=x.astype(np.float64))
+    for name, grad in zip(["x"] + [w.name for w in layer.trainable_weights], grads):
+        g = np.asarray(grad, np.float64)
+        # The largest-gradient entry and two random ones; float64 central differences of the reference.
+        flat = [int(np.abs(g).argmax())] + list(rng.integers(0, g.size, 2))
+        for index in flat:
+            idx = np.unravel_index(index, g.shape)
+            eps = 1e-4
+            diffs = []
+            for sign in (1, -1):
+                bumped = {k: v.copy() for k, v in values.items()}
+                bumped[name][idx] += sign * eps
+                y = ref_cost_params(bumped.pop("x"), bumped, variant, layer.strides)
+                diffs.append(float(np.sum(y * probe)))
+            numeric = (diffs[0] - diffs[1]) / (2 * eps)
+            scale = np.abs(g).max()
+            assert abs(numeric - g[idx]) <= 1e-4 * scale, (name, idx, numeric, g[idx])
 
 
 def test_weights_names_shapes_and_init():
@@ -280,7 +328,8 @@ _ONNX_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "variant,implementation", [("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("b", "frames"), ("b", "views")]
+    "variant,implementation", [("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("a", "flat"),
+                               ("b", "frames"), ("b", "views"), ("b", "flat")]
 )
 def test_tf2onnx_matches_keras(variant, implementation, tmp_path):
     # In a subprocess: a converter crash (grappler CHECK failure) kills the whole process.
@@ -343,7 +392,10 @@ def ref_cost_symmetric(x, layer):
 @pytest.mark.parametrize("training", [False, True])
 def test_symmetric_padding_matches_numpy_reference(variant, implementation, strides, shape, training):
     if implementation == "sparse" and strides != 1:
-        return  # 'sparse' rejects strides (test_bad_arguments); at stride 1 both paddings are (1, 1)
+        # 'sparse' has no strided form: the case is the error, not a result.
+        with pytest.raises(ValueError, match=r"implementation='sparse' needs strides 1.*Received: strides="):
+            CoST(5, variant=variant, strides=strides, implementation=implementation, padding="symmetric")
+        return
     rng = np.random.default_rng(7)
     layer = CoST(5, variant=variant, strides=strides, use_bias=True, implementation=implementation,
                  padding="symmetric")
