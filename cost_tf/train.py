@@ -84,7 +84,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     clipnorm: float = 40.0
-    dropout: float = 0.5
+    dropout: float = None  # None: the architecture's own (0.5 ResNets, 0.2 S3D-G)
     # Clips.
     num_frames: int = None
     frame_stride: int = None
@@ -597,7 +597,8 @@ def define_flags(flag_values=None):
                                            flag_values=fv)
     h["clipnorm"] = flags.DEFINE_float("clipnorm", defaults.clipnorm, "Global gradient norm clip (0: off).",
                                        flag_values=fv)
-    h["dropout"] = flags.DEFINE_float("dropout", defaults.dropout, "Dropout before the classifier.",
+    h["dropout"] = flags.DEFINE_float("dropout", defaults.dropout, "Dropout before the classifier (default: the "
+                                      "architecture's: 0.5 ResNets as the spec, 0.2 S3D-G as its reference).",
                                       flag_values=fv)
     h["skip_bad_rows"] = flags.DEFINE_bool("skip_bad_rows", defaults.skip_bad_rows,
                                            "Raw videos: skip malformed annotation rows (listed in "

@@ -313,7 +313,15 @@ def test_one_fit_step():
 
 def test_train_accepts_s3dg_and_refuses_imagenet_weights(tmp_path):
     config = train.TrainConfig(model_dir=str(tmp_path), dataset="synthetic", arch="s3dg_tiny")
-    assert train.resolve_config(config).arch == "s3dg_tiny"
+    resolved = train.resolve_config(config)
+    assert resolved.arch == "s3dg_tiny"
+    # The architecture's own dropout unless --dropout is given: the reference's 0.2, ResNets' 0.5.
+    assert train.compile_model(resolved, 8, 10).get_layer("dropout").rate == 0.2
+    resnet = train.resolve_config(train.TrainConfig(model_dir=str(tmp_path), dataset="synthetic", arch="c2d_tiny"))
+    assert train.compile_model(resnet, 8, 10).get_layer("dropout").rate == 0.5
+    chosen = train.resolve_config(train.TrainConfig(model_dir=str(tmp_path), dataset="synthetic", arch="s3dg_tiny",
+                                                    dropout=0.3))
+    assert train.compile_model(chosen, 8, 10).get_layer("dropout").rate == 0.3
     weights = tmp_path / "resnet50.weights.h5"
     weights.write_bytes(b"not read")
     for arch in ("s3dg", "s3dg_tiny"):
