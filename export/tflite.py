@@ -302,12 +302,16 @@ def _module(lowered, frame_size, crop_size):
     def logits(clip):
         return {OUTPUT_NAME: tf.cast(lowered(clip), tf.float32)}
 
+    clip_fn = tf.function(logits, autograph=False).get_concrete_function(
+        tf.TensorSpec((batch, frames_t, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME))
+
     def from_frames(frames):
-        return {OUTPUT_NAME: tf.cast(lowered(frames_to_clip(frames, crop_size)), tf.float32)}
+        # A call of the clip function, not a second trace of the model: the weights (graph constants) are
+        # stored once in the SavedModel, which the converter loads.
+        return clip_fn(frames_to_clip(frames, crop_size))
 
     signatures = {
-        CLIP_KEY: tf.function(logits, autograph=False).get_concrete_function(
-            tf.TensorSpec((batch, frames_t, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME)),
+        CLIP_KEY: clip_fn,
         FRAMES_KEY: tf.function(from_frames, autograph=False).get_concrete_function(
             tf.TensorSpec((batch, frames_t) + tuple(frame_size) + (3,), tf.uint8, name=FRAMES_NAME)),
     }
@@ -316,21 +320,75 @@ def _module(lowered, frame_size, crop_size):
     return module, signatures
 
 
-def convert(lowered, frame_size, crop_size, quantize="none"):
-    """TFLite flatbuffer bytes of the lowered model's two signatures, builtin ops only."""
+def save_lowered(lowered, path, frame_size, crop_size):
+    """Writes the lowered model's two signatures (module docstring) as a SavedModel at `path`."""
     module, signatures = _module(lowered, frame_size, crop_size)
+    tf.saved_model.save(module, path, signatures=signatures)
+
+
+def convert_saved_model(path, quantize="none"):
+    """TFLite flatbuffer bytes of a `save_lowered` SavedModel's two signatures, builtin ops only."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=[CLIP_KEY, FRAMES_KEY])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS (Flex)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # alone: dynamic-range int8
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter's errors (ConverterError, ...) name the TF ops it could not map
+        raise ConversionError(f"The TFLite converter failed: {type(e).__name__}: {e}") from e
+
+
+def convert(lowered, frame_size, crop_size, quantize="none"):
+    """TFLite flatbuffer bytes of the lowered model's two signatures, in this process."""
     with tempfile.TemporaryDirectory(prefix="tflite-export-") as scratch:
-        tf.saved_model.save(module, scratch, signatures=signatures)
-        converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=[CLIP_KEY, FRAMES_KEY])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS (Flex)
-        if quantize != "none":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # alone: dynamic-range int8
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        try:
-            return converter.convert()
-        except Exception as e:  # the converter's errors (ConverterError, ...) name the TF ops it could not map
-            raise ConversionError(f"The TFLite converter failed: {type(e).__name__}: {e}") from e
+        save_lowered(lowered, scratch, frame_size, crop_size)
+        return convert_saved_model(scratch, quantize)
+
+
+def _stage_save(keras_path, saved_model_dir, batch_size, frame_h, frame_w):
+    """Child process 1 of an isolated export: .keras -> fold -> lower -> SavedModel."""
+    model = parity.load_model(keras_path)
+    lowered = lower(parity.fold_for_inference(model, "merged"), int(batch_size))
+    save_lowered(lowered, saved_model_dir, (int(frame_h), int(frame_w)), int(model.input_shape[2]))
+
+
+def _stage_convert(saved_model_dir, quantize, output):
+    """Child process 2 of an isolated export: SavedModel -> TFLite bytes at `output`."""
+    with open(output, "wb") as f:
+        f.write(convert_saved_model(saved_model_dir, quantize))
+
+
+def _run_stage(stage, *args):
+    """Runs `_stage_<stage>(*args)` in a fresh Python process; ConversionError with its log tail if it fails."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    code = f"import sys; from export import tflite; tflite._stage_{stage}(*sys.argv[1:])"
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", env=env)
+    if result.returncode != 0:
+        lines = [line for line in result.stdout.splitlines() if "cuda" not in line.lower()]
+        error = [line for line in lines if "Error" in line] or lines
+        raise ConversionError(f"TFLite export stage {stage!r} failed (exit status {result.returncode}): "
+                              f"{error[-1] if error else ''}\n--- last lines ---\n" + "\n".join(lines[-15:]))
+
+
+def convert_isolated(reference, frame_size, batch_size, quantize, scratch):
+    """TFLite bytes of `reference` (unfolded, at its export shape), built in two child processes so that this
+    process never holds the converter's copies: lowering + SavedModel, then the converter (c2d_r50 here: 6.3 GB
+    in one process, the converter alone +2.6 GB)."""
+    keras_path = os.path.join(scratch, "model.keras")
+    reference.save(keras_path)
+    saved_model_dir = os.path.join(scratch, "saved_model")
+    _run_stage("save", keras_path, saved_model_dir, batch_size, *frame_size)
+    output = os.path.join(scratch, "model.tflite")
+    _run_stage("convert", saved_model_dir, quantize, output)
+    with open(output, "rb") as f:
+        return f.read()
 
 
 def builtin_only_ops(content):
@@ -404,7 +462,7 @@ def _check_output(output, quantize):
 
 
 def export(model, output, quantize="none", num_frames=None, crop_size=None, frame_size=None, batch_size=1,
-           tolerance=None):
+           tolerance=None, isolate=True):
     """Converts a Keras model to a validated TFLite file of builtin ops; returns a report dict.
 
     Args:
@@ -416,6 +474,8 @@ def export(model, output, quantize="none", num_frames=None, crop_size=None, fram
       frame_size: (H, W) of the uint8 `frames` signature; None: `default_frame_size(crop_size)`.
       batch_size: static batch of both signatures.
       tolerance: largest accepted max relative error vs Keras; None: QUANTIZED_TOLERANCE[quantize].
+      isolate: lower, save and convert in child processes (`convert_isolated`: bounded memory here, ~20 s
+        more for the two Python starts); False: all in this process.
     Returns:
       {"path", "quantize", "num_frames", "crop_size", "frame_size", "batch_size", "bytes", "ops" ({signature:
       {op name: count}}), "max_relative_error" (clip signature), "frames_max_relative_error"}.
@@ -434,8 +494,12 @@ def export(model, output, quantize="none", num_frames=None, crop_size=None, fram
     if len(frame_size) != 2 or min(frame_size) < crop_size:
         raise ValueError(f"frame_size must be (H, W) with both >= the crop {crop_size}. Received: {frame_size}")
     tolerance = QUANTIZED_TOLERANCE[quantize] if tolerance is None else tolerance
-    lowered = lower(parity.fold_for_inference(reference, "merged"), batch_size)
-    content = convert(lowered, frame_size, crop_size, quantize)
+    if isolate:
+        with tempfile.TemporaryDirectory(prefix="tflite-export-") as scratch:
+            content = convert_isolated(reference, frame_size, batch_size, quantize, scratch)
+    else:
+        content = convert(lower(parity.fold_for_inference(reference, "merged"), batch_size), frame_size, crop_size,
+                          quantize)
     tmp = f"{output}.{os.getpid()}.tmp"  # same folder: the rename is atomic; never mistaken for a model
     try:
         with open(tmp, "wb") as f:

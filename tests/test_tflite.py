@@ -45,7 +45,7 @@ def _interpreter(path):
 def test_float32_matches_keras_with_builtin_ops_only(block, raw_clips, tmp_path):
     model = _model(block, seed=len(block))
     output = tmp_path / f"{block}.tflite"
-    report = tflite.export(model, output, frame_size=CARPHONE_SIZE)
+    report = tflite.export(model, output, frame_size=CARPHONE_SIZE, isolate=False)
     assert os.listdir(tmp_path) == [f"{block}.tflite"]  # no temporary file left
     assert report["max_relative_error"] < 1e-4 and report["frames_max_relative_error"] < 1e-4
     assert (report["num_frames"], report["crop_size"], report["batch_size"]) == (T, CROP, 1)
@@ -77,9 +77,9 @@ def test_quantized_within_tolerance_and_same_top1_on_real_clips(block, raw_clips
     model = _model(block, seed=7)
     clips = [_reference_clip(frames[0])[None] for frames in raw_clips]
     expected = [np.asarray(model(clip, training=False)) for clip in clips]
-    float_size = tflite.export(model, tmp_path / "f32.tflite")["bytes"]
+    float_size = tflite.export(model, tmp_path / "f32.tflite", isolate=False)["bytes"]
     for quantize, smaller in (("float16", 1.8), ("dynamic", 3.0)):
-        report = tflite.export(model, tmp_path / f"{quantize}.tflite", quantize=quantize)
+        report = tflite.export(model, tmp_path / f"{quantize}.tflite", quantize=quantize, isolate=False)
         assert report["max_relative_error"] <= tflite.QUANTIZED_TOLERANCE[quantize]
         assert float_size / report["bytes"] > smaller, (quantize, float_size, report["bytes"])
         interpreter = _interpreter(tmp_path / f"{quantize}.tflite")
@@ -92,7 +92,7 @@ def test_quantized_within_tolerance_and_same_top1_on_real_clips(block, raw_clips
 
 def test_wrong_clip_length_is_a_clear_error(tmp_path):
     model = _model("cost_b", seed=1)
-    tflite.export(model, tmp_path / "m.tflite")
+    tflite.export(model, tmp_path / "m.tflite", isolate=False)
     interpreter = tflite.load_interpreter(tmp_path / "m.tflite")
     longer = parity.random_clip(1, 2 * T, CROP)
     with pytest.raises(ValueError, match=rf"expects clips of T={T} frames, received T={2 * T}"):
@@ -149,7 +149,7 @@ def test_interrupted_or_wrong_export_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tflite, "load_interpreter", load_then_die)
     with pytest.raises(KeyboardInterrupt):
-        tflite.export(model, tmp_path / "m.tflite")
+        tflite.export(model, tmp_path / "m.tflite")  # isolated, as the command line runs it
     assert os.listdir(tmp_path) == []
     monkeypatch.setattr(tflite, "load_interpreter", real_load)
 
@@ -161,7 +161,7 @@ def test_interrupted_or_wrong_export_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tflite, "lower", broken_lower)
     with pytest.raises(parity.ParityError, match=r"tf.lite.Interpreter on .*m.tflite \(none\): max relative"):
-        tflite.export(model, tmp_path / "m.tflite")
+        tflite.export(model, tmp_path / "m.tflite", isolate=False)  # the broken lowering runs in this process
     assert os.listdir(tmp_path) == []
 
 
