@@ -54,8 +54,8 @@ FRAMES_NAME = "frames"
 OUTPUT_NAME = "logits"
 # Largest accepted max relative error vs Keras (see export.parity) per --quantize. float16 weights are
 # dequantised to float32 at load, so only their rounding (2^-11 relative) counts; "dynamic" quantises the
-# weights to int8 per channel AND the activations to int8 per batch row at run time. Measured on the tiny
-# test nets with random BatchNorm statistics (tests/test_tflite.py): float16 <= 1.5e-3, dynamic <= 4e-2.
+# weights to int8 per channel AND the activations to int8 at run time. Measured on cost_b_tiny with random
+# BatchNorm statistics (random clip): float16 6.6e-4, dynamic 6.7e-3 (1.3e-2 on the uint8 frames signature).
 QUANTIZED_TOLERANCE = {"none": parity.TOLERANCE, "float16": 1e-2, "dynamic": 1e-1}
 
 
