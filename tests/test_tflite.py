@@ -72,7 +72,7 @@ def test_float32_matches_keras_with_builtin_ops_only(block, raw_clips, tmp_path)
         assert parity.max_relative_error(got, expected) < 1e-4
 
 
-@pytest.mark.parametrize("block", ["c3d", "cost_a", "cost_b"])
+@pytest.mark.parametrize("block", ["cost_a", "cost_b"])
 def test_quantized_within_tolerance_and_same_top1_on_real_clips(block, raw_clips, tmp_path):
     model = _model(block, seed=7)
     clips = [_reference_clip(frames[0])[None] for frames in raw_clips]
