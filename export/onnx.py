@@ -187,7 +187,7 @@ def convert_saved_model(saved_model_dir, output, opset=DEFAULT_OPSET, signature=
     tmp_onnx = f"{output}.{os.getpid()}.tmp"
     # tf2onnx deep-copies the whole ONNX graph, weights included, before each of its optimizer passes (to
     # restore it if a pass fails), and those copies pile up: cost_a_r50 peaked over 7 GB in that phase here,
-    # 4.7 GB without them. Any value of this variable turns the copies off (tf2onnx 1.17 compares the
+    # 4.7 GB without them (cost_b_r50 the other way, 4.1 vs 5.9 GB: docs/DEPLOY.md, Export memory). Any value of this variable turns the copies off (tf2onnx 1.17 compares the
     # variable's name, not its value, with "TRUE"); a failing pass then fails the conversion, reported below.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1", **{CATCH_ERRORS_ENV: "FALSE"})
     try:
