@@ -1,6 +1,19 @@
 """Inference latency of the deployment paths: Keras, the TF Serving SavedModel and onnxruntime, folded or not.
 
     python -m bench.export_bench [--archs=cost_a_r50,cost_b_r50] [--batch_sizes=1,8] [--runs=3,2] [--out=PATH]
+    python -m bench.export_bench --mode=memory [--archs=...] [--formats=onnx,saved_model] [--max_rss_gb=7.5]
+    python -m bench.export_bench --mode=tflite [--archs=c2d_r50,...] [--quantize=none,float16,dynamic] [--runs=5]
+
+--mode=memory: each export runs as its own `python -m export.onnx|export.saved_model` process on a
+.keras file written beforehand (by another process); the summed RSS of that process and all its children
+(tf2onnx) is sampled from /proc every 0.1 s. Reported: the peak of that sum, the largest single process's
+peak, the wall time. An export whose tree passes --max_rss_gb is killed (the machine is shared).
+
+--mode=tflite: `python -m export.tflite` for each arch and --quantize (its own process; peak RSS as above),
+then the stock tf.lite.Interpreter (XNNPACK, all cores) on the float32 clip signature at batch 1: one warm-up
+call, then --runs[0] interleaved rounds (median), with the file size and the error vs Keras.
+
+Default mode (serving):
 
 For each arch at 8 x 224^2 (random weights: speed does not depend on them) six runners are built from one
 model: Keras (`predict_on_batch`), the SavedModel `logits` signature run in a TF1 session as TF Serving does,
@@ -14,6 +27,7 @@ onnxruntime / SavedModel and folded / unfolded, and writes them to --out.
 
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +50,10 @@ _RUNS = flags.DEFINE_list("runs", ["3", "2"], "Timed rounds per batch size, in -
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "Clip length.")
 _SIZE = flags.DEFINE_integer("size", 224, "Crop side.")
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown table here.")
+_MODE = flags.DEFINE_enum("mode", "serving", ["serving", "memory", "tflite"], "What to measure (see above).")
+_FORMATS = flags.DEFINE_list("formats", ["onnx", "saved_model"], "--mode=memory: the exporters to run.")
+_MAX_RSS_GB = flags.DEFINE_float("max_rss_gb", 7.5, "--mode=memory: kill an export whose process tree passes this.")
+_QUANTIZE = flags.DEFINE_list("quantize", ["none", "float16", "dynamic"], "--mode=tflite: variants to time.")
 
 RUNTIMES = ("Keras", "SavedModel", "onnxruntime")
 FORMS = ("unfolded", "folded")
@@ -145,6 +163,157 @@ def markdown(results, runs, load):
     return "\n".join(lines)
 
 
+def cpu_model():
+    """The CPU model name, from lscpu (else /proc/cpuinfo)."""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+# --- --mode=memory -----------------------------------------------------------------------------------
+
+
+def _children():
+    """{pid: parent pid} of every process, from /proc."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return parents
+
+
+def _rss_bytes(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss(root):
+    """{pid: RSS bytes} of `root` and all its descendants now."""
+    parents = _children()
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [child for child, parent in parents.items() if parent == pid and child not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    return {pid: _rss_bytes(pid) for pid in tree}
+
+
+def measure_peak_rss(command, limit_bytes, interval=0.1, env=None):
+    """Runs `command`; returns (returncode, peak summed RSS of its process tree, largest single-process peak,
+    wall seconds, output tail). Kills the tree (returncode "killed") once its sum passes `limit_bytes`."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    peak_sum, peak_one = 0, 0
+    import threading
+
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    code = None
+    while code is None:
+        sizes = tree_rss(process.pid)
+        peak_sum, peak_one = max(peak_sum, sum(sizes.values())), max([peak_one] + list(sizes.values()))
+        if peak_sum > limit_bytes:
+            os.killpg(process.pid, 9)
+            process.wait()
+            code = "killed"
+            break
+        time.sleep(interval)
+        code = process.poll()
+    reader.join(timeout=5)
+    return code, peak_sum, peak_one, time.perf_counter() - start, "".join(lines[-5:])
+
+
+def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    lines = [f"Peak RSS of one export (the exporter's process tree, sampled every 0.1 s); {cpu_model()}, "
+             f"{os.cpu_count()} cores, TF {tf.__version__}; T={num_frames}, crop {size}, untrained weights.", "",
+             "| arch | export | peak RSS, tree (GB) | largest process (GB) | wall (s) | result |", "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="export-memory-") as workdir:
+        for arch in archs:
+            model_path = os.path.join(workdir, f"{arch}.keras")
+            # Built and saved by another process, so this one stays small and only the export is measured.
+            subprocess.run([sys.executable, "-c", "import sys; from cost_tf.resnet import build_model; "
+                            "build_model(sys.argv[1], num_frames=int(sys.argv[2]), input_size=int(sys.argv[3]))"
+                            ".save(sys.argv[4])", arch, str(num_frames), str(size), model_path], check=True, env=env)
+            for fmt in formats:
+                if fmt == "onnx":
+                    command = [sys.executable, "-m", "export.onnx", f"--model={model_path}",
+                               f"--output={os.path.join(workdir, arch + '.onnx')}"]
+                else:
+                    command = [sys.executable, "-m", "export.saved_model", f"--model={model_path}",
+                               f"--export_dir={os.path.join(workdir, arch + '_serving')}"]
+                code, peak, one, wall, tail = measure_peak_rss(command, limit_gb * 2**30, env=env)
+                result = "ok" if code == 0 else (f"killed over {limit_gb} GB" if code == "killed" else f"exit {code}")
+                log(f"{arch} {fmt}: peak {peak / 2**30:.2f} GB ({result}) in {wall:.0f} s\n{tail if code else ''}")
+                lines.append(f"| {arch} | {fmt} | {peak / 2**30:.2f} | {one / 2**30:.2f} | {wall:.0f} | {result} |")
+    return "\n".join(lines)
+
+
+# --- --mode=tflite -----------------------------------------------------------------------------------
+
+
+def tflite_markdown(archs, quantize, num_frames, size, runs, limit_gb, log):
+    """Each export as its own `python -m export.tflite` process (peak RSS measured as in --mode=memory), then
+    every file timed in this process with the stock interpreter, interleaved."""
+    from export import tflite
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    lines = [f"TFLite (`export.tflite`): each export its own process (peak RSS of its tree); then the stock "
+             f"tf.lite.Interpreter with XNNPACK on {os.cpu_count()} threads, clip signature, batch 1, T={num_frames}, "
+             f"crop {size}, untrained weights; median of {runs} interleaved rounds after 1 warm-up call; "
+             f"{cpu_model()}; TF {tf.__version__}.", "",
+             "| arch | quantize | size (MiB) | latency (ms, wall) | CPU (ms) | max rel. error vs Keras | export (s) | "
+             "export peak RSS (GB) |", "|---|---|---|---|---|---|---|---|"]
+    clip = parity.random_clip(1, num_frames, size)
+    rows, runners = {}, {}
+    with tempfile.TemporaryDirectory(prefix="tflite-bench-") as workdir:
+        for arch in archs:
+            model_path = os.path.join(workdir, f"{arch}.keras")
+            subprocess.run([sys.executable, "-c", "import sys; from cost_tf.resnet import build_model; "
+                            "build_model(sys.argv[1], num_frames=int(sys.argv[2]), input_size=int(sys.argv[3]))"
+                            ".save(sys.argv[4])", arch, str(num_frames), str(size), model_path], check=True, env=env)
+            for q in quantize:
+                output = os.path.join(workdir, f"{arch}_{q}.tflite")
+                command = [sys.executable, "-m", "export.tflite", f"--model={model_path}", f"--output={output}",
+                           f"--quantize={q}"]
+                code, peak, _, wall, tail = measure_peak_rss(command, limit_gb * 2**30, env=env)
+                error = tail.split("max relative error ")[-1].split(" ")[0] if code == 0 else "-"
+                log(f"{arch} {q}: exit {code}, peak {peak / 2**30:.2f} GB, {wall:.0f} s, error {error}\n"
+                    f"{tail if code else ''}")
+                rows[(arch, q)] = (code, peak, wall, error, os.path.getsize(output) if code == 0 else 0)
+                if code == 0:
+                    interpreter = tf.lite.Interpreter(model_path=output, num_threads=os.cpu_count())
+                    runners[(arch, q)] = lambda c, i=interpreter: tflite.run_signature(i, c)
+        measured = time_runners(runners, clip, runs)
+    for (arch, q), (code, peak, wall, error, size_bytes) in rows.items():
+        timed = measured.get((arch, q))
+        cells = [f"{size_bytes / 2**20:.1f}", f"{timed[0] * 1000:.0f}", f"{timed[1] * 1000:.0f}"] if timed else \
+            ["-", "-", "-"]
+        status = "" if code == 0 else f" ({'killed' if code == 'killed' else 'exit ' + str(code)})"
+        lines.append(f"| {arch} | {q} | " + " | ".join(cells) + f" | {error} | {wall:.0f}{status} | {peak / 2**30:.2f} |")
+    return "\n".join(lines)
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # the exporters' INFO lines (assets written, ...) are noise here
@@ -153,6 +322,18 @@ def main(argv):
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
+    if _MODE.value != "serving":
+        load_before = os.getloadavg()[0]
+        if _MODE.value == "memory":
+            table = memory_markdown(_ARCHS.value, _FORMATS.value, _NUM_FRAMES.value, _SIZE.value,
+                                    _MAX_RSS_GB.value, log)
+        else:
+            table = tflite_markdown(_ARCHS.value, _QUANTIZE.value, _NUM_FRAMES.value, _SIZE.value,
+                                    int(_RUNS.value[0]), _MAX_RSS_GB.value, log)
+        table += f"\n\nLoad average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} (shared machine)."
+        print(table)
+        _write(table)
+        return
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
     if len(_RUNS.value) != len(batch_sizes):
         sys.exit(f"export_bench: --runs needs one count per batch size ({len(batch_sizes)}). "
@@ -177,6 +358,10 @@ def main(argv):
     table = markdown(results, runs, (load_before, os.getloadavg()[0]))
     table += f"\n\nWhole bench (exports included): {time.perf_counter() - started:.0f} s."
     print(table)
+    _write(table)
+
+
+def _write(table):
     if _OUT.value:
         tmp = f"{_OUT.value}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:

@@ -41,6 +41,7 @@ OUTPUT_NAME = "logits"
 # kernel (27 taps); TF the other way round, so the SavedModel keeps cost_tf.fold's default form.
 # bench/export_bench.py, cost_a_r50 batch 8: ORT CPU time merged / unfolded (the same 19-tap graph) = 1.27.
 FOLD_FORM = "sparse"
+CATCH_ERRORS_ENV = "TF2ONNX_CATCH_ERRORS"
 
 
 class ConversionError(RuntimeError):
@@ -186,7 +187,11 @@ def convert_saved_model(saved_model_dir, output, opset=DEFAULT_OPSET, signature=
         raise ValueError(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
     # Same folder as the final name, so the rename is atomic; ends in .tmp, never mistaken for a model.
     tmp_onnx = f"{output}.{os.getpid()}.tmp"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1")
+    # tf2onnx deep-copies the whole ONNX graph, weights included, before each of its optimizer passes (to
+    # restore it if a pass fails), and those copies pile up: cost_a_r50 peaked over 7 GB in that phase here,
+    # 4.7 GB without them (cost_b_r50 the other way, 4.1 vs 5.9 GB: docs/DEPLOY.md, Export memory). Any value of this variable turns the copies off (tf2onnx 1.17 compares the
+    # variable's name, not its value, with "TRUE"); a failing pass then fails the conversion, reported below.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1", **{CATCH_ERRORS_ENV: "FALSE"})
     try:
         try:
             result = subprocess.run(

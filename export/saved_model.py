@@ -76,6 +76,28 @@ def preprocess_frames(frames, crop_size):
     return tf.ensure_shape(clip, [None, frames.shape[1], crop_size, crop_size, 3])
 
 
+def check_num_frames(clip, num_frames, what):
+    """`clip` (N, T, ...) after an in-graph check that T == num_frames (no-op for None, i.e. any T).
+
+    The signature's input shape alone does not protect a served model: TF Serving feeds tensors without
+    checking them against the placeholder's shape, and a wrong T then fails deep inside (a reshape) or, worse,
+    runs. This assertion runs before the model's first op and names the expected and received frame counts.
+    """
+    if num_frames is None:
+        return clip
+    # T from the element count, not tf.shape(clip)[1]: the placeholder declares T, so grappler may fold that
+    # slice to the constant T (and drop the check); the count also depends on the unknown batch.
+    shape = tf.shape(clip, out_type=tf.int64)
+    others = tf.reduce_prod(tf.concat([shape[:1], shape[2:]], 0))
+    size = tf.size(clip, out_type=tf.int64)
+    received = size // tf.maximum(others, 1)
+    check = tf.debugging.Assert(tf.logical_or(tf.equal(received, num_frames), tf.equal(size, 0)), [
+        f"{what}: this model takes clips of T={num_frames} frames (export it with --num_frames=0 for any T); "
+        "received T=", received], name="check_num_frames")
+    with tf.control_dependencies([check]):
+        return tf.identity(clip)
+
+
 def build_serving_module(model, classes_file, num_frames, crop_size, top_k=TOP_K):
     """The two serving signatures around one Keras model (see the module docstring).
 
@@ -100,6 +122,7 @@ def build_serving_module(model, classes_file, num_frames, crop_size, top_k=TOP_K
     )
 
     def serve(frames):
+        frames = check_num_frames(frames, num_frames, f"{SERVING_KEY} input frames")
         logits = model(preprocess_frames(frames, crop_size), training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         scores, indices = tf.math.top_k(probabilities, k=top_k)
@@ -111,6 +134,7 @@ def build_serving_module(model, classes_file, num_frames, crop_size, top_k=TOP_K
         }
 
     def logits(clip):
+        clip = check_num_frames(clip, num_frames, f"{LOGITS_KEY} input clip")
         return {"logits": tf.cast(model(clip, training=False), tf.float32)}
 
     # autograph=False: no tensor-dependent Python control flow here, and autograph only slows tracing.

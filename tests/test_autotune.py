@@ -9,7 +9,6 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from cost_tf import cost
 from cost_tf.autotune import (CACHE_ENV, CACHE_FILE, autotune, autotune_for_main, choose, default_cache_dir,

@@ -136,3 +136,14 @@ def test_converter_failures_are_clear_errors(layer, message, tmp_path):
     with pytest.raises(onnx_export.ConversionError, match=message):
         onnx_export.export(model, tmp_path / "bad.onnx", fold=False)
     assert os.listdir(tmp_path) == []  # neither the final nor a temporary file
+
+
+def test_clip_length_fixed_or_any(tmp_path):
+    """A fixed-T export is rejected by onnxruntime with both frame counts before anything runs; the default
+    (dynamic T, "frames") runs any T the network can."""
+    model = _randomize(build_model("cost_b_tiny", num_classes=5, num_frames=T, input_size=CROP), seed=5)
+    fixed = onnx_export.export(model, tmp_path / "fixed.onnx", num_frames=T)
+    assert fixed["num_frames"] == T and _dims(tmp_path / "fixed.onnx") == ["batch", T, CROP, CROP, 3]
+    with pytest.raises(Exception, match=rf"index: 1 Got: {2 * T} Expected: {T}"):
+        onnx_export.run_onnxruntime(str(tmp_path / "fixed.onnx"), parity.random_clip(1, 2 * T, CROP))
+    assert onnx_export.run_onnxruntime(str(tmp_path / "fixed.onnx"), parity.random_clip(1, T, CROP)).shape == (1, 5)

@@ -213,3 +213,41 @@ def test_command_line_rejects_a_corrupt_model(tmp_path):
     assert f"export.saved_model: error: Could not load the Keras model {corrupt}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "serving").exists()
+
+
+def _feed_unchecked(path, signature, key, value):
+    """Runs `signature` on `value` as TF Serving does: a C++ feed that nobody checks against the placeholder's
+    declared shape (Session.run in Python would refuse a wrong shape itself, before the graph sees it)."""
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session() as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
+        sig = meta_graph.signature_def[signature]
+        fetches = [graph.get_tensor_by_name(info.name) for info in sig.outputs.values()]
+        feed = graph.get_tensor_by_name(sig.inputs[key].name)
+        return session._do_run(None, [], fetches, {feed.ref(): value}, None, None)
+
+
+def test_wrong_clip_length_fails_before_the_model_runs(served, clips):
+    root, _, _ = served
+    version = str(root / "serving" / "1")
+    longer = np.concatenate([clips["carphone"], clips["carphone"]])[None]  # T = 8 for a T = 4 export
+    for signature, key, value in (("serving_default", "frames", longer),
+                                  ("logits", "clip", parity.random_clip(1, 2 * T, CROP))):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"{signature} input {key}: this model takes clips of T={T} frames.*"
+                                 rf"received T=\] \[{2 * T}\]"):
+            _feed_unchecked(version, signature, key, value)
+    # The right T (any batch, an empty one included) passes the check.
+    for batch in (2, 0):
+        (logits,) = _feed_unchecked(version, "logits", "clip", parity.random_clip(batch, T, CROP))
+        assert logits.shape == (batch, len(NAMES))
+
+
+def test_any_clip_length_export_accepts_other_lengths(tmp_path):
+    model = _randomize(build_model("cost_b_tiny", num_classes=3, num_frames=T, input_size=CROP))
+    path, report = saved_model.export(model, tmp_path, num_frames=0)
+    assert report["num_frames"] is None
+    any_t = parity.with_input_shape(model, num_frames=0)[0]
+    for frames in (2, 2 * T):
+        clip = parity.random_clip(1, frames, CROP)
+        (logits,) = _feed_unchecked(path, "logits", "clip", clip)
+        assert parity.max_relative_error(logits, any_t(clip, training=False)) < 1e-4
