@@ -349,3 +349,24 @@ def test_saved_model_and_onnx_parity(tiny, tmp_path):
     # Every BatchNorm folded into its conv in the deployed graph.
     deployed = parity.fold_for_inference(tiny)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in deployed.layers)
+
+
+def test_tflite_parity_with_builtin_ops_only(tiny, tmp_path):
+    """TFLite (stock interpreter, reference builtin kernels): the 3D pools as 2D pools + MAXIMUM over frames,
+    the separable convs and the gates (sigmoid of a MEAN) as builtins; outputs equal Keras's."""
+    import tensorflow as tf
+
+    from export import tflite
+
+    output = tmp_path / "s3dg.tflite"
+    report = tflite.export(tiny, output, isolate=False)
+    assert os.listdir(tmp_path) == ["s3dg.tflite"] and report["max_relative_error"] < 1e-4
+    ops_used = report["ops"][tflite.CLIP_KEY]
+    assert not {op for op in ops_used if "3D" in op or "FLEX" in op.upper()}, ops_used
+    assert ops_used["LOGISTIC"] == 37  # one sigmoid per gate
+    interpreter = tf.lite.Interpreter(model_path=str(output),
+                                      experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    clip = np.random.default_rng(11).normal(size=(1, 8, 64, 64, 3)).astype("float32")
+    served = interpreter.get_signature_runner(tflite.CLIP_KEY)(clip=clip)
+    (logits,) = served.values()
+    assert parity.max_relative_error(logits, np.asarray(tiny(clip, training=False))) < 1e-4
