@@ -147,15 +147,9 @@ def run_onnxruntime(path, clip):
 
 
 def _check_output(output, opset):
-    output = os.fspath(output)
     if opset not in OPSETS:
         raise ValueError(f"opset must be one of {OPSETS} (tf2onnx 1.17). Received: opset={opset!r}")
-    if not output.endswith(".onnx"):
-        raise ValueError(f"output must be a .onnx path. Received: output={output}")
-    out_dir = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(out_dir):
-        raise ValueError(f"The output folder does not exist: {out_dir}")
-    return output
+    return parity.check_output_path(output, ".onnx")
 
 
 def convert_saved_model(saved_model_dir, output, opset=DEFAULT_OPSET, signature="serving_default",

@@ -4,6 +4,8 @@
 `reference` (the trained model at the export's input shape) with `check_parity`.
 """
 
+import os
+
 import keras
 import numpy as np
 
@@ -117,3 +119,14 @@ def fold_for_inference(model, form="merged"):
     does not fold through the Add of the 19-tap form's three convolutions). The ONNX export passes "sparse"
     (tf2onnx folds that BatchNorm itself)."""
     return plain_convolutions(fold_batchnorm(fold_cost(model, form=form)))
+
+
+def check_output_path(output, suffix):
+    """`output` as a str; ValueError unless it ends with `suffix` and its folder exists."""
+    output = os.fspath(output)
+    if not output.endswith(suffix):
+        raise ValueError(f"output must be a {suffix} path. Received: output={output}")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"The output folder does not exist: {out_dir}")
+    return output

@@ -451,15 +451,9 @@ def run_signature(interpreter, inputs, signature=CLIP_KEY):
 
 
 def _check_output(output, quantize):
-    output = os.fspath(output)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}. Received: quantize={quantize!r}")
-    if not output.endswith(".tflite"):
-        raise ValueError(f"output must be a .tflite path. Received: output={output}")
-    out_dir = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(out_dir):
-        raise ValueError(f"The output folder does not exist: {out_dir}")
-    return output
+    return parity.check_output_path(output, ".tflite")
 
 
 def export(model, output, quantize="none", num_frames=None, crop_size=None, frame_size=None, batch_size=1,
