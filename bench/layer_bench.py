@@ -24,7 +24,7 @@ from keras import ops  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cost_tf.autotune import autotune, machine  # noqa: E402
+from cost_tf.autotune import autotune, machine, step_function  # noqa: E402
 from cost_tf.cost import CoST, merged_kernel, valid_implementations  # noqa: E402
 from cost_tf.resnet import FramewiseConv3D  # noqa: E402
 
@@ -54,26 +54,11 @@ def layers_for(c_out, dtype):
 
 
 def layer_fns(layer, x):
-    """{mode: fn} of one layer on x as tf.functions returning a NumPy scalar; training takes the gradients
-    w.r.t. x and every weight (captured by closure: as arguments they would become constants)."""
+    """{mode: fn} of one layer on x as tf.functions returning a NumPy scalar (cost_tf.autotune.step_function:
+    training takes the gradients w.r.t. x and every weight, none of them None)."""
     layer(x)
-    weights = layer.trainable_weights
-
-    @tf.function(autograph=False)
-    def forward():
-        return tf.reduce_sum(tf.cast(layer(x, training=False), tf.float32))
-
-    @tf.function(autograph=False)
-    def train_step():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = tf.cast(layer(x, training=True), tf.float32)
-            loss = tf.reduce_sum(y * y)
-        grads = tape.gradient(loss, [x] + weights)
-        assert all(g is not None for g in grads), f"a gradient of {layer.name} is None"
-        return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads])
-
-    return {"inference": lambda: forward().numpy(), "training": lambda: train_step().numpy()}
+    steps = {mode: step_function(layer, x, mode) for mode in ("inference", "training")}
+    return {mode: (lambda step=step: step().numpy()) for mode, step in steps.items()}
 
 
 def interleaved_medians_ms(fns, runs, warmup=2):

@@ -117,6 +117,30 @@ def choose(ms, default=None):
     return default if default in ms and ms[default] <= (1 + TIE) * ms[best] else best
 
 
+def step_function(layer, x, mode):
+    """A tf.function running the built `layer` once on `x`: "inference" the forward pass; "training" forward +
+    backward, the gradients w.r.t. `x` AND every trainable weight (captured by closure: passed as arguments
+    they would become constants and their gradients None). A None gradient raises RuntimeError."""
+    weights = layer.trainable_weights
+
+    if mode == "inference":
+        @tf.function(autograph=False)
+        def step():
+            return tf.reduce_sum(tf.cast(layer(x, training=False), tf.float32))
+    else:
+        @tf.function(autograph=False)
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.cast(layer(x, training=True), tf.float32)
+                loss = tf.reduce_sum(y * y)
+            grads = tape.gradient(loss, [x] + weights)
+            if any(g is None for g in grads):
+                raise RuntimeError(f"a gradient of {layer.name} is None")
+            return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads])
+    return step
+
+
 def candidate_fn(layer, shape, mode, implementation, seed=0):
     """A zero-argument callable running `layer`'s configuration with `implementation` once on random inputs
     of `shape` in `mode`; "training" also takes the gradients w.r.t. the input and every weight."""
@@ -124,23 +148,7 @@ def candidate_fn(layer, shape, mode, implementation, seed=0):
     candidate = CoST.from_config(config)
     x = tf.random.stateless_normal(shape, seed=(seed, 0), dtype=layer.input_dtype or "float32")
     candidate.build(tuple(shape))
-    weights = candidate.trainable_weights  # captured by closure: as arguments they would become constants
-
-    if mode == "inference":
-        @tf.function(autograph=False)
-        def step():
-            return tf.reduce_sum(tf.cast(candidate(x, training=False), tf.float32))
-    else:
-        @tf.function(autograph=False)
-        def step():
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = tf.cast(candidate(x, training=True), tf.float32)
-                loss = tf.reduce_sum(y * y)
-            grads = tape.gradient(loss, [x] + weights)
-            if any(g is None for g in grads):
-                raise RuntimeError(f"autotune: a gradient of CoST implementation {implementation!r} is None")
-            return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads])
+    step = step_function(candidate, x, mode)
 
     def run():
         return step().numpy()
