@@ -130,7 +130,7 @@ def test_readme_command_lines_run_as_written(tmp_path, clips):
     commands = readme_commands()
     mains = [shlex.split(line)[2] for line in commands]
     assert mains == ["pipelines.convert", "pipelines.convert", "cost_tf.train", "cost_tf.evaluate",
-                     "export.saved_model", "export.onnx", "cost_tf.coefficients", "cost_tf.train",
+                     "export.saved_model", "export.onnx", "export.tflite", "cost_tf.coefficients", "cost_tf.train",
                      "cost_tf.evaluate"]
     folder = kinetics_folder(str(tmp_path), clips)
     for line in commands:
@@ -152,7 +152,7 @@ def test_readme_command_lines_run_as_written(tmp_path, clips):
     assert _json(tmp_path / "runs" / "raw" / "metrics.json")["skipped_videos"] == {
         "missing": 0, "bad_rows": 0, "unreadable": 0}
     assert os.path.isfile(tmp_path / "serving" / "cost" / "1" / "saved_model.pb")
-    assert os.path.getsize(tmp_path / "cost.onnx") > 0
+    assert os.path.getsize(tmp_path / "cost.onnx") > 0 and os.path.getsize(tmp_path / "cost.tflite") > 0
     with open(tmp_path / "runs" / "x" / "coefficients" / "coefficients.csv") as f:
         layers = list(csv.DictReader(f))
     assert [row["layer"] for row in layers] == cost_layer_names(tmp_path / "runs" / "x" / "model.keras")
