@@ -96,9 +96,12 @@ def test_recipe_defaults(tmp_path, data_dir):
     assert (kinetics_like.batch_size, kinetics_like.lr, kinetics_like.num_frames, kinetics_like.frame_stride,
             kinetics_like.crop_size) == (64, 0.01, 8, 8, 224)
     assert (kinetics_like.momentum, kinetics_like.weight_decay, kinetics_like.clipnorm) == (0.9, 1e-4, 40.0)
+    # A Moments in Time folder as released: 339 categories beside the CSVs (no header), a listed video present.
     (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"")  # found on disk; nothing is decoded here
+    (tmp_path / "moments_categories.txt").write_text("".join(f"category_{i},{i}\n" for i in range(339)))
     for name in ("train.csv", "val.csv"):
-        (tmp_path / name).write_text("x\n")
+        (tmp_path / name).write_text("a.mp4,category_0,3,0\n")
     moments = train.resolve_config(TrainConfig(model_dir=str(tmp_path), dataset="moments",
                                                annotations=str(tmp_path / "train.csv"),
                                                eval_annotations=str(tmp_path / "val.csv"),
