@@ -8,7 +8,7 @@ REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bazel-test clean
+.PHONY: setup demo test lint format bench bazel-test clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
+
+# One style for the whole tree (pyproject.toml [tool.ruff]); .ci/run fails on a finding or an unformatted file.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all
