@@ -45,14 +45,20 @@ from export import saved_model  # noqa: E402
 
 _ARCHS = flags.DEFINE_list("archs", ["cost_a_r50", "cost_b_r50"], "Archs to time.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
-_RUNS = flags.DEFINE_list("runs", ["3", "2"], "Timed rounds per batch size, in --batch_sizes order, after one "
-                         "warm-up call per runner (median reported). Batch 8 at R50 is ~10 s a call on 2 cores.")
+_RUNS = flags.DEFINE_list(
+    "runs",
+    ["3", "2"],
+    "Timed rounds per batch size, in --batch_sizes order, after one "
+    "warm-up call per runner (median reported). Batch 8 at R50 is ~10 s a call on 2 cores.",
+)
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "Clip length.")
 _SIZE = flags.DEFINE_integer("size", 224, "Crop side.")
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown table here.")
 _MODE = flags.DEFINE_enum("mode", "serving", ["serving", "memory", "tflite"], "What to measure (see above).")
 _FORMATS = flags.DEFINE_list("formats", ["onnx", "saved_model"], "--mode=memory: the exporters to run.")
-_MAX_RSS_GB = flags.DEFINE_float("max_rss_gb", 7.5, "--mode=memory: kill an export whose process tree passes this.")
+_MAX_RSS_GB = flags.DEFINE_float(
+    "max_rss_gb", 7.5, "--mode=memory: kill an export whose process tree passes this."
+)
 _QUANTIZE = flags.DEFINE_list("quantize", ["none", "float16", "dynamic"], "--mode=tflite: variants to time.")
 
 RUNTIMES = ("Keras", "SavedModel", "onnxruntime")
@@ -97,7 +103,9 @@ def build_runners(arch, workdir, num_frames, size, log):
         keras_model = parity.fold_for_inference(model) if fold else model
         runners[("Keras", form)] = lambda clip, m=keras_model: m.predict_on_batch(clip)
         start = time.perf_counter()
-        version, _ = saved_model.export(model, os.path.join(workdir, f"{arch}_{form}"), fold=fold, validate=False)
+        version, _ = saved_model.export(
+            model, os.path.join(workdir, f"{arch}_{form}"), fold=fold, validate=False
+        )
         setup[f"SavedModel {form}"] = time.perf_counter() - start
         runners[("SavedModel", form)] = _SessionRunner(version)
         start = time.perf_counter()
@@ -145,8 +153,13 @@ def _table(results, column, title):
             ms[("SavedModel", "folded")] / ms[("SavedModel", "unfolded")],
             ms[("onnxruntime", "folded")] / ms[("onnxruntime", "unfolded")],
         )
-        lines.append(f"| {arch} | {batch} | " + " | ".join(cells) + " | " + " | ".join(f"{r:.2f}" for r in ratios)
-                     + " |")
+        lines.append(
+            f"| {arch} | {batch} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(f"{r:.2f}" for r in ratios)
+            + " |"
+        )
     return lines
 
 
@@ -221,8 +234,9 @@ def measure_peak_rss(command, limit_bytes, interval=0.1, env=None):
     """Runs `command`; returns (returncode, peak summed RSS of its process tree, largest single-process peak,
     wall seconds, output tail). Kills the tree (returncode "killed") once its sum passes `limit_bytes`."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     peak_sum, peak_one = 0, 0
     import threading
 
@@ -246,27 +260,61 @@ def measure_peak_rss(command, limit_bytes, interval=0.1, env=None):
 
 def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    lines = [f"Peak RSS of one export (the exporter's process tree, sampled every 0.1 s); {cpu_model()}, "
-             f"{os.cpu_count()} cores, TF {tf.__version__}; T={num_frames}, crop {size}, untrained weights.", "",
-             "| arch | export | peak RSS, tree (GB) | largest process (GB) | wall (s) | result |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Peak RSS of one export (the exporter's process tree, sampled every 0.1 s); {cpu_model()}, "
+        f"{os.cpu_count()} cores, TF {tf.__version__}; T={num_frames}, crop {size}, untrained weights.",
+        "",
+        "| arch | export | peak RSS, tree (GB) | largest process (GB) | wall (s) | result |",
+        "|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory(prefix="export-memory-") as workdir:
         for arch in archs:
             model_path = os.path.join(workdir, f"{arch}.keras")
             # Built and saved by another process, so this one stays small and only the export is measured.
-            subprocess.run([sys.executable, "-c", "import sys; from cost_tf.resnet import build_model; "
-                            "build_model(sys.argv[1], num_frames=int(sys.argv[2]), input_size=int(sys.argv[3]))"
-                            ".save(sys.argv[4])", arch, str(num_frames), str(size), model_path], check=True, env=env)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from cost_tf.resnet import build_model; "
+                    "build_model(sys.argv[1], num_frames=int(sys.argv[2]), input_size=int(sys.argv[3]))"
+                    ".save(sys.argv[4])",
+                    arch,
+                    str(num_frames),
+                    str(size),
+                    model_path,
+                ],
+                check=True,
+                env=env,
+            )
             for fmt in formats:
                 if fmt == "onnx":
-                    command = [sys.executable, "-m", "export.onnx", f"--model={model_path}",
-                               f"--output={os.path.join(workdir, arch + '.onnx')}"]
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "export.onnx",
+                        f"--model={model_path}",
+                        f"--output={os.path.join(workdir, arch + '.onnx')}",
+                    ]
                 else:
-                    command = [sys.executable, "-m", "export.saved_model", f"--model={model_path}",
-                               f"--export_dir={os.path.join(workdir, arch + '_serving')}"]
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "export.saved_model",
+                        f"--model={model_path}",
+                        f"--export_dir={os.path.join(workdir, arch + '_serving')}",
+                    ]
                 code, peak, one, wall, tail = measure_peak_rss(command, limit_gb * 2**30, env=env)
-                result = "ok" if code == 0 else (f"killed over {limit_gb} GB" if code == "killed" else f"exit {code}")
-                log(f"{arch} {fmt}: peak {peak / 2**30:.2f} GB ({result}) in {wall:.0f} s\n{tail if code else ''}")
-                lines.append(f"| {arch} | {fmt} | {peak / 2**30:.2f} | {one / 2**30:.2f} | {wall:.0f} | {result} |")
+                result = (
+                    "ok"
+                    if code == 0
+                    else (f"killed over {limit_gb} GB" if code == "killed" else f"exit {code}")
+                )
+                log(
+                    f"{arch} {fmt}: peak {peak / 2**30:.2f} GB ({result}) in {wall:.0f} s\n{tail if code else ''}"
+                )
+                lines.append(
+                    f"| {arch} | {fmt} | {peak / 2**30:.2f} | {one / 2**30:.2f} | {wall:.0f} | {result} |"
+                )
     return "\n".join(lines)
 
 
@@ -279,28 +327,52 @@ def tflite_markdown(archs, quantize, num_frames, size, runs, limit_gb, log):
     from export import tflite
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    lines = [f"TFLite (`export.tflite`): each export its own process (peak RSS of its tree); then the stock "
-             f"tf.lite.Interpreter with XNNPACK on {os.cpu_count()} threads, clip signature, batch 1, T={num_frames}, "
-             f"crop {size}, untrained weights; median of {runs} interleaved rounds after 1 warm-up call; "
-             f"{cpu_model()}; TF {tf.__version__}.", "",
-             "| arch | quantize | size (MiB) | latency (ms, wall) | CPU (ms) | max rel. error vs Keras | export (s) | "
-             "export peak RSS (GB) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"TFLite (`export.tflite`): each export its own process (peak RSS of its tree); then the stock "
+        f"tf.lite.Interpreter with XNNPACK on {os.cpu_count()} threads, clip signature, batch 1, T={num_frames}, "
+        f"crop {size}, untrained weights; median of {runs} interleaved rounds after 1 warm-up call; "
+        f"{cpu_model()}; TF {tf.__version__}.",
+        "",
+        "| arch | quantize | size (MiB) | latency (ms, wall) | CPU (ms) | max rel. error vs Keras | export (s) | "
+        "export peak RSS (GB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     clip = parity.random_clip(1, num_frames, size)
     rows, runners = {}, {}
     with tempfile.TemporaryDirectory(prefix="tflite-bench-") as workdir:
         for arch in archs:
             model_path = os.path.join(workdir, f"{arch}.keras")
-            subprocess.run([sys.executable, "-c", "import sys; from cost_tf.resnet import build_model; "
-                            "build_model(sys.argv[1], num_frames=int(sys.argv[2]), input_size=int(sys.argv[3]))"
-                            ".save(sys.argv[4])", arch, str(num_frames), str(size), model_path], check=True, env=env)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from cost_tf.resnet import build_model; "
+                    "build_model(sys.argv[1], num_frames=int(sys.argv[2]), input_size=int(sys.argv[3]))"
+                    ".save(sys.argv[4])",
+                    arch,
+                    str(num_frames),
+                    str(size),
+                    model_path,
+                ],
+                check=True,
+                env=env,
+            )
             for q in quantize:
                 output = os.path.join(workdir, f"{arch}_{q}.tflite")
-                command = [sys.executable, "-m", "export.tflite", f"--model={model_path}", f"--output={output}",
-                           f"--quantize={q}"]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "export.tflite",
+                    f"--model={model_path}",
+                    f"--output={output}",
+                    f"--quantize={q}",
+                ]
                 code, peak, _, wall, tail = measure_peak_rss(command, limit_gb * 2**30, env=env)
                 error = tail.split("max relative error ")[-1].split(" ")[0] if code == 0 else "-"
-                log(f"{arch} {q}: exit {code}, peak {peak / 2**30:.2f} GB, {wall:.0f} s, error {error}\n"
-                    f"{tail if code else ''}")
+                log(
+                    f"{arch} {q}: exit {code}, peak {peak / 2**30:.2f} GB, {wall:.0f} s, error {error}\n"
+                    f"{tail if code else ''}"
+                )
                 rows[(arch, q)] = (code, peak, wall, error, os.path.getsize(output) if code == 0 else 0)
                 if code == 0:
                     interpreter = tf.lite.Interpreter(model_path=output, num_threads=os.cpu_count())
@@ -308,11 +380,19 @@ def tflite_markdown(archs, quantize, num_frames, size, runs, limit_gb, log):
         measured = time_runners(runners, clip, runs)
     for (arch, q), (code, peak, wall, error, size_bytes) in rows.items():
         timed = measured.get((arch, q))
-        cells = [f"{size_bytes / 2**20:.1f}", f"{timed[0] * 1000:.0f}", f"{timed[1] * 1000:.0f}"] if timed else \
-            ["-", "-", "-"]
+        cells = (
+            [f"{size_bytes / 2**20:.1f}", f"{timed[0] * 1000:.0f}", f"{timed[1] * 1000:.0f}"]
+            if timed
+            else ["-", "-", "-"]
+        )
         status = "" if code == 0 else f" ({'killed' if code == 'killed' else 'exit ' + str(code)})"
-        lines.append(f"| {arch} | {q} | " + " | ".join(cells) + f" | {error} | {wall:.0f}{status} | {peak / 2**30:.2f} |")
+        lines.append(
+            f"| {arch} | {q} | "
+            + " | ".join(cells)
+            + f" | {error} | {wall:.0f}{status} | {peak / 2**30:.2f} |"
+        )
     return "\n".join(lines)
+
 
 def main(argv):
     del argv
@@ -325,19 +405,31 @@ def main(argv):
     if _MODE.value != "serving":
         load_before = os.getloadavg()[0]
         if _MODE.value == "memory":
-            table = memory_markdown(_ARCHS.value, _FORMATS.value, _NUM_FRAMES.value, _SIZE.value,
-                                    _MAX_RSS_GB.value, log)
+            table = memory_markdown(
+                _ARCHS.value, _FORMATS.value, _NUM_FRAMES.value, _SIZE.value, _MAX_RSS_GB.value, log
+            )
         else:
-            table = tflite_markdown(_ARCHS.value, _QUANTIZE.value, _NUM_FRAMES.value, _SIZE.value,
-                                    int(_RUNS.value[0]), _MAX_RSS_GB.value, log)
-        table += f"\n\nLoad average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} (shared machine)."
+            table = tflite_markdown(
+                _ARCHS.value,
+                _QUANTIZE.value,
+                _NUM_FRAMES.value,
+                _SIZE.value,
+                int(_RUNS.value[0]),
+                _MAX_RSS_GB.value,
+                log,
+            )
+        table += (
+            f"\n\nLoad average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} (shared machine)."
+        )
         print(table)
         _write(table)
         return
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
     if len(_RUNS.value) != len(batch_sizes):
-        sys.exit(f"export_bench: --runs needs one count per batch size ({len(batch_sizes)}). "
-                 f"Received: --runs={','.join(_RUNS.value)}")
+        sys.exit(
+            f"export_bench: --runs needs one count per batch size ({len(batch_sizes)}). "
+            f"Received: --runs={','.join(_RUNS.value)}"
+        )
     runs = dict(zip(batch_sizes, (int(r) for r in _RUNS.value)))
     started = time.perf_counter()
     load_before = os.getloadavg()[0]

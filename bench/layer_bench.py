@@ -30,22 +30,34 @@ from cost_tf.resnet import FramewiseConv3D  # noqa: E402
 
 _RUNS = flags.DEFINE_integer("runs", 10, "Timed rounds per case (median reported), after 2 warm-up rounds.")
 _SHAPES = flags.DEFINE_list("shapes", ["res2", "res3", "res4", "res5"], "Which R50 CoST shapes to time.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "mixed_bfloat16"], "Keras dtype policy of the layers.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "mixed_bfloat16"], "Keras dtype policy of the layers."
+)
 _MODES = flags.DEFINE_list("modes", ["inference", "training"], "inference (forward), training (fwd+bwd).")
 _ONNX = flags.DEFINE_bool("onnx", True, "Also time the folded forms in onnxruntime.")
 _LAYERS = flags.DEFINE_bool("layers", True, "Time the layers (--nolayers with --merged_kernel: that only).")
-_MERGED = flags.DEFINE_bool("merged_kernel", True, "Also time merged_kernel against the stacked-taps version.")
+_MERGED = flags.DEFINE_bool(
+    "merged_kernel", True, "Also time merged_kernel against the stacked-taps version."
+)
 
 # name: (batch, T, H, W, C_in, C_out)
-SHAPES = {"res2": (2, 8, 56, 56, 64, 64), "res3": (2, 8, 28, 28, 128, 128), "res4": (2, 8, 14, 14, 256, 256),
-          "res5": (2, 8, 7, 7, 512, 512)}
+SHAPES = {
+    "res2": (2, 8, 56, 56, 64, 64),
+    "res3": (2, 8, 28, 28, 128, 128),
+    "res4": (2, 8, 14, 14, 256, 256),
+    "res5": (2, 8, 7, 7, 512, 512),
+}
 BASE = "c3d (Conv3D 3x3x3)"
 
 
 def layers_for(c_out, dtype):
     """{name: layer}: C3D, C2D, every CoST implementation, and the two layers autotune will set."""
-    cases = {BASE: keras.layers.Conv3D(c_out, 3, padding="same", use_bias=False, dtype=dtype),
-             "c2d (1x3x3 as Conv2D)": FramewiseConv3D(c_out, (1, 3, 3), padding="same", use_bias=False, dtype=dtype)}
+    cases = {
+        BASE: keras.layers.Conv3D(c_out, 3, padding="same", use_bias=False, dtype=dtype),
+        "c2d (1x3x3 as Conv2D)": FramewiseConv3D(
+            c_out, (1, 3, 3), padding="same", use_bias=False, dtype=dtype
+        ),
+    }
     for variant in ("a", "b"):
         for impl in valid_implementations(variant):
             cases[f"cost_{variant} {impl}"] = CoST(c_out, variant, implementation=impl, dtype=dtype)
@@ -81,12 +93,18 @@ def time_shape(shape, runs, dtype, modes):
     cases = layers_for(c_out, dtype)
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        report = {name: autotune(layer, x.shape, modes=modes, cache_dir=cache)[layer.name]
-                  for name, layer in cases.items() if name.endswith("autotuned")}
+        report = {
+            name: autotune(layer, x.shape, modes=modes, cache_dir=cache)[layer.name]
+            for name, layer in cases.items()
+            if name.endswith("autotuned")
+        }
         seconds = time.perf_counter() - start
     fns = {name: layer_fns(layer, x) for name, layer in cases.items()}
-    return {mode: interleaved_medians_ms({name: f[mode] for name, f in fns.items()}, runs) for mode in modes}, \
-        report, seconds
+    return (
+        {mode: interleaved_medians_ms({name: f[mode] for name, f in fns.items()}, runs) for mode in modes},
+        report,
+        seconds,
+    )
 
 
 def merged_kernel_stacked(kernel, coefficients):
@@ -122,6 +140,7 @@ def time_merged_kernel(channels, runs):
         alpha = tf.Variable(rng.normal(size=(3, c)).astype("float32"))
         fns = {}
         for name, build in (("planes", merged_kernel), ("stacked", merged_kernel_stacked)):
+
             @tf.function(autograph=False)
             def step(build=build):
                 with tf.GradientTape() as tape:
@@ -130,6 +149,7 @@ def time_merged_kernel(channels, runs):
                 grads = tape.gradient(loss, [kernel, alpha])
                 assert all(g is not None for g in grads)
                 return tf.add_n([tf.reduce_sum(g) for g in grads])
+
             fns[name] = lambda step=step: step().numpy()
         ms = interleaved_medians_ms(fns, runs)
         out[c] = (ms["planes"], ms["stacked"])
@@ -163,15 +183,19 @@ def time_onnx_forms(shape, runs):
 def main(argv):
     del argv
     dtype, modes = _DTYPE.value, _MODES.value
-    print(f"{machine()}\ndtype policy {dtype}; median of {_RUNS.value} interleaved rounds after 2 warm-up rounds; "
-          "batch 2, 8 frames; training = forward+backward with input and weight gradients")
+    print(
+        f"{machine()}\ndtype policy {dtype}; median of {_RUNS.value} interleaved rounds after 2 warm-up rounds; "
+        "batch 2, 8 frames; training = forward+backward with input and weight gradients"
+    )
     for shape_name in _SHAPES.value if _LAYERS.value else ():
         shape = SHAPES[shape_name]
         n, t, h, w, c_in, c_out = shape
         start = time.perf_counter()
         ms, report, tune_s = time_shape(shape, _RUNS.value, dtype, modes)
-        print(f"\n## {shape_name}: input {n}x{t}x{h}x{w}x{c_in} -> {c_out} channels ({time.perf_counter() - start:.0f} s, "
-              f"load average {os.getloadavg()[0]:.1f})\n")
+        print(
+            f"\n## {shape_name}: input {n}x{t}x{h}x{w}x{c_in} -> {c_out} channels ({time.perf_counter() - start:.0f} s, "
+            f"load average {os.getloadavg()[0]:.1f})\n"
+        )
         header = " | ".join(f"{m} ms | {m} / C3D" for m in modes)
         print(f"| layer | {header} |\n|---|" + "---|---|" * len(modes))
         for name in ms[modes[0]]:
@@ -179,17 +203,28 @@ def main(argv):
             print(f"| {name} | {cells} |")
         for name, entry in report.items():
             chosen = ", ".join(f"{m}: {entry[m]}" for m in modes)
-            print(f"\n{name} chose {chosen} (autotune took {tune_s:.1f} s for both variants; its own timings: "
-                  + "; ".join(f"{m} " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(entry['ms'][m].items(),
-                                                                                        key=lambda kv: kv[1]))
-                              for m in modes) + " ms)")
+            print(
+                f"\n{name} chose {chosen} (autotune took {tune_s:.1f} s for both variants; its own timings: "
+                + "; ".join(
+                    f"{m} "
+                    + ", ".join(
+                        f"{k} {v:.0f}" for k, v in sorted(entry["ms"][m].items(), key=lambda kv: kv[1])
+                    )
+                    for m in modes
+                )
+                + " ms)"
+            )
         if _ONNX.value:
             forms = time_onnx_forms(shape, _RUNS.value)
             print("\nfolded CoST(a), inference ms: " + ", ".join(f"{k} {v:.1f}" for k, v in forms.items()))
     if _MERGED.value:
         print("\n## merged_kernel, forward+backward (kernel and coefficient gradients)\n")
-        print("| C_in = C_out | three padded planes ms | 27 stacked taps (before) ms | ratio |\n|---|---|---|---|")
-        for c, (planes, stacked) in time_merged_kernel([SHAPES[s][-1] for s in _SHAPES.value], _RUNS.value).items():
+        print(
+            "| C_in = C_out | three padded planes ms | 27 stacked taps (before) ms | ratio |\n|---|---|---|---|"
+        )
+        for c, (planes, stacked) in time_merged_kernel(
+            [SHAPES[s][-1] for s in _SHAPES.value], _RUNS.value
+        ).items():
             print(f"| {c} | {planes:.2f} | {stacked:.2f} | {planes / stacked:.2f} |")
 
 

@@ -36,19 +36,32 @@ import tensorflow as tf  # noqa: E402
 from cost_tf.fold import fold  # noqa: E402
 from cost_tf.resnet import ARCHS, count_macs, build_model  # noqa: E402
 
-FOLDED = {"cost_a_r50 folded (merged)": "merged", "cost_a_r50 folded (sparse)": "sparse"}  # name: cost_tf.fold form
+FOLDED = {
+    "cost_a_r50 folded (merged)": "merged",
+    "cost_a_r50 folded (sparse)": "sparse",
+}  # name: cost_tf.fold form
 _RUNS = flags.DEFINE_integer("runs", 5, "Timed rounds after one warm-up call per model (median reported).")
-_TIMED = flags.DEFINE_list("timed", [a for a in ARCHS if a.endswith("_r50")] + list(FOLDED),
-                           f"Models to time: arch names or {list(FOLDED)}.")
+_TIMED = flags.DEFINE_list(
+    "timed",
+    [a for a in ARCHS if a.endswith("_r50")] + list(FOLDED),
+    f"Models to time: arch names or {list(FOLDED)}.",
+)
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Also write the rows here (JSON).")
-_TRAIN = flags.DEFINE_list("train", [f"{b}_r50" for b in ("c2d", "i3d", "c3d", "r2plus1d", "cost_a", "cost_b")],
-                           "Models whose training step is timed and whose peak RSS is measured ('' for none).")
+_TRAIN = flags.DEFINE_list(
+    "train",
+    [f"{b}_r50" for b in ("c2d", "i3d", "c3d", "r2plus1d", "cost_a", "cost_b")],
+    "Models whose training step is timed and whose peak RSS is measured ('' for none).",
+)
 _TRAIN_BATCH = flags.DEFINE_integer("train_batch", 2, "Training step batch.")
 _TRAIN_SIZE = flags.DEFINE_integer("train_size", 160, "Training crop side.")
 _TRAIN_RUNS = flags.DEFINE_integer("train_runs", 3, "Timed training rounds after one warm-up step.")
 _RSS_BATCH = flags.DEFINE_integer("rss_batch", 4, "Batch of the two SGD steps of the peak-RSS subprocess.")
-_RSS_ONLY = flags.DEFINE_string("rss_only", None, "Internal: run two SGD steps of this arch and print peak RSS.")
-_DEFAULTS = flags.DEFINE_bool("defaults", True, "Also time the CoST models without autotuning (the defaults).")
+_RSS_ONLY = flags.DEFINE_string(
+    "rss_only", None, "Internal: run two SGD steps of this arch and print peak RSS."
+)
+_DEFAULTS = flags.DEFINE_bool(
+    "defaults", True, "Also time the CoST models without autotuning (the defaults)."
+)
 _SKIP_INFERENCE = flags.DEFINE_bool("skip_inference", False, "Only the training part.")
 
 NUM_FRAMES, SIZE, BASE = 8, 224, "c3d_r50"
@@ -60,15 +73,21 @@ def measure(archs, timed, runs):
     rows, models = {}, {}
     for arch in archs:
         model = build_model(arch, num_frames=NUM_FRAMES, input_size=SIZE)
-        rows[arch] = {"params": model.count_params(), "gmacs": count_macs(model) / 1e9,
-                      "gmacs_sparse": count_macs(model, cost_taps=19) / 1e9}
+        rows[arch] = {
+            "params": model.count_params(),
+            "gmacs": count_macs(model) / 1e9,
+            "gmacs_sparse": count_macs(model, cost_taps=19) / 1e9,
+        }
         if arch in timed:
             models[arch] = model
         for name, form in FOLDED.items():
             if name.startswith(arch + " ") and name in timed:
                 folded = fold(model, form)
-                rows[name] = {"params": folded.count_params(), "gmacs": count_macs(folded) / 1e9,
-                              "gmacs_sparse": count_macs(folded) / 1e9}
+                rows[name] = {
+                    "params": folded.count_params(),
+                    "gmacs": count_macs(folded) / 1e9,
+                    "gmacs_sparse": count_macs(folded) / 1e9,
+                }
                 models[name] = folded
     x = tf.constant(np.random.default_rng(0).normal(size=(1, NUM_FRAMES, SIZE, SIZE, 3)).astype("float32"))
     forwards = {name: tf.function(lambda clip, m=m: m(clip, training=False)) for name, m in models.items()}
@@ -83,8 +102,12 @@ def measure(archs, timed, runs):
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
     for name in forwards:
-        rows[name].update(clips_per_s=1.0 / min(wall[name]), cpu_s_per_clip=statistics.median(cpu[name]),
-                          wall_s=wall[name], cpu_s=cpu[name])
+        rows[name].update(
+            clips_per_s=1.0 / min(wall[name]),
+            cpu_s_per_clip=statistics.median(cpu[name]),
+            wall_s=wall[name],
+            cpu_s=cpu[name],
+        )
     return rows
 
 
@@ -152,8 +175,18 @@ def measure_training(archs, batch, size, runs):
 
 def peak_rss_gb(arch, batch, size):
     """Peak RSS (GB) of a fresh process that builds `arch`, autotunes it (cached) and runs two SGD steps."""
-    proc = subprocess.run([sys.executable, "-m", "bench.model_bench", f"--rss_only={arch}", f"--rss_batch={batch}",
-                           f"--train_size={size}"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.model_bench",
+            f"--rss_only={arch}",
+            f"--rss_batch={batch}",
+            f"--train_size={size}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"peak RSS run of {arch} failed:\n{proc.stderr[-2000:]}")
     return float(proc.stdout.strip().splitlines()[-1])
@@ -164,18 +197,24 @@ def _rss_only(arch, batch, size):
     step = train_step_fn(model, batch, size)
     step()
     step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)
 
 
 def training_table(rows, rss):
     base = rows.get(BASE, {}).get("step_s")
-    lines = [f"| model | SGD step s (median) | vs c3d_r50 | peak RSS GB (batch {_RSS_BATCH.value}, 2 steps) | "
-             "vs c3d_r50 | autotune s |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| model | SGD step s (median) | vs c3d_r50 | peak RSS GB (batch {_RSS_BATCH.value}, 2 steps) | "
+        "vs c3d_r50 | autotune s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         ratio = f"{r['step_s'] / base:.2f}x" if base else "-"
         mem = rss.get(name)
-        mem_cells = (f"{mem:.2f} | {mem / rss[BASE]:.2f}x" if mem is not None and BASE in rss else
-                     (f"{mem:.2f} | -" if mem is not None else "- | -"))
+        mem_cells = (
+            f"{mem:.2f} | {mem / rss[BASE]:.2f}x"
+            if mem is not None and BASE in rss
+            else (f"{mem:.2f} | -" if mem is not None else "- | -")
+        )
         tune = f"{r['autotune_s']:.0f}" if r.get("autotune_s") is not None else "-"
         lines.append(f"| {name} | {r['step_s']:.2f} | {ratio} | {mem_cells} | {tune} |")
     return "\n".join(lines)
@@ -183,15 +222,22 @@ def training_table(rows, rss):
 
 def table(rows):
     base = rows.get(BASE, {})
-    lines = ["| model | params (M) | GMACs / clip (CoST 27 taps) | GMACs (CoST 19 taps) | clips/s (best) | "
-             "vs c3d_r50 | CPU s / clip (median) | speed vs c3d_r50 by CPU time |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | params (M) | GMACs / clip (CoST 27 taps) | GMACs (CoST 19 taps) | clips/s (best) | "
+        "vs c3d_r50 | CPU s / clip (median) | speed vs c3d_r50 by CPU time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         timed = "clips_per_s" in r and "clips_per_s" in base
-        speed = (f"{r['clips_per_s']:.3f} | {r['clips_per_s'] / base['clips_per_s']:.2f}x | "
-                 f"{r['cpu_s_per_clip']:.2f} | {base['cpu_s_per_clip'] / r['cpu_s_per_clip']:.2f}x" if timed
-                 else "- | - | - | -")
-        lines.append(f"| {name} | {r['params'] / 1e6:.2f} | {r['gmacs']:.1f} | {r['gmacs_sparse']:.1f} | {speed} |")
+        speed = (
+            f"{r['clips_per_s']:.3f} | {r['clips_per_s'] / base['clips_per_s']:.2f}x | "
+            f"{r['cpu_s_per_clip']:.2f} | {base['cpu_s_per_clip'] / r['cpu_s_per_clip']:.2f}x"
+            if timed
+            else "- | - | - | -"
+        )
+        lines.append(
+            f"| {name} | {r['params'] / 1e6:.2f} | {r['gmacs']:.1f} | {r['gmacs_sparse']:.1f} | {speed} |"
+        )
     return "\n".join(lines)
 
 
@@ -202,7 +248,9 @@ def main(argv):
         return
     unknown = [name for name in _TIMED.value + _TRAIN.value if name not in ARCHS and name not in FOLDED]
     if unknown:
-        raise app.UsageError(f"--timed/--train: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}")
+        raise app.UsageError(
+            f"--timed/--train: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}"
+        )
     from cost_tf.autotune import machine
 
     tf.get_logger().setLevel("ERROR")  # one tf.function per model trips the retracing warning
@@ -213,22 +261,28 @@ def main(argv):
         start = time.time()
         archs = [a for a in ARCHS if not a.endswith("_tiny")]
         rows = measure(archs, set(_TIMED.value), _RUNS.value)
-        print(f"Inference: batch 1, {NUM_FRAMES}x{SIZE}x{SIZE}; {_RUNS.value} timed rounds after 1 warm-up; load "
-              f"average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - start:.0f} s\n")
+        print(
+            f"Inference: batch 1, {NUM_FRAMES}x{SIZE}x{SIZE}; {_RUNS.value} timed rounds after 1 warm-up; load "
+            f"average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - start:.0f} s\n"
+        )
         print(table(rows))
         out.update(load_before=load_before, rows=rows)
     if _TRAIN.value:
         load_before = os.getloadavg()
         start = time.time()
         train_rows = measure_training(_TRAIN.value, _TRAIN_BATCH.value, _TRAIN_SIZE.value, _TRAIN_RUNS.value)
-        print(f"\nTraining: one SGD step at batch {_TRAIN_BATCH.value}, {NUM_FRAMES}x{_TRAIN_SIZE.value}x"
-              f"{_TRAIN_SIZE.value}, median of {_TRAIN_RUNS.value} interleaved rounds after 1 warm-up; load average "
-              f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - start:.0f} s\n")
+        print(
+            f"\nTraining: one SGD step at batch {_TRAIN_BATCH.value}, {NUM_FRAMES}x{_TRAIN_SIZE.value}x"
+            f"{_TRAIN_SIZE.value}, median of {_TRAIN_RUNS.value} interleaved rounds after 1 warm-up; load average "
+            f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - start:.0f} s\n"
+        )
         print(training_table(train_rows, {}), flush=True)
         start = time.time()
         rss = {arch: peak_rss_gb(arch, _RSS_BATCH.value, _TRAIN_SIZE.value) for arch in _TRAIN.value}
-        print(f"\nPeak RSS: a separate process per model (CoST autotuned, from the cache), two SGD steps at batch "
-              f"{_RSS_BATCH.value}; {time.time() - start:.0f} s\n")
+        print(
+            f"\nPeak RSS: a separate process per model (CoST autotuned, from the cache), two SGD steps at batch "
+            f"{_RSS_BATCH.value}; {time.time() - start:.0f} s\n"
+        )
         print(training_table(train_rows, rss))
         out.update(train_rows=train_rows, rss_gb=rss)
     if _OUTPUT_JSON.value:

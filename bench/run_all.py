@@ -45,9 +45,11 @@ def machine_description():
     build = tf.sysconfig.get_build_info()
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 builds)")
     load = os.getloadavg()
-    return (f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; load average at start {load[0]:.2f}\n"
-            f"- TensorFlow {tf.__version__} (CUDA build: {build.get('is_cuda_build', False)}), oneDNN: {onednn}\n"
-            f"- Python {platform.python_version()}, {platform.platform()}\n")
+    return (
+        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; load average at start {load[0]:.2f}\n"
+        f"- TensorFlow {tf.__version__} (CUDA build: {build.get('is_cuda_build', False)}), oneDNN: {onednn}\n"
+        f"- Python {platform.python_version()}, {platform.platform()}\n"
+    )
 
 
 def _median_s(fn, runs=10):
@@ -69,7 +71,7 @@ def ceiling():
 
     a = tf.constant(np.random.default_rng(0).normal(size=(2048, 2048)).astype("float32"))
     matmul = tf.function(lambda: tf.linalg.matmul(a, a))
-    matmul_gflops = 2 * 2048 ** 3 / _median_s(lambda: matmul().numpy()) / 1e9
+    matmul_gflops = 2 * 2048**3 / _median_s(lambda: matmul().numpy()) / 1e9
     n, t, h, w, c = 2, 8, 28, 28, 128
     x = tf.constant(np.random.default_rng(1).normal(size=(n, t, h, w, c)).astype("float32"))
     lines = [f"| float32 matmul 2048² | {matmul_gflops:.1f} | 1.00 |"]
@@ -79,9 +81,11 @@ def ceiling():
         fn = tf.function(lambda layer=layer: layer(x, training=False))
         flops = 2 * n * t * h * w * c * c * taps
         gflops = flops / _median_s(lambda: fn().numpy()) / 1e9
-        lines.append(f"| CoST({variant}) {impl} forward, res3, {taps} taps counted | {gflops:.1f} | "
-                     f"{gflops / matmul_gflops:.2f} |")
-    return ("| kernel | GFLOP/s | of matmul |\n|---|---|---|\n" + "\n".join(lines) + "\n")
+        lines.append(
+            f"| CoST({variant}) {impl} forward, res3, {taps} taps counted | {gflops:.1f} | "
+            f"{gflops / matmul_gflops:.2f} |"
+        )
+    return "| kernel | GFLOP/s | of matmul |\n|---|---|---|\n" + "\n".join(lines) + "\n"
 
 
 NOTES_MARKER = "<!-- notes below are kept by make bench -->"
@@ -94,7 +98,7 @@ def kept_notes(path):
             text = f.read()
     except OSError:
         return ""
-    return text[text.index(NOTES_MARKER):] if NOTES_MARKER in text else ""
+    return text[text.index(NOTES_MARKER) :] if NOTES_MARKER in text else ""
 
 
 _OUT = flags.DEFINE_string("out", "docs/PERFORMANCE.md", "Report path (written atomically).")
@@ -103,19 +107,26 @@ _ONLY = flags.DEFINE_list("only", ["layer", "ceiling", "model", "pipeline", "exp
 
 def main(argv):
     del argv
-    sections = ["# Performance\n\nWritten by `make bench` (`python -m bench.run_all`). Every ratio below was "
-                "measured side by side in one process; absolute times depend on the machine and its load.\n\n"
-                "## Machine\n\n" + machine_description()]
+    sections = [
+        "# Performance\n\nWritten by `make bench` (`python -m bench.run_all`). Every ratio below was "
+        "measured side by side in one process; absolute times depend on the machine and its load.\n\n"
+        "## Machine\n\n" + machine_description()
+    ]
     for name in _ONLY.value:
         start = time.time()
         if name == "ceiling":
             body = ceiling()
         else:
             proc = subprocess.run([sys.executable] + BENCHES[name], capture_output=True, text=True)
-            body = proc.stdout if proc.returncode == 0 else (
-                f"FAILED (exit {proc.returncode}):\n\n```\n{proc.stderr[-3000:]}\n```\n")
-        sections.append(f"## {name} (`{' '.join(BENCHES.get(name, ['bench.run_all ceiling']))}`, "
-                        f"{time.time() - start:.0f} s)\n\n{body}")
+            body = (
+                proc.stdout
+                if proc.returncode == 0
+                else (f"FAILED (exit {proc.returncode}):\n\n```\n{proc.stderr[-3000:]}\n```\n")
+            )
+        sections.append(
+            f"## {name} (`{' '.join(BENCHES.get(name, ['bench.run_all ceiling']))}`, "
+            f"{time.time() - start:.0f} s)\n\n{body}"
+        )
         print(sections[-1], flush=True)
     notes = kept_notes(_OUT.value)
     if notes:

@@ -24,8 +24,10 @@ import tensorflow as tf
 
 from cost_tf.cost import MODES, TUNED, CoST, default_implementation, tuned_key, valid_implementations
 
-AUTOTUNE_HELP = ("Before the first step, time every CoST implementation per layer on this device and run the "
-                 "fastest (cached; --noautotune: the per-device-kind defaults).")
+AUTOTUNE_HELP = (
+    "Before the first step, time every CoST implementation per layer on this device and run the "
+    "fastest (cached; --noautotune: the per-device-kind defaults)."
+)
 CACHE_ENV = "COST_TF_AUTOTUNE_CACHE"
 CACHE_FILE = "autotune.json"
 _CACHE_VERSION = 1
@@ -62,10 +64,14 @@ def machine():
     """One line for benchmark reports: the CPU model, GPUs, TF/Keras versions and the load average."""
     import keras
 
-    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in tf.config.list_physical_devices("GPU")]
-    return (f"CPU: {cpu_model()}; GPU: {', '.join(gpus) or 'none'}; TensorFlow {tf.__version__}, Keras "
-            f"{keras.__version__}; load average {os.getloadavg()[0]:.1f}")
+    gpus = [
+        tf.config.experimental.get_device_details(g).get("device_name", g.name)
+        for g in tf.config.list_physical_devices("GPU")
+    ]
+    return (
+        f"CPU: {cpu_model()}; GPU: {', '.join(gpus) or 'none'}; TensorFlow {tf.__version__}, Keras "
+        f"{keras.__version__}; load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def device_description():
@@ -80,12 +86,19 @@ def device_description():
 def cache_key(layer, shape, mode, device=None):
     """The cache key of one layer configuration at input `shape` in `mode` (a JSON string)."""
     config = {k: v for k, v in layer.get_config().items() if k not in _NOT_IN_KEY}
-    key = dict(config, device=device or device_description(), tensorflow=tf.__version__,
-               shape=[int(s) for s in shape], dtype=layer.dtype_policy.name, mode=mode)
+    key = dict(
+        config,
+        device=device or device_description(),
+        tensorflow=tf.__version__,
+        shape=[int(s) for s in shape],
+        dtype=layer.dtype_policy.name,
+        mode=mode,
+    )
     return json.dumps(key, sort_keys=True, default=str)
 
 
 # -- timing -------------------------------------------------------------------------------------------------
+
 
 def interleaved_min_ms(runs, rounds=3, budget_s=2.0, keep=1.5):
     """Best ms of each zero-argument callable in `runs` ({name: fn}, already traced), timed in rounds that call
@@ -124,10 +137,12 @@ def step_function(layer, x, mode):
     weights = layer.trainable_weights
 
     if mode == "inference":
+
         @tf.function(autograph=False)
         def step():
             return tf.reduce_sum(tf.cast(layer(x, training=False), tf.float32))
     else:
+
         @tf.function(autograph=False)
         def step():
             with tf.GradientTape() as tape:
@@ -138,6 +153,7 @@ def step_function(layer, x, mode):
             if any(g is None for g in grads):
                 raise RuntimeError(f"a gradient of {layer.name} is None")
             return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads])
+
     return step
 
 
@@ -154,11 +170,17 @@ def candidate_fn(layer, shape, mode, implementation, seed=0):
         return step().numpy()
 
     # The timer traces first (run.trace()), so that it times runs only.
-    run.trace, run.mode, run.shape, run.implementation = step.get_concrete_function, mode, tuple(shape), implementation
+    run.trace, run.mode, run.shape, run.implementation = (
+        step.get_concrete_function,
+        mode,
+        tuple(shape),
+        implementation,
+    )
     return run
 
 
 # -- the cache ----------------------------------------------------------------------------------------------
+
 
 def _read_cache(path):
     try:
@@ -192,10 +214,13 @@ def _write_cache(path, new_entries):
                 os.remove(tmp)
             raise
     except OSError as e:
-        warnings.warn(f"autotune: could not write the cache {path} ({e}); the choices hold for this process only.")
+        warnings.warn(
+            f"autotune: could not write the cache {path} ({e}); the choices hold for this process only."
+        )
 
 
 # -- layers and their input shapes --------------------------------------------------------------------------
+
 
 def cost_layers(model_or_layer):
     """Every CoST layer in a layer or (nested) model, in order, each once."""
@@ -226,7 +251,8 @@ def _traced_input_shapes(model, shape):
     CoST.call = recording
     try:
         tf.function(lambda clip: model(clip, training=False)).get_concrete_function(
-            tf.TensorSpec(shape, model.inputs[0].dtype if getattr(model, "inputs", None) else tf.float32))
+            tf.TensorSpec(shape, model.inputs[0].dtype if getattr(model, "inputs", None) else tf.float32)
+        )
     finally:
         CoST.call = original
     return shapes
@@ -237,7 +263,9 @@ def input_shapes(model_or_layer, input_shape):
     input_shape = tuple(int(s) for s in input_shape)
     if isinstance(model_or_layer, CoST):
         if len(input_shape) != 5:
-            raise ValueError(f"A CoST layer takes (N, T, H, W, C) inputs. Received: input_shape={input_shape}")
+            raise ValueError(
+                f"A CoST layer takes (N, T, H, W, C) inputs. Received: input_shape={input_shape}"
+            )
         if not model_or_layer.built:
             model_or_layer.build(input_shape)
         return [(model_or_layer, input_shape)]
@@ -254,15 +282,25 @@ def input_shapes(model_or_layer, input_shape):
     shapes = static or _traced_input_shapes(model_or_layer, input_shape)
     missing = [l.name for l in layers if id(l) not in shapes]
     if missing:
-        raise ValueError(f"autotune: these CoST layers were not reached by an input of shape {input_shape}: "
-                         f"{missing}")
+        raise ValueError(
+            f"autotune: these CoST layers were not reached by an input of shape {input_shape}: {missing}"
+        )
     return [(l, tuple(int(s) for s in shapes[id(l)])) for l in layers]
 
 
 # -- autotune -----------------------------------------------------------------------------------------------
 
-def autotune(model_or_layer, input_shape, modes=MODES, cache_dir=None, use_cache=True, max_batch=2, timer=None,
-             verbose=False):
+
+def autotune(
+    model_or_layer,
+    input_shape,
+    modes=MODES,
+    cache_dir=None,
+    use_cache=True,
+    max_batch=2,
+    timer=None,
+    verbose=False,
+):
     """Measures and sets the fastest implementation of every CoST layer (implementation="auto") per mode.
 
     Args:
@@ -306,7 +344,9 @@ def _autotune(model_or_layer, input_shape, modes, path, use_cache, timer, verbos
     report = {}
     for layer, shape in input_shapes(model_or_layer, input_shape):
         if layer.implementation != "auto":
-            report[layer.name] = dict({m: layer.implementation for m in modes}, ms={}, cached=False, explicit=True)
+            report[layer.name] = dict(
+                {m: layer.implementation for m in modes}, ms={}, cached=False, explicit=True
+            )
             continue
         entry = {"ms": {}, "cached": True, "explicit": False}
         for mode in modes:
@@ -318,16 +358,22 @@ def _autotune(model_or_layer, input_shape, modes, path, use_cache, timer, verbos
                 ms = {impl: float(v) for impl, v in timer(runs).items()}
                 del runs
                 gc.collect()
-                hit = {"choice": choose(ms, default_implementation(layer.variant, layer.strides, mode == "training")),
-                       "ms": ms}
+                hit = {
+                    "choice": choose(
+                        ms, default_implementation(layer.variant, layer.strides, mode == "training")
+                    ),
+                    "ms": ms,
+                }
                 new_entries[key] = hit
                 measured[key] = hit
                 entry["ms"][mode] = ms
                 entry["cached"] = False
                 if verbose:
-                    print(f"autotune: {layer.name} {mode} {shape} {layer.dtype_policy.name}: "
-                          + ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(ms.items(), key=lambda kv: kv[1])),
-                          flush=True)
+                    print(
+                        f"autotune: {layer.name} {mode} {shape} {layer.dtype_policy.name}: "
+                        + ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(ms.items(), key=lambda kv: kv[1])),
+                        flush=True,
+                    )
             elif key in measured:
                 entry["cached"] = False
             entry["ms"][mode] = hit["ms"]
@@ -353,10 +399,16 @@ def summary(report, seconds):
             if mode in entry:
                 chosen.setdefault(mode, {}).setdefault(entry[mode], 0)
                 chosen[mode][entry[mode]] += 1
-    parts = ["; ".join(f"{mode} " + ", ".join(f"{impl} x{n}" for impl, n in sorted(c.items())) for mode, c in
-                       chosen.items())]
-    return (f"autotune: {len(report)} CoST layers ({counts['measured']} measured, {counts['cached']} cached, "
-            f"{counts['explicit']} explicit) chosen {parts[0]}; {seconds:.1f} s")
+    parts = [
+        "; ".join(
+            f"{mode} " + ", ".join(f"{impl} x{n}" for impl, n in sorted(c.items()))
+            for mode, c in chosen.items()
+        )
+    ]
+    return (
+        f"autotune: {len(report)} CoST layers ({counts['measured']} measured, {counts['cached']} cached, "
+        f"{counts['explicit']} explicit) chosen {parts[0]}; {seconds:.1f} s"
+    )
 
 
 def main_input_shape(model, num_frames=None, crop_size=None, batch=1):
@@ -379,4 +431,3 @@ def autotune_for_main(model, input_shape, enabled=True, modes=MODES, cache_dir=N
         line = summary(report, time.perf_counter() - start)
     print(line, flush=True)
     return line
-

@@ -78,8 +78,10 @@ def read_backup_state(backup_dir):
         state = json.load(f)
     weights = os.path.join(backup_dir, state["weights"])
     if not tf.io.gfile.exists(weights):
-        raise ValueError(f"Backup state {path} names {weights}, which does not exist; the backup folder was "
-                         "modified by hand. Remove the folder to start over.")
+        raise ValueError(
+            f"Backup state {path} names {weights}, which does not exist; the backup folder was "
+            "modified by hand. Remove the folder to start over."
+        )
     return {"epoch": int(state["epoch"]), "step": int(state["step"]), "weights": weights}
 
 
@@ -186,4 +188,6 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         if tf.io.gfile.exists(tmp):
             replace(tmp, final)
             if self.save_best_only:
-                write_json(self.best_path, {"monitor": self.monitor, "best": float(self.best), "epoch": epoch + 1})
+                write_json(
+                    self.best_path, {"monitor": self.monitor, "best": float(self.best), "epoch": epoch + 1}
+                )

@@ -27,11 +27,19 @@ def define_flags():
     global _NUM_CLIPS, _NUM_FRAMES, _FRAME_STRIDE, _CROP_SIZE, _TOP_CLASSES
     _MODEL = flags.DEFINE_string("model", None, "A .keras model with CoST layers.")
     _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSVs and plots go.")
-    _DATASET = flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "tfrecord"],
-                                 "Clips for CoST(b): the embedded dataset or --pattern.")
+    _DATASET = flags.DEFINE_enum(
+        "dataset",
+        "synthetic",
+        ["synthetic", "tfrecord"],
+        "Clips for CoST(b): the embedded dataset or --pattern.",
+    )
     _PATTERN = flags.DEFINE_string("pattern", None, "TFRecord glob (with --dataset=tfrecord).")
-    _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where the embedded dataset is (or is written). Default: "
-                                    "the one the model was trained on (config.json beside it), else runs/synthetic.")
+    _DATA_DIR = flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Where the embedded dataset is (or is written). Default: "
+        "the one the model was trained on (config.json beside it), else runs/synthetic.",
+    )
     _NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Clips averaged over for CoST(b).")
     _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per clip (default: the model's input).")
     _FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 2, "Frame stride of the sampled clips.")
@@ -40,7 +48,9 @@ def define_flags():
 
 
 _VIEW_LABELS = {"hw": "H-W (spatial)", "tw": "T-W", "th": "T-H"}
-COLUMNS = ["layer", "variant", "channels"] + [f"{v}_{s}" for v in VIEWS for s in ("mean", "std_channels", "std_clips")]
+COLUMNS = ["layer", "variant", "channels"] + [
+    f"{v}_{s}" for v in VIEWS for s in ("mean", "std_channels", "std_clips")
+]
 
 
 def cost_layers(model):
@@ -61,7 +71,7 @@ def layer_coefficients(model, clips=None, batch_size=8):
         probe = keras.Model(model.inputs, [layer.input for layer in b_layers])
         chunks = {layer.name: [] for layer in b_layers}
         for start in range(0, len(clips), batch_size):
-            inputs = probe([clips[start:start + batch_size]], training=False)
+            inputs = probe([clips[start : start + batch_size]], training=False)
             inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
             for layer, x in zip(b_layers, inputs):
                 chunks[layer.name].append(np.asarray(layer.coefficients(x), np.float32))
@@ -99,8 +109,15 @@ def per_class_temporal(coefficients, labels, class_names):
     for label in np.unique(labels):
         sel = labels == label
         name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
-        rows.append({"class": name, "index": int(label), "clips": int(sel.sum()),
-                     "temporal_mean": float(temporal[sel].mean()), "hw_mean": float(hw[sel].mean())})
+        rows.append(
+            {
+                "class": name,
+                "index": int(label),
+                "clips": int(sel.sum()),
+                "temporal_mean": float(temporal[sel].mean()),
+                "hw_mean": float(hw[sel].mean()),
+            }
+        )
     return sorted(rows, key=lambda r: -r["temporal_mean"])
 
 
@@ -122,12 +139,14 @@ def write_csv(path, rows, columns):
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
+
     _write_atomic(path, write)
 
 
 def plot_layers(path, rows):
     """Stacked bar per CoST layer of the mean hw / tw / th coefficients (the paper's figure)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -151,6 +170,7 @@ def plot_layers(path, rows):
 def plot_classes(path, rows, top):
     """Horizontal bars of the per-class temporal weight for the `top` most temporal classes."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -184,8 +204,15 @@ def load_clips(pattern, num_clips, num_frames, frame_stride, crop_size):
     """Up to `num_clips` eval-mode clips and labels from TFRecords."""
     from pipelines.dataset import make_dataset
 
-    ds = make_dataset(pattern, mode="eval", batch_size=8, num_frames=num_frames, frame_stride=frame_stride,
-                      crop_size=crop_size, seed=0)
+    ds = make_dataset(
+        pattern,
+        mode="eval",
+        batch_size=8,
+        num_frames=num_frames,
+        frame_stride=frame_stride,
+        crop_size=crop_size,
+        seed=0,
+    )
     clips, labels = [], []
     for x, y in ds:
         clips.append(x.numpy())
@@ -195,16 +222,28 @@ def load_clips(pattern, num_clips, num_frames, frame_stride, crop_size):
     return np.concatenate(clips)[:num_clips], np.concatenate(labels)[:num_clips]
 
 
-def analyze_model(model, out_dir, pattern=None, class_names=None, num_clips=64, num_frames=None, frame_stride=2,
-                  crop_size=None, top_classes=10):
+def analyze_model(
+    model,
+    out_dir,
+    pattern=None,
+    class_names=None,
+    num_clips=64,
+    num_frames=None,
+    frame_stride=2,
+    crop_size=None,
+    top_classes=10,
+):
     """analyze() for a loaded model; CoST(b) layers are averaged over `num_clips` eval clips of `pattern`."""
     _, model_frames, model_crop, _, _ = model.inputs[0].shape
     clips = labels = None
     if any(layer.variant == "b" for layer in cost_layers(model)):
         if not pattern:
-            raise ValueError("The model has CoST(b) layers, whose coefficients depend on the clip: pass `pattern`.")
-        clips, labels = load_clips(pattern, num_clips, num_frames or model_frames or 8, frame_stride,
-                                   crop_size or model_crop)
+            raise ValueError(
+                "The model has CoST(b) layers, whose coefficients depend on the clip: pass `pattern`."
+            )
+        clips, labels = load_clips(
+            pattern, num_clips, num_frames or model_frames or 8, frame_stride, crop_size or model_crop
+        )
     return analyze(model, out_dir, clips, labels, class_names, top_classes)
 
 
@@ -231,8 +270,10 @@ def main(argv):
             if not _DATA_DIR.value and trained.get("dataset") == "synthetic":  # as cost_tf.train wrote it
                 data_dir = trained.get("data_dir") or os.path.join(trained["model_dir"], "data")
             _, pattern = synthetic.write_synthetic(
-                data_dir, num_train=trained.get("synthetic_train", synthetic.NUM_TRAIN),
-                num_eval=trained.get("synthetic_eval", synthetic.NUM_EVAL))
+                data_dir,
+                num_train=trained.get("synthetic_train", synthetic.NUM_TRAIN),
+                num_eval=trained.get("synthetic_eval", synthetic.NUM_EVAL),
+            )
     else:
         if not _PATTERN.value:
             raise app.UsageError("--dataset=tfrecord needs --pattern.")
@@ -240,12 +281,25 @@ def main(argv):
         classes_txt = os.path.join(os.path.dirname(pattern), "classes.txt")
         if os.path.isfile(classes_txt):
             class_names = [line.strip() for line in open(classes_txt) if line.strip()]
-    rows = analyze_model(model, _OUT_DIR.value, pattern, class_names, _NUM_CLIPS.value, _NUM_FRAMES.value,
-                         _FRAME_STRIDE.value, _CROP_SIZE.value, _TOP_CLASSES.value)
+    rows = analyze_model(
+        model,
+        _OUT_DIR.value,
+        pattern,
+        class_names,
+        _NUM_CLIPS.value,
+        _NUM_FRAMES.value,
+        _FRAME_STRIDE.value,
+        _CROP_SIZE.value,
+        _TOP_CLASSES.value,
+    )
     for row in rows:
-        print(f"{row['layer']:<24} ({row['variant']}) hw {row['hw_mean']:.3f}  tw {row['tw_mean']:.3f}  "
-              f"th {row['th_mean']:.3f}")
-    print(f"Wrote {_OUT_DIR.value}/coefficients.csv and layers.png" + (" + classes.csv/png" if pattern else ""))
+        print(
+            f"{row['layer']:<24} ({row['variant']}) hw {row['hw_mean']:.3f}  tw {row['tw_mean']:.3f}  "
+            f"th {row['th_mean']:.3f}"
+        )
+    print(
+        f"Wrote {_OUT_DIR.value}/coefficients.csv and layers.png" + (" + classes.csv/png" if pattern else "")
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def mean_coefficients(model_path, eval_pattern):
     model = load_model(model_path)
     if not coefficients.cost_layers(model):
         return None
-    rows = coefficients.analyze_model(model, os.path.join(os.path.dirname(model_path), "coefficients"),
-                                      eval_pattern)
+    rows = coefficients.analyze_model(
+        model, os.path.join(os.path.dirname(model_path), "coefficients"), eval_pattern
+    )
     return tuple(statistics.mean(row[f"{view}_mean"] for row in rows) for view in cost.VIEWS)
 
 
@@ -60,20 +61,42 @@ def compare(output_dir, archs=ARCHS, epochs=None, seed=0):
 
     rows = []
     for arch in archs:
-        config = TrainConfig(model_dir=os.path.join(output_dir, arch), data_dir=os.path.join(output_dir, "data"),
-                             arch=arch, epochs=epochs, seed=seed, verbose=2)
+        config = TrainConfig(
+            model_dir=os.path.join(output_dir, arch),
+            data_dir=os.path.join(output_dir, "data"),
+            arch=arch,
+            epochs=epochs,
+            seed=seed,
+            verbose=2,
+        )
         resolved = resolve_config(config)
         timer = StepTimer()
         start = time.time()
         metrics = train(config, callbacks=[timer])
         elapsed = time.time() - start
-        params = build_model(arch, num_classes=metrics.get("num_classes", 8), num_frames=resolved.num_frames,
-                             input_size=resolved.crop_size).count_params()
-        rows.append(dict(arch=arch, top1=metrics["top1"], top5=metrics["top5"], params=params,
-                         step_s=timer.median(), train_s=elapsed, epochs=metrics["epochs"], steps=metrics["steps"],
-                         coefficients=mean_coefficients(os.path.join(output_dir, arch, "model.keras"),
-                                                        os.path.join(output_dir, "data", "eval-*.tfrecord")),
-                         config=resolved))
+        params = build_model(
+            arch,
+            num_classes=metrics.get("num_classes", 8),
+            num_frames=resolved.num_frames,
+            input_size=resolved.crop_size,
+        ).count_params()
+        rows.append(
+            dict(
+                arch=arch,
+                top1=metrics["top1"],
+                top5=metrics["top5"],
+                params=params,
+                step_s=timer.median(),
+                train_s=elapsed,
+                epochs=metrics["epochs"],
+                steps=metrics["steps"],
+                coefficients=mean_coefficients(
+                    os.path.join(output_dir, arch, "model.keras"),
+                    os.path.join(output_dir, "data", "eval-*.tfrecord"),
+                ),
+                config=resolved,
+            )
+        )
         keras.backend.clear_session()
     return rows
 
@@ -98,8 +121,10 @@ def results_markdown(rows, command):
     ]
     for r in rows:
         coeffs = " / ".join(f"{a:.3f}" for a in r["coefficients"]) if r.get("coefficients") else "—"
-        lines.append(f"| {r['arch']} | {100 * r['top1']:.1f} % | {100 * r['top5']:.1f} % | {r['params']:,} | "
-                     f"{r['step_s']:.3f} | {r['train_s']:.0f} | {coeffs} |")
+        lines.append(
+            f"| {r['arch']} | {100 * r['top1']:.1f} % | {100 * r['top5']:.1f} % | {r['params']:,} | "
+            f"{r['step_s']:.3f} | {r['train_s']:.0f} | {coeffs} |"
+        )
     lines += [
         "",
         "The classes are 4 motions and their time reversals (moving up/down, growing/shrinking, fading in/out, "

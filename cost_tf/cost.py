@@ -67,7 +67,7 @@ def valid_implementations(variant, strides=(1, 1, 1)):
 
 
 def device_kind():
-    """"gpu" if TensorFlow sees a GPU, else "cpu": which DEFAULTS "auto" falls back to."""
+    """ "gpu" if TensorFlow sees a GPU, else "cpu": which DEFAULTS "auto" falls back to."""
     import tensorflow as tf
 
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
@@ -211,7 +211,9 @@ class CoST(keras.layers.Layer):
             )
         in_channels = input_shape[-1]
         if in_channels is None:
-            raise ValueError(f"The channel dimension of the inputs must be known. Received: input_shape={input_shape}")
+            raise ValueError(
+                f"The channel dimension of the inputs must be known. Received: input_shape={input_shape}"
+            )
         self.input_spec = keras.layers.InputSpec(ndim=5, axes={-1: in_channels})
         self.kernel = self.add_weight(
             name="kernel",
@@ -227,7 +229,9 @@ class CoST(keras.layers.Layer):
             )
         else:
             small = keras.initializers.RandomNormal(stddev=0.01)
-            self.view_dense = self.add_weight(name="view_dense", shape=(self.filters, self.filters), initializer=small)
+            self.view_dense = self.add_weight(
+                name="view_dense", shape=(self.filters, self.filters), initializer=small
+            )
             self.view_mix = self.add_weight(name="view_mix", shape=(3, 3), initializer=small)
         if self.use_bias:
             self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
@@ -294,8 +298,9 @@ class CoST(keras.layers.Layer):
         order = [0, flat_axis] + [a for a in (1, 2, 3) if a != flat_axis] + [4]
         planes = ops.transpose(x, order) if flat_axis != 1 else x
         shape = ops.shape(planes)
-        y = ops.conv(ops.reshape(planes, (-1, shape[2], shape[3], shape[4])), kernel, strides=strides,
-                     padding="valid")
+        y = ops.conv(
+            ops.reshape(planes, (-1, shape[2], shape[3], shape[4])), kernel, strides=strides, padding="valid"
+        )
         y_shape = ops.shape(y)
         y = ops.reshape(y, (shape[0], shape[1], y_shape[1], y_shape[2], y_shape[3]))
         if flat_axis == 1:
@@ -317,7 +322,7 @@ class CoST(keras.layers.Layer):
         for i, ks in enumerate(kernels):
             if not ks:
                 continue
-            frames = xp[:, i:(i - 2 if i < 2 else None):st]
+            frames = xp[:, i : (i - 2 if i < 2 else None) : st]
             frames = ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
             for k in ks:
                 rows = slice(1, -1) if k.shape[0] == 1 else slice(None)
@@ -332,7 +337,9 @@ class CoST(keras.layers.Layer):
         xp = self._pad_same(x)
         hw = self._frame_conv(xp, [[], [kernel], []])
         tw = self._frame_conv(xp, [[kernel[i][None]] for i in range(3)])  # row i of w: (1, 3) over (h=1, w)
-        th = self._frame_conv(xp, [[kernel[i][:, None]] for i in range(3)])  # row i of w: (3, 1) over (h, w=1)
+        th = self._frame_conv(
+            xp, [[kernel[i][:, None]] for i in range(3)]
+        )  # row i of w: (3, 1) over (h, w=1)
         return hw, tw, th
 
     def _frames_merged(self, x, kernel3d):
@@ -352,9 +359,15 @@ class CoST(keras.layers.Layer):
         k_th = k_hw if k_th is None else k_th
         if self.padding == "symmetric":  # window centre o*s: 'valid' on (1, 1)-padded axes but the flat one
             xp = self._pad_same(x)
-            return tuple(ops.conv(xp[(slice(None),) * axis + (slice(1, -1),)], ops.expand_dims(k, axis - 1),
-                                  strides=self.strides, padding="valid")
-                         for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th)))
+            return tuple(
+                ops.conv(
+                    xp[(slice(None),) * axis + (slice(1, -1),)],
+                    ops.expand_dims(k, axis - 1),
+                    strides=self.strides,
+                    padding="valid",
+                )
+                for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th))
+            )
         shape = ops.shape(x)
         outputs = []
         for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th)):
@@ -397,15 +410,19 @@ class CoST(keras.layers.Layer):
             if impl is None:
                 continue
             if impl not in valid:
-                raise ValueError(f"CoST {self.name}: {mode} implementation must be one of {valid}. "
-                                 f"Received: {mode}={impl!r}")
+                raise ValueError(
+                    f"CoST {self.name}: {mode} implementation must be one of {valid}. "
+                    f"Received: {mode}={impl!r}"
+                )
             self.tuned_implementations[mode] = impl
 
     def call(self, inputs, training=None):
         kernel = ops.cast(self.kernel, self.compute_dtype)
         impl = self.resolved_implementation(bool(training), inputs.shape)
         if self.variant == "b":
-            views = {"frames": self._frame_views, "flat": self._flat_views}.get(impl, self._views)(inputs, kernel)
+            views = {"frames": self._frame_views, "flat": self._flat_views}.get(impl, self._views)(
+                inputs, kernel
+            )
             coeffs = ops.cast(self._predict_coefficients(views), self.compute_dtype)  # (N, 3, C)
             outputs = sum(coeffs[:, i, None, None, None, :] * v for i, v in enumerate(views))
         else:
@@ -415,7 +432,9 @@ class CoST(keras.layers.Layer):
                 # a per-channel Mul after a Conv (see DEVELOPERS.md), and this is the same sum.
                 outputs = sum(self._views(inputs, kernel * coeffs[0], kernel * coeffs[1], kernel * coeffs[2]))
             elif impl == "flat":
-                outputs = sum(self._flat_views(inputs, kernel * coeffs[0], kernel * coeffs[1], kernel * coeffs[2]))
+                outputs = sum(
+                    self._flat_views(inputs, kernel * coeffs[0], kernel * coeffs[1], kernel * coeffs[2])
+                )
             else:
                 k3 = merged_kernel(kernel, coeffs)
                 if impl == "fused":

@@ -11,7 +11,6 @@
    validated against the Keras model by its exporter.
 """
 
-
 import os
 import time
 
@@ -56,7 +55,9 @@ def main(argv):
 
     output_dir = _OUTPUT_DIR.value
     start = time.time()
-    config = TrainConfig(model_dir=output_dir, data_dir=os.path.join(output_dir, "data"), epochs=_EPOCHS.value)
+    config = TrainConfig(
+        model_dir=output_dir, data_dir=os.path.join(output_dir, "data"), epochs=_EPOCHS.value
+    )
     metrics = train(config)
     trained = time.time()
     model_path = os.path.join(output_dir, "model.keras")
@@ -76,19 +77,29 @@ def main(argv):
     done = time.time()
     print("\n== cost-tf demo ==")
     print(f"data:          {os.path.join(output_dir, 'data')} (synthetic, order-only classes)")
-    print(f"model:         {model_path} ({metrics['arch']}, {metrics['epochs']} epochs, {metrics['steps']} steps)")
+    print(
+        f"model:         {model_path} ({metrics['arch']}, {metrics['epochs']} epochs, {metrics['steps']} steps)"
+    )
     print(f"best model:    {os.path.join(output_dir, 'best.keras')} (by validation top-1)")
-    print(f"training log:  {os.path.join(output_dir, 'training_log.csv')}, TensorBoard: "
-          f"{os.path.join(output_dir, 'tensorboard')}")
-    print(f"evaluation:    {report['views']} views on {report['num_videos']} videos: top-1 {report['top1']:.4f}, "
-          f"top-5 {report['top5']:.4f}")
+    print(
+        f"training log:  {os.path.join(output_dir, 'training_log.csv')}, TensorBoard: "
+        f"{os.path.join(output_dir, 'tensorboard')}"
+    )
+    print(
+        f"evaluation:    {report['views']} views on {report['num_videos']} videos: top-1 {report['top1']:.4f}, "
+        f"top-5 {report['top5']:.4f}"
+    )
     print(f"               {report['per_class_csv']}, {report['confusion_png']}")
-    print(f"coefficients:  {coefficients_dir} ({len(layers)} CoST layers, mean temporal weight tw+th "
-          f"{temporal:.2f}; layers.png, classes.png)")
+    print(
+        f"coefficients:  {coefficients_dir} ({len(layers)} CoST layers, mean temporal weight tw+th "
+        f"{temporal:.2f}; layers.png, classes.png)"
+    )
     for name, where in exports.items():
         print(f"export {name + ':':8s}{where}")
-    print(f"time:          train {trained - start:.0f} s, evaluate {evaluated - trained:.0f} s, "
-          f"coefficients + export {done - evaluated:.0f} s, total {done - start:.0f} s")
+    print(
+        f"time:          train {trained - start:.0f} s, evaluate {evaluated - trained:.0f} s, "
+        f"coefficients + export {done - evaluated:.0f} s, total {done - start:.0f} s"
+    )
     print(f"final top-1:   {report['top1']:.4f}")
 
 

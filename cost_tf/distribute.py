@@ -74,9 +74,11 @@ def create_strategy(name="auto", tpu=None):
     if name == "multi_worker":
         cluster, task = tf_config_cluster()
         if not cluster or not task:
-            raise ValueError("strategy='multi_worker' needs TF_CONFIG with a cluster and this task, e.g. "
-                             '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
-                             '"index": 0}}. Received: TF_CONFIG=' + repr(os.environ.get("TF_CONFIG")))
+            raise ValueError(
+                "strategy='multi_worker' needs TF_CONFIG with a cluster and this task, e.g. "
+                '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
+                '"index": 0}}. Received: TF_CONFIG=' + repr(os.environ.get("TF_CONFIG"))
+            )
         patch_keras_for_multi_worker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     # TPU: not runnable on this project's machines; kept to the documented minimum.
@@ -91,8 +93,10 @@ def check_global_batch(global_batch_size, num_replicas):
     if not isinstance(global_batch_size, int) or global_batch_size < 1:
         raise ValueError(f"batch_size must be a positive int. Received: batch_size={global_batch_size!r}")
     if global_batch_size % num_replicas:
-        raise ValueError(f"The global batch_size={global_batch_size} is not divisible by the "
-                         f"{num_replicas} replicas of the strategy; use a multiple of {num_replicas}.")
+        raise ValueError(
+            f"The global batch_size={global_batch_size} is not divisible by the "
+            f"{num_replicas} replicas of the strategy; use a multiple of {num_replicas}."
+        )
     return global_batch_size // num_replicas
 
 
@@ -136,8 +140,10 @@ _ORIGINALS = {}
 
 
 def _is_multi_worker(strategy):
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-        strategy.extended._in_multi_worker_mode()
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
 
 
 def patch_keras_for_multi_worker():
@@ -146,9 +152,11 @@ def patch_keras_for_multi_worker():
     Returns True when patched (or already patched), False (with a warning) on another Keras version.
     """
     if keras.__version__ != PATCHED_KERAS_VERSION:
-        warnings.warn(f"cost_tf.distribute: the multi-worker fix for {UPSTREAM_ISSUE} targets keras=="
-                      f"{PATCHED_KERAS_VERSION}; found keras=={keras.__version__}, so it is NOT applied. "
-                      "model.fit under MultiWorkerMirroredStrategy may fail if that Keras still has the bug.")
+        warnings.warn(
+            f"cost_tf.distribute: the multi-worker fix for {UPSTREAM_ISSUE} targets keras=="
+            f"{PATCHED_KERAS_VERSION}; found keras=={keras.__version__}, so it is NOT applied. "
+            "model.fit under MultiWorkerMirroredStrategy may fail if that Keras still has the bug."
+        )
         return False
     if _ORIGINALS:
         return True
@@ -166,8 +174,13 @@ def patch_keras_for_multi_worker():
             # Fix 1: this worker's first replica's batch; only its shapes matter (the first replica gets
             # data whenever any replica does).
             data_batch = tf.nest.map_structure(
-                lambda x: strategy.experimental_local_results(x)[0]
-                if isinstance(x, tf.distribute.DistributedValues) else x, batch)
+                lambda x: (
+                    strategy.experimental_local_results(x)[0]
+                    if isinstance(x, tf.distribute.DistributedValues)
+                    else x
+                ),
+                batch,
+            )
             break
         with strategy.scope():
             self._symbolic_build(data_batch=data_batch)
@@ -179,6 +192,7 @@ def patch_keras_for_multi_worker():
                 if isinstance(v, (tf.Tensor, tf.distribute.DistributedValues)) and _rank(v) == 0:
                     return strategy.reduce("MEAN", v, axis=None)
                 return original_reduce(v, strategy, reduction)
+
             return tf.nest.map_structure(_reduce, values)
         return original_reduce(values, strategy, reduction)
 
@@ -224,6 +238,7 @@ def average_batchnorm_statistics(model, strategy):
     strategy_and_fn = _AVERAGE_FNS.get(model)
     fn = strategy_and_fn[1] if strategy_and_fn and strategy_and_fn[0] is strategy else None
     if fn is None:
+
         @tf.function
         def fn():
             def replica_fn():
@@ -232,7 +247,9 @@ def average_batchnorm_statistics(model, strategy):
                 for variable, mean in zip(variables, means):
                     variable.value.assign(mean)
                 return means
+
             strategy.run(replica_fn)
+
         _AVERAGE_FNS[model] = (strategy, fn)
     fn()
 

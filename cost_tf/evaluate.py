@@ -50,11 +50,12 @@ class EvalConfig:
 
 
 def parse_views(views):
-    """"10x3" -> (10, 3): clips x crops."""
+    """ "10x3" -> (10, 3): clips x crops."""
     match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(views))
     if not match or int(match[1]) < 1 or int(match[2]) < 1:
-        raise ValueError(f"views must be CLIPSxCROPS with positive counts, e.g. 1x1 or 10x3. Received: "
-                         f"views={views!r}")
+        raise ValueError(
+            f"views must be CLIPSxCROPS with positive counts, e.g. 1x1 or 10x3. Received: views={views!r}"
+        )
     return int(match[1]), int(match[2])
 
 
@@ -69,7 +70,9 @@ def average_views(probabilities, num_views):
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[0] % num_views:
-        raise ValueError(f"Expected (B * {num_views}, C) probabilities. Received: shape={probabilities.shape}")
+        raise ValueError(
+            f"Expected (B * {num_views}, C) probabilities. Received: shape={probabilities.shape}"
+        )
     return probabilities.reshape(-1, num_views, probabilities.shape[1]).mean(axis=1)
 
 
@@ -107,8 +110,15 @@ def plot_confusion(matrix, class_names, path, title):
             for i in range(n):
                 for j in range(n):
                     if matrix[i, j]:
-                        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                                color="white" if normalised[i, j] > 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            str(matrix[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if normalised[i, j] > 0.5 else "black",
+                        )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -130,36 +140,60 @@ def _eval_source(config, train_config):
         pattern = config.eval_pattern or train_config.get("eval_pattern")
         if pattern is None and dataset == "synthetic":
             from pipelines import synthetic
-            data_dir = (config.data_dir or train_config.get("data_dir")
-                        or os.path.join(train_config.get("model_dir") or os.path.dirname(config.model), "data"))
+
+            data_dir = (
+                config.data_dir
+                or train_config.get("data_dir")
+                or os.path.join(train_config.get("model_dir") or os.path.dirname(config.model), "data")
+            )
             _, pattern = synthetic.write_synthetic(
-                data_dir, num_train=train_config.get("synthetic_train", synthetic.NUM_TRAIN),
-                num_eval=train_config.get("synthetic_eval", synthetic.NUM_EVAL))
+                data_dir,
+                num_train=train_config.get("synthetic_train", synthetic.NUM_TRAIN),
+                num_eval=train_config.get("synthetic_eval", synthetic.NUM_EVAL),
+            )
             names = names or list(synthetic.CLASSES)
         patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
         if not patterns or not all(tf.io.gfile.glob(p) for p in patterns):
-            raise ValueError(f"--eval_pattern: no files match this pattern. Received: eval_pattern={pattern!r}")
+            raise ValueError(
+                f"--eval_pattern: no files match this pattern. Received: eval_pattern={pattern!r}"
+            )
         return dict(file_pattern=pattern), names
     annotations = config.eval_annotations or train_config.get("eval_annotations")
     video_dir = config.eval_video_dir or train_config.get("eval_video_dir") or train_config.get("video_dir")
     if not annotations or not tf.io.gfile.exists(annotations):
         raise ValueError(f"--eval_annotations: no such file. Received: eval_annotations={annotations!r}")
     if not video_dir or not tf.io.gfile.isdir(video_dir):
-        raise ValueError(f"--eval_video_dir: must be an existing folder of videos. Received: "
-                         f"eval_video_dir={video_dir!r}")
+        raise ValueError(
+            f"--eval_video_dir: must be an existing folder of videos. Received: eval_video_dir={video_dir!r}"
+        )
     classes = config.classes or train_config.get("classes")
     # Kinetics without a class list: the class indices of the training CSV the model was trained on.
     train_annotations = train_config.get("annotations") if dataset == "kinetics" and not classes else None
     if train_annotations and not tf.io.gfile.exists(train_annotations):
         train_annotations = None
-    skip_bad_rows = (config.skip_bad_rows if config.skip_bad_rows is not None
-                     else bool(train_config.get("skip_bad_rows", False)))
-    source = dict(annotations=annotations, video_dir=video_dir, dataset=dataset, classes=classes,
-                  train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
+    skip_bad_rows = (
+        config.skip_bad_rows
+        if config.skip_bad_rows is not None
+        else bool(train_config.get("skip_bad_rows", False))
+    )
+    source = dict(
+        annotations=annotations,
+        video_dir=video_dir,
+        dataset=dataset,
+        classes=classes,
+        train_annotations=train_annotations,
+        skip_bad_rows=skip_bad_rows,
+    )
     from pipelines.readers import read_annotations
 
-    _, report = read_annotations(dataset, annotations, video_dir, classes=classes,
-                                 train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
+    _, report = read_annotations(
+        dataset,
+        annotations,
+        video_dir,
+        classes=classes,
+        train_annotations=train_annotations,
+        skip_bad_rows=skip_bad_rows,
+    )
     source["report"] = report
     return source, names or report.classes
 
@@ -187,13 +221,24 @@ def evaluate(config):
     model = resize_model(model, num_frames=num_frames, input_size=crop_size)
     num_classes = model.output_shape[-1]
     if config.autotune:
-        autotune_for_main(model, (config.batch_size * num_clips * num_crops, num_frames, crop_size, crop_size, 3),
-                          modes=("inference",))
+        autotune_for_main(
+            model,
+            (config.batch_size * num_clips * num_crops, num_frames, crop_size, crop_size, 3),
+            modes=("inference",),
+        )
     names = names if names and len(names) == num_classes else [str(i) for i in range(num_classes)]
 
-    dataset = make_dataset(mode="test", batch_size=config.batch_size, num_frames=num_frames,
-                           frame_stride=frame_stride, crop_size=crop_size, num_clips=num_clips,
-                           num_crops=num_crops, eval_resize=eval_resize, **source)
+    dataset = make_dataset(
+        mode="test",
+        batch_size=config.batch_size,
+        num_frames=num_frames,
+        frame_stride=frame_stride,
+        crop_size=crop_size,
+        num_clips=num_clips,
+        num_crops=num_crops,
+        eval_resize=eval_resize,
+        **source,
+    )
 
     @tf.function(reduce_retracing=True)
     def predict(clips):
@@ -231,27 +276,49 @@ def evaluate(config):
     checkpoint.write_text(csv_path, rows.getvalue())
     top1 = float(np.mean(predictions == labels))
     top5 = float(np.mean(topk_correct(probabilities, labels, min(5, num_classes))))
-    plot_confusion(matrix, names, png_path, f"{os.path.basename(config.model)}, {tag} views: top-1 {top1:.3f}")
-    report = {"top1": top1, "top5": top5, "num_videos": int(labelled.sum()),
-              "num_unlabelled": int((~labelled).sum()), "views": tag, "num_frames": num_frames,
-              "frame_stride": frame_stride, "crop_size": crop_size, "eval_resize": eval_resize,
-              "model": config.model, "per_class_csv": csv_path, "confusion_png": png_path}
+    plot_confusion(
+        matrix, names, png_path, f"{os.path.basename(config.model)}, {tag} views: top-1 {top1:.3f}"
+    )
+    report = {
+        "top1": top1,
+        "top5": top5,
+        "num_videos": int(labelled.sum()),
+        "num_unlabelled": int((~labelled).sum()),
+        "views": tag,
+        "num_frames": num_frames,
+        "frame_stride": frame_stride,
+        "crop_size": crop_size,
+        "eval_resize": eval_resize,
+        "model": config.model,
+        "per_class_csv": csv_path,
+        "confusion_png": png_path,
+    }
     if annotation_report is not None:  # raw videos: what was not evaluated, and why
         unreadable = sorted(dict(raw_video_skips()[skips_before:]).items())
         own_rows = [row for row in annotation_report.bad_rows if row["file"] == annotation_report.annotations]
-        report["skipped_videos"] = {"missing": annotation_report.missing, "bad_rows": own_rows,
-                                    "unreadable": [{"path": p, "reason": r} for p, r in unreadable]}
+        report["skipped_videos"] = {
+            "missing": annotation_report.missing,
+            "bad_rows": own_rows,
+            "unreadable": [{"path": p, "reason": r} for p, r in unreadable],
+        }
         counts = {k: len(v) for k, v in report["skipped_videos"].items()}
         if any(counts.values()):
-            print(f"Skipped videos: {counts['missing']} missing on disk, {counts['bad_rows']} bad annotation "
-                  f"rows, {counts['unreadable']} unreadable (listed in eval_{tag}.json).", flush=True)
+            print(
+                f"Skipped videos: {counts['missing']} missing on disk, {counts['bad_rows']} bad annotation "
+                f"rows, {counts['unreadable']} unreadable (listed in eval_{tag}.json).",
+                flush=True,
+            )
     checkpoint.write_json(os.path.join(output_dir, f"eval_{tag}.json"), report)
-    print(f"{tag} views on {report['num_videos']} videos: top-1 {top1:.4f}, top-5 {top5:.4f}; wrote "
-          f"{csv_path}, {png_path}", flush=True)
+    print(
+        f"{tag} views on {report['num_videos']} videos: top-1 {top1:.4f}, top-5 {top5:.4f}; wrote "
+        f"{csv_path}, {png_path}",
+        flush=True,
+    )
     return report
 
 
 # -- absl main ------------------------------------------------------------------------------------------------
+
 
 def define_flags(flag_values=None):
     """Defines the evaluation flags; returns {name: FlagHolder}."""
@@ -259,26 +326,41 @@ def define_flags(flag_values=None):
 
     fv = flag_values if flag_values is not None else flags.FLAGS
     d = EvalConfig()
-    h = {"model": flags.DEFINE_string("model", None, "Trained model (.keras).", flag_values=fv),
-         "output_dir": flags.DEFINE_string("output_dir", None, "Output folder (default: beside the model).",
-                                           flag_values=fv),
-         "views": flags.DEFINE_string("views", d.views, "CLIPSxCROPS per video: 1x1 or 10x3.", flag_values=fv),
-         "batch_size": flags.DEFINE_integer("batch_size", d.batch_size, "Videos per batch.", flag_values=fv),
-         "dataset": flags.DEFINE_enum("dataset", None, ("synthetic", "tfrecord", "kinetics", "moments"),
-                                      "Data source (default: as trained).", flag_values=fv)}
-    for name, help_ in (("eval_pattern", "Glob of evaluation TFRecords."),
-                        ("eval_annotations", "Evaluation annotation file (kinetics/moments)."),
-                        ("eval_video_dir", "Folder of the evaluation videos."),
-                        ("classes", "Class list file (Kinetics: one name per line; Moments: category,index)."),
-                        ("data_dir", "Synthetic dataset folder.")):
+    h = {
+        "model": flags.DEFINE_string("model", None, "Trained model (.keras).", flag_values=fv),
+        "output_dir": flags.DEFINE_string(
+            "output_dir", None, "Output folder (default: beside the model).", flag_values=fv
+        ),
+        "views": flags.DEFINE_string("views", d.views, "CLIPSxCROPS per video: 1x1 or 10x3.", flag_values=fv),
+        "batch_size": flags.DEFINE_integer("batch_size", d.batch_size, "Videos per batch.", flag_values=fv),
+        "dataset": flags.DEFINE_enum(
+            "dataset",
+            None,
+            ("synthetic", "tfrecord", "kinetics", "moments"),
+            "Data source (default: as trained).",
+            flag_values=fv,
+        ),
+    }
+    for name, help_ in (
+        ("eval_pattern", "Glob of evaluation TFRecords."),
+        ("eval_annotations", "Evaluation annotation file (kinetics/moments)."),
+        ("eval_video_dir", "Folder of the evaluation videos."),
+        ("classes", "Class list file (Kinetics: one name per line; Moments: category,index)."),
+        ("data_dir", "Synthetic dataset folder."),
+    ):
         h[name] = flags.DEFINE_string(name, None, help_ + " Default: as trained.", flag_values=fv)
-    h["skip_bad_rows"] = flags.DEFINE_bool("skip_bad_rows", None, "Raw videos: skip malformed annotation rows "
-                                           "(listed in eval_{views}.json). Default: as trained.", flag_values=fv)
-    for name, help_ in (("num_frames", "Frames per clip (default: the model's)."),
-                        ("frame_stride", "Frame stride (default: as trained)."),
-                        ("crop_size", "Crop side (default: training crop for 1 crop, the eval short side "
-                                      "for several)."),
-                        ("eval_resize", "Short side before cropping (default: as trained).")):
+    h["skip_bad_rows"] = flags.DEFINE_bool(
+        "skip_bad_rows",
+        None,
+        "Raw videos: skip malformed annotation rows (listed in eval_{views}.json). Default: as trained.",
+        flag_values=fv,
+    )
+    for name, help_ in (
+        ("num_frames", "Frames per clip (default: the model's)."),
+        ("frame_stride", "Frame stride (default: as trained)."),
+        ("crop_size", "Crop side (default: training crop for 1 crop, the eval short side for several)."),
+        ("eval_resize", "Short side before cropping (default: as trained)."),
+    ):
         h[name] = flags.DEFINE_integer(name, None, help_, flag_values=fv)
     h["autotune"] = flags.DEFINE_bool("autotune", True, AUTOTUNE_HELP, flag_values=fv)
     return h

@@ -32,8 +32,13 @@ def _call_folded(layer, inputs, form):
         if symmetric:
             inputs = keras.layers.ZeroPadding3D(1, dtype=layer.dtype_policy, name=f"{layer.name}_pad")(inputs)
         conv = keras.layers.Conv3D(
-            layer.filters, 3, strides=layer.strides, padding="valid" if symmetric else "same",
-            use_bias=layer.use_bias, dtype=layer.dtype_policy, name=layer.name,
+            layer.filters,
+            3,
+            strides=layer.strides,
+            padding="valid" if symmetric else "same",
+            use_bias=layer.use_bias,
+            dtype=layer.dtype_policy,
+            name=layer.name,
         )
         out = conv(inputs)
         conv.set_weights([k3] + bias)
@@ -42,7 +47,9 @@ def _call_folded(layer, inputs, form):
     name, policy = layer.name, layer.dtype_policy
     padded = keras.layers.ZeroPadding3D(1, dtype=policy, name=f"{name}_pad")(inputs)
     crop = lambda axis: keras.layers.Cropping3D(  # noqa: E731
-        tuple((1, 1) if a == axis else (0, 0) for a in range(3)), dtype=policy, name=f"{name}_crop{'thw'[axis]}"
+        tuple((1, 1) if a == axis else (0, 0) for a in range(3)),
+        dtype=policy,
+        name=f"{name}_crop{'thw'[axis]}",
     )(padded)
     parts = []
     for suffix, axis, kernel, dilation, b in (
@@ -51,8 +58,13 @@ def _call_folded(layer, inputs, form):
         ("th", 2, k_th, (2, 2, 1), []),
     ):
         conv = keras.layers.Conv3D(
-            layer.filters, kernel.shape[:3], dilation_rate=dilation, padding="valid", use_bias=bool(b),
-            dtype=policy, name=f"{name}_{suffix}",
+            layer.filters,
+            kernel.shape[:3],
+            dilation_rate=dilation,
+            padding="valid",
+            use_bias=bool(b),
+            dtype=policy,
+            name=f"{name}_{suffix}",
         )
         parts.append(conv(crop(axis)))
         conv.set_weights([kernel] + b)

@@ -41,19 +41,23 @@ class InflationReport:
     source: str
 
     def summary(self):
-        return (f"{self.source}: {len(self.loaded)} layers loaded, {len(self.identity)} identity-initialised, "
-                f"{len(self.left_at_init)} left at init ({', '.join(self.left_at_init[:6])}"
-                f"{', ...' if len(self.left_at_init) > 6 else ''})")
+        return (
+            f"{self.source}: {len(self.loaded)} layers loaded, {len(self.identity)} identity-initialised, "
+            f"{len(self.left_at_init)} left at init ({', '.join(self.left_at_init[:6])}"
+            f"{', ...' if len(self.left_at_init) > 6 else ''})"
+        )
 
 
 def model_depth(model):
-    """"r50" or "r101" from the number of res4 blocks of a cost_tf.resnet model; ValueError otherwise."""
+    """ "r50" or "r101" from the number of res4 blocks of a cost_tf.resnet model; ValueError otherwise."""
     res4 = sum(bool(re.fullmatch(r"conv4_block\d+_out", layer.name)) for layer in model.layers)
     for depth, (_, blocks) in _APPLICATIONS.items():
         if res4 == blocks:
             return depth
-    raise ValueError(f"inflate_imagenet needs a ResNet-50 or ResNet-101 video model (6 or 23 res4 blocks); "
-                     f"model {model.name!r} has {res4}. Received: model={model.name!r}")
+    raise ValueError(
+        f"inflate_imagenet needs a ResNet-50 or ResNet-101 video model (6 or 23 res4 blocks); "
+        f"model {model.name!r} has {res4}. Received: model={model.name!r}"
+    )
 
 
 def _try_load(constructor, path):
@@ -81,8 +85,10 @@ def load_resnet2d(weights_path, depth):
     if depth not in _APPLICATIONS:
         raise ValueError(f"depth must be one of {tuple(_APPLICATIONS)}. Received: depth={depth!r}")
     if not isinstance(weights_path, (str, os.PathLike)) or not os.path.isfile(weights_path):
-        raise FileNotFoundError(f"ImageNet weights file not found (nothing is downloaded). "
-                                f"Received: weights_path={weights_path!r}")
+        raise FileNotFoundError(
+            f"ImageNet weights file not found (nothing is downloaded). "
+            f"Received: weights_path={weights_path!r}"
+        )
     if not (h5py.is_hdf5(weights_path) or zipfile.is_zipfile(weights_path)):
         raise ValueError(f"{weights_path} is neither an HDF5 (.h5, .weights.h5) nor a .keras file.")
     constructor = _APPLICATIONS[depth][0]
@@ -91,17 +97,23 @@ def load_resnet2d(weights_path, depth):
         return net, info
     for other, (other_constructor, _) in _APPLICATIONS.items():
         if other != depth and _try_load(other_constructor, weights_path)[0] is not None:
-            raise ValueError(f"Depth mismatch: {weights_path} holds keras.applications.{other_constructor} "
-                             f"weights but the model is a {constructor} ({depth}) video model.")
-    raise ValueError(f"Could not read {weights_path} as keras.applications.{constructor} weights "
-                     f"(with or without top):\n  " + "\n  ".join(info))
+            raise ValueError(
+                f"Depth mismatch: {weights_path} holds keras.applications.{other_constructor} "
+                f"weights but the model is a {constructor} ({depth}) video model."
+            )
+    raise ValueError(
+        f"Could not read {weights_path} as keras.applications.{constructor} weights "
+        f"(with or without top):\n  " + "\n  ".join(info)
+    )
 
 
 def _inflate_kernel(kernel2d, target_shape, name):
     """(kh, kw, ci, co) -> target (kt, kh, kw, ci, co): repeated kt times along time, divided by kt."""
     if len(target_shape) != 5 or tuple(target_shape[1:]) != kernel2d.shape:
-        raise ValueError(f"Shape mismatch at layer {name!r}: model kernel {tuple(target_shape)} cannot take the "
-                         f"2D kernel {kernel2d.shape}.")
+        raise ValueError(
+            f"Shape mismatch at layer {name!r}: model kernel {tuple(target_shape)} cannot take the "
+            f"2D kernel {kernel2d.shape}."
+        )
     kt = target_shape[0]
     return np.repeat(kernel2d[None], kt, axis=0) / kt
 
@@ -110,16 +122,20 @@ def _identity_in_time(layer):
     """Kernel of a t x 1 x 1 conv C -> C whose centre tap is the identity over channels, others 0."""
     kernel = np.zeros(layer.kernel.shape, "float32")
     if kernel.shape[-2] != kernel.shape[-1]:
-        raise ValueError(f"Layer {layer.name!r} maps {kernel.shape[-2]} -> {kernel.shape[-1]} channels; an "
-                         "identity init needs equal widths.")
+        raise ValueError(
+            f"Layer {layer.name!r} maps {kernel.shape[-2]} -> {kernel.shape[-1]} channels; an "
+            "identity init needs equal widths."
+        )
     kernel[tuple(k // 2 for k in layer.kernel_size)] = np.eye(kernel.shape[-1], dtype="float32")
     return kernel
 
 
 def _check(name, what, model_value, file_value):
     if tuple(model_value.shape) != tuple(file_value.shape):
-        raise ValueError(f"Shape mismatch at layer {name!r} ({what}): model {tuple(model_value.shape)}, "
-                         f"file {tuple(file_value.shape)}.")
+        raise ValueError(
+            f"Shape mismatch at layer {name!r} ({what}): model {tuple(model_value.shape)}, "
+            f"file {tuple(file_value.shape)}."
+        )
     return file_value
 
 
@@ -158,23 +174,30 @@ def inflate_imagenet(model, weights_path):
             loaded[layer.name] = "copied"
         elif isinstance(layer, (keras.layers.Conv3D, CoST)):
             if isinstance(layer, CoST):
-                assignments.append((layer.kernel, _check(layer.name, "kernel", layer.kernel, src_weights["kernel"])))
+                assignments.append(
+                    (layer.kernel, _check(layer.name, "kernel", layer.kernel, src_weights["kernel"]))
+                )
                 loaded[layer.name] = "kernel copied, coefficient weights at init"
             else:
-                assignments.append((layer.kernel, _inflate_kernel(src_weights["kernel"], layer.kernel.shape,
-                                                                  layer.name)))
+                assignments.append(
+                    (layer.kernel, _inflate_kernel(src_weights["kernel"], layer.kernel.shape, layer.name))
+                )
                 kt = layer.kernel_size[0]
                 loaded[layer.name] = "copied" if kt == 1 else f"repeated x{kt} / {kt}"
             if layer.use_bias != ("bias" in src_weights):
-                raise ValueError(f"Layer {layer.name!r}: use_bias={layer.use_bias} but the file's layer "
-                                 f"{'has' if 'bias' in src_weights else 'has no'} bias.")
+                raise ValueError(
+                    f"Layer {layer.name!r}: use_bias={layer.use_bias} but the file's layer "
+                    f"{'has' if 'bias' in src_weights else 'has no'} bias."
+                )
             if layer.use_bias:
                 assignments.append((layer.bias, _check(layer.name, "bias", layer.bias, src_weights["bias"])))
         else:
             raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no inflation rule.")
     if source:
-        raise ValueError(f"{weights_path}: {len(source)} layers of the 2D network have no counterpart in model "
-                         f"{model.name!r}: {sorted(source)[:8]}")
+        raise ValueError(
+            f"{weights_path}: {len(source)} layers of the 2D network have no counterpart in model "
+            f"{model.name!r}: {sorted(source)[:8]}"
+        )
     for variable, value in assignments:
         variable.assign(value)
     source_name = f"{os.fspath(weights_path)} ({_APPLICATIONS[depth][0]}, include_top={include_top})"

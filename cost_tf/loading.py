@@ -45,8 +45,12 @@ def resize_model(model, num_frames=None, input_size=None):
         return model
     if model.name not in resnet.ARCHS:
         raise ValueError(f"Cannot rebuild model {model.name!r} at another input size: not one of the archs.")
-    rebuilt = resnet.build_model(model.name, num_classes=model.output_shape[-1], num_frames=num_frames or frames,
-                                 input_size=input_size or height)
+    rebuilt = resnet.build_model(
+        model.name,
+        num_classes=model.output_shape[-1],
+        num_frames=num_frames or frames,
+        input_size=input_size or height,
+    )
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 

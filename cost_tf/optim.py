@@ -46,12 +46,16 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
         return keras.ops.cast(self.after(step), "float32") * factor
 
     def get_config(self):
-        return {"after": keras.optimizers.schedules.serialize(self.after), "warmup_steps": self.warmup_steps,
-                "start": self.start}
+        return {
+            "after": keras.optimizers.schedules.serialize(self.after),
+            "warmup_steps": self.warmup_steps,
+            "start": self.start,
+        }
 
 
-def build_schedule(learning_rate, steps_per_epoch, epochs, schedule="step", lr_steps=(), lr_decay=0.1,
-                   warmup_epochs=0):
+def build_schedule(
+    learning_rate, steps_per_epoch, epochs, schedule="step", lr_steps=(), lr_decay=0.1, warmup_epochs=0
+):
     """The learning rate as a Keras schedule (or a float when constant).
 
     Args:
@@ -66,25 +70,32 @@ def build_schedule(learning_rate, steps_per_epoch, epochs, schedule="step", lr_s
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}. Received: schedule={schedule!r}")
     if steps_per_epoch < 1 or epochs < 1:
-        raise ValueError(f"Need steps_per_epoch >= 1 and epochs >= 1. Received: steps_per_epoch={steps_per_epoch}, "
-                         f"epochs={epochs}")
+        raise ValueError(
+            f"Need steps_per_epoch >= 1 and epochs >= 1. Received: steps_per_epoch={steps_per_epoch}, "
+            f"epochs={epochs}"
+        )
     if not 0 <= warmup_epochs < epochs:
-        raise ValueError(f"warmup_epochs must be in [0, epochs). Received: warmup_epochs={warmup_epochs}, "
-                         f"epochs={epochs}")
+        raise ValueError(
+            f"warmup_epochs must be in [0, epochs). Received: warmup_epochs={warmup_epochs}, epochs={epochs}"
+        )
     total = steps_per_epoch * epochs
     warmup = int(round(warmup_epochs * steps_per_epoch))
     if schedule == "cosine":
         if warmup:
             return keras.optimizers.schedules.CosineDecay(
-                learning_rate * WARMUP_START, total - warmup, warmup_target=learning_rate, warmup_steps=warmup)
+                learning_rate * WARMUP_START, total - warmup, warmup_target=learning_rate, warmup_steps=warmup
+            )
         return keras.optimizers.schedules.CosineDecay(learning_rate, total)
     lr_steps = tuple(lr_steps)
     if list(lr_steps) != sorted(set(lr_steps)) or any(not 0 < e < epochs for e in lr_steps):
-        raise ValueError(f"lr_steps must be increasing epochs in (0, epochs={epochs}). Received: lr_steps={lr_steps}")
+        raise ValueError(
+            f"lr_steps must be increasing epochs in (0, epochs={epochs}). Received: lr_steps={lr_steps}"
+        )
     if lr_steps:
         after = keras.optimizers.schedules.PiecewiseConstantDecay(
             [e * steps_per_epoch - 1 for e in lr_steps],
-            [learning_rate * lr_decay**i for i in range(len(lr_steps) + 1)])
+            [learning_rate * lr_decay**i for i in range(len(lr_steps) + 1)],
+        )
     else:
         after = keras.optimizers.schedules.PiecewiseConstantDecay([total], [learning_rate, learning_rate])
     return Warmup(after, warmup) if warmup else after
@@ -100,18 +111,23 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
 
     def __init__(self, coupled_weight_decay=0.0, **kwargs):
         if kwargs.get("weight_decay") is not None:
-            raise ValueError("Pass coupled_weight_decay, not weight_decay (that is Keras' decoupled decay). "
-                             f"Received: weight_decay={kwargs['weight_decay']!r}")
+            raise ValueError(
+                "Pass coupled_weight_decay, not weight_decay (that is Keras' decoupled decay). "
+                f"Received: weight_decay={kwargs['weight_decay']!r}"
+            )
         super().__init__(**kwargs)
         if not coupled_weight_decay >= 0:
-            raise ValueError("coupled_weight_decay must be >= 0. "
-                             f"Received: coupled_weight_decay={coupled_weight_decay}")
+            raise ValueError(
+                f"coupled_weight_decay must be >= 0. Received: coupled_weight_decay={coupled_weight_decay}"
+            )
         self.coupled_weight_decay = float(coupled_weight_decay)
 
     def update_step(self, gradient, variable, learning_rate):
         if self.coupled_weight_decay and self._use_weight_decay(variable):
-            gradient = keras.ops.cast(gradient, variable.dtype) + keras.ops.cast(
-                self.coupled_weight_decay, variable.dtype) * variable
+            gradient = (
+                keras.ops.cast(gradient, variable.dtype)
+                + keras.ops.cast(self.coupled_weight_decay, variable.dtype) * variable
+            )
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
@@ -138,7 +154,11 @@ def build_optimizer(model, learning_rate, momentum=0.9, weight_decay=1e-4, clipn
     """
     if not model.built:
         raise ValueError(f"Build the model before the optimizer. Received: model={model.name!r} (not built)")
-    optimizer = CoupledWeightDecaySGD(coupled_weight_decay=weight_decay, learning_rate=learning_rate,
-                                      momentum=float(momentum), global_clipnorm=clipnorm or None)
+    optimizer = CoupledWeightDecaySGD(
+        coupled_weight_decay=weight_decay,
+        learning_rate=learning_rate,
+        momentum=float(momentum),
+        global_clipnorm=clipnorm or None,
+    )
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if not is_decayed(v)])
     return optimizer

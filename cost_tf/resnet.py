@@ -59,8 +59,9 @@ def parse_arch(arch):
 
 def check_build_args(num_classes, num_frames, input_size, dropout):
     """ValueError naming the argument for a bad num_classes / num_frames / input_size / dropout."""
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise ValueError(f"num_classes must be a positive int or None. Received: num_classes={num_classes!r}")
     for arg, value, least in (("num_frames", num_frames, 1), ("input_size", input_size, 32)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
@@ -79,12 +80,18 @@ class FramewiseConv3D(layers.Conv3D):
 
     def convolution_op(self, inputs, kernel):
         if (self.kernel_size[0], self.strides[0], self.dilation_rate[0]) != (1, 1, 1) or (
-                self.data_format != "channels_last"):
+            self.data_format != "channels_last"
+        ):
             return super().convolution_op(inputs, kernel)
         shape = ops.shape(inputs)  # entries may be tensors when unknown
         frames = ops.reshape(inputs, (-1,) + tuple(shape[2:]))
-        outputs = ops.conv(frames, kernel[0], strides=self.strides[1:], padding=self.padding,
-                           dilation_rate=self.dilation_rate[1:])
+        outputs = ops.conv(
+            frames,
+            kernel[0],
+            strides=self.strides[1:],
+            padding=self.padding,
+            dilation_rate=self.dilation_rate[1:],
+        )
         return ops.reshape(outputs, (shape[0], shape[1]) + tuple(ops.shape(outputs)[1:]))
 
 
@@ -101,14 +108,22 @@ class FramewiseMaxPooling3D(layers.MaxPooling3D):
             return super().call(inputs)
         shape = ops.shape(inputs)
         frames = ops.reshape(inputs, (-1,) + tuple(shape[2:]))
-        outputs = ops.max_pool(frames, pool_size=self.pool_size[1:], strides=self.strides[1:],
-                               padding=self.padding)
+        outputs = ops.max_pool(
+            frames, pool_size=self.pool_size[1:], strides=self.strides[1:], padding=self.padding
+        )
         return ops.reshape(outputs, (shape[0], shape[1]) + tuple(ops.shape(outputs)[1:]))
 
 
 def _conv(x, filters, kernel_size, name, strides=1, use_bias=True, padding="same"):
-    return FramewiseConv3D(filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
-                           kernel_initializer="he_normal", name=name)(x)
+    return FramewiseConv3D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer="he_normal",
+        name=name,
+    )(x)
 
 
 def _bn_relu(x, name, relu=True, epsilon=_BN_EPSILON):
@@ -120,8 +135,9 @@ def stem(x, filters, temporal_kernel=1, temporal_stride=1, pool_temporal=1, epsi
     """conv1 + pool1 of keras.applications' ResNet in 3D: explicit zero padding then 'valid' ops (the
     symmetric padding of the authors' PyTorch stem too)."""
     x = layers.ZeroPadding3D(((temporal_kernel // 2,) * 2, (3, 3), (3, 3)), name="conv1_pad")(x)
-    x = _conv(x, filters, (temporal_kernel, 7, 7), "conv1_conv", strides=(temporal_stride, 2, 2),
-              padding="valid")
+    x = _conv(
+        x, filters, (temporal_kernel, 7, 7), "conv1_conv", strides=(temporal_stride, 2, 2), padding="valid"
+    )
     x = _bn_relu(x, "conv1", epsilon=epsilon)
     # Zero padding before the max-pool is harmless: its input is post-ReLU (>= 0).
     x = layers.ZeroPadding3D(((0, 0), (1, 1), (1, 1)), name="pool1_pad")(x)
@@ -151,12 +167,20 @@ def bottleneck(x, filters, block, stride=1, conv_shortcut=False, name=None, styl
         shortcut = _bn_relu(shortcut, name + "_0", relu=False, epsilon=eps)
     else:
         shortcut = x
-    x = _conv(x, filters, (3 if block == "i3d" else 1, 1, 1), name + "_1_conv", strides=1 if torch else strides)
+    x = _conv(
+        x, filters, (3 if block == "i3d" else 1, 1, 1), name + "_1_conv", strides=1 if torch else strides
+    )
     x = _bn_relu(x, name + "_1", epsilon=eps)
     mid_strides = strides if torch else 1
     if block in ("cost_a", "cost_b"):
-        x = CoST(filters, variant=block[-1], strides=mid_strides, use_bias=True,
-                 padding="symmetric" if torch else "same", name=name + "_2_conv")(x)
+        x = CoST(
+            filters,
+            variant=block[-1],
+            strides=mid_strides,
+            use_bias=True,
+            padding="symmetric" if torch else "same",
+            name=name + "_2_conv",
+        )(x)
     else:
         kernel = (3 if block == "c3d" else 1, 3, 3)
         padding = "same"
@@ -177,8 +201,15 @@ def bottleneck(x, filters, block, stride=1, conv_shortcut=False, name=None, styl
 def stage(x, filters, block, pattern, stride, name, style="keras"):
     """keras.applications `stack1`: len(pattern) bottlenecks; pattern[i] = 1 inflates block i + 1."""
     for i, inflated in enumerate(pattern):
-        x = bottleneck(x, filters, block if inflated else "c2d", stride=stride if i == 0 else 1,
-                       conv_shortcut=i == 0, name=f"{name}_block{i + 1}", style=style)
+        x = bottleneck(
+            x,
+            filters,
+            block if inflated else "c2d",
+            stride=stride if i == 0 else 1,
+            conv_shortcut=i == 0,
+            name=f"{name}_block{i + 1}",
+            style=style,
+        )
     return x
 
 
@@ -206,12 +237,19 @@ def build_model(arch, num_classes=400, num_frames=8, input_size=224, dropout=Non
         raise ValueError(f"style must be one of {STYLES}. Received: style={style!r}")
     if block == "s3dg":
         if style != "keras":
-            raise ValueError(f"style applies to the ResNet archs only, not {arch!r}. Received: style={style!r}")
+            raise ValueError(
+                f"style applies to the ResNet archs only, not {arch!r}. Received: style={style!r}"
+            )
         from cost_tf.s3dg import TINY_DEPTH_MULTIPLIER, build_s3dg
 
-        return build_s3dg(num_classes=num_classes, num_frames=num_frames, input_size=input_size,
-                          dropout=0.2 if dropout is None else dropout,
-                          depth_multiplier=TINY_DEPTH_MULTIPLIER if depth == "tiny" else 1.0, name=arch)
+        return build_s3dg(
+            num_classes=num_classes,
+            num_frames=num_frames,
+            input_size=input_size,
+            dropout=0.2 if dropout is None else dropout,
+            depth_multiplier=TINY_DEPTH_MULTIPLIER if depth == "tiny" else 1.0,
+            name=arch,
+        )
     dropout = 0.5 if dropout is None else dropout
     check_build_args(num_classes, num_frames, input_size, dropout)
 
@@ -219,17 +257,29 @@ def build_model(arch, num_classes=400, num_frames=8, input_size=224, dropout=Non
     eps = _TORCH_BN_EPSILON if style == "pytorch" else _BN_EPSILON
     inputs = keras.Input((num_frames, input_size, input_size, 3), name="clip")
     if depth == "r101" and num_frames == 32:
-        x = stem(inputs, width, temporal_kernel=1 if block == "c2d" else 5, temporal_stride=2, pool_temporal=2,
-                 epsilon=eps)
+        x = stem(
+            inputs,
+            width,
+            temporal_kernel=1 if block == "c2d" else 5,
+            temporal_stride=2,
+            pool_temporal=2,
+            epsilon=eps,
+        )
     else:
         x = stem(inputs, width, epsilon=eps)
     for i, pattern in enumerate(patterns):
-        x = stage(x, width * 2**i, block, pattern, stride=1 if i == 0 else 2, name=f"conv{i + 2}", style=style)
+        x = stage(
+            x, width * 2**i, block, pattern, stride=1 if i == 0 else 2, name=f"conv{i + 2}", style=style
+        )
     x = layers.GlobalAveragePooling3D(name="avg_pool")(x)
     if num_classes is not None:
         x = layers.Dropout(dropout, name="dropout")(x)
-        x = layers.Dense(num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                         dtype="float32", name="logits")(x)
+        x = layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            dtype="float32",
+            name="logits",
+        )(x)
     return keras.Model(inputs, x, name=arch if style == "keras" else arch + "_pytorch")
 
 
@@ -247,8 +297,10 @@ def count_macs(model, cost_taps=27):
         if isinstance(layer, (layers.Conv3D, layers.Conv2D, CoST, layers.Dense)):
             out_shape, in_shape = tuple(layer.output.shape[1:]), tuple(layer.input.shape[1:])
             if None in out_shape or None in in_shape:
-                raise ValueError(f"count_macs needs static shapes; layer {layer.name!r} has input {in_shape} "
-                                 f"and output {out_shape}. Build the model with num_frames and input_size.")
+                raise ValueError(
+                    f"count_macs needs static shapes; layer {layer.name!r} has input {in_shape} "
+                    f"and output {out_shape}. Build the model with num_frames and input_size."
+                )
             channels_in, out_elements = in_shape[-1], math.prod(out_shape)
             if isinstance(layer, layers.Dense):
                 total += out_elements * channels_in

@@ -76,10 +76,18 @@ class TemporalIdentity(keras.initializers.Initializer):
 
 def unit(x, filters, kernel_size, name, strides=1):
     """slim conv3d under s3dg_arg_scope: 'same' conv without bias -> BatchNorm (centre only) -> ReLU."""
-    x = FramewiseConv3D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                        kernel_initializer=_weights(), name=name)(x)
-    x = layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, scale=False,
-                                  name=name + "_BatchNorm")(x)
+    x = FramewiseConv3D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_weights(),
+        name=name,
+    )(x)
+    x = layers.BatchNormalization(
+        momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, scale=False, name=name + "_BatchNorm"
+    )(x)
     return layers.Activation("relu", name=name + "_relu")(x)
 
 
@@ -89,8 +97,14 @@ def separable(x, filters, temporal_kernel, name):
     x = unit(x, filters, (1, 3, 3), name)
     if temporal_kernel == 1:
         return x
-    x = layers.Conv3D(filters, (temporal_kernel, 1, 1), padding="same", use_bias=True,
-                      kernel_initializer=TemporalIdentity(), name=name + "_temporal")(x)
+    x = layers.Conv3D(
+        filters,
+        (temporal_kernel, 1, 1),
+        padding="same",
+        use_bias=True,
+        kernel_initializer=TemporalIdentity(),
+        name=name + "_temporal",
+    )(x)
     return layers.Activation("relu", name=name + "_temporal_relu")(x)
 
 
@@ -103,8 +117,9 @@ def self_gating(x, name):
     """
     channels = x.shape[-1]
     gate = layers.GlobalAveragePooling3D(keepdims=True, name=name + "_self_gating_avg_pool3d")(x)
-    gate = layers.Conv3D(channels, 1, use_bias=False, kernel_initializer=_weights(),
-                         name=name + "_self_gating_transformer_W")(gate)
+    gate = layers.Conv3D(
+        channels, 1, use_bias=False, kernel_initializer=_weights(), name=name + "_self_gating_transformer_W"
+    )(gate)
     gate = layers.Activation("sigmoid", name=name + "_self_gating_sigmoid")(gate)
     return layers.Multiply(name=name + "_self_gating")([x, gate])
 
@@ -118,9 +133,15 @@ def inception_block(x, widths, name, temporal_kernel=3, gating=True):
     gate = self_gating if gating else (lambda tensor, _: tensor)
     b0 = gate(unit(x, w0, 1, f"{name}_Branch_0_Conv2d_0a_1x1"), f"{name}_Branch_0_Conv2d_0a_1x1")
     b1 = unit(x, w1a, 1, f"{name}_Branch_1_Conv2d_0a_1x1")
-    b1 = gate(separable(b1, w1b, temporal_kernel, f"{name}_Branch_1_Conv2d_0b_3x3"), f"{name}_Branch_1_Conv2d_0b_3x3")
+    b1 = gate(
+        separable(b1, w1b, temporal_kernel, f"{name}_Branch_1_Conv2d_0b_3x3"),
+        f"{name}_Branch_1_Conv2d_0b_3x3",
+    )
     b2 = unit(x, w2a, 1, f"{name}_Branch_2_Conv2d_0a_1x1")
-    b2 = gate(separable(b2, w2b, temporal_kernel, f"{name}_Branch_2_Conv2d_0b_3x3"), f"{name}_Branch_2_Conv2d_0b_3x3")
+    b2 = gate(
+        separable(b2, w2b, temporal_kernel, f"{name}_Branch_2_Conv2d_0b_3x3"),
+        f"{name}_Branch_2_Conv2d_0b_3x3",
+    )
     b3 = layers.MaxPooling3D(3, strides=1, padding="same", name=f"{name}_Branch_3_MaxPool_0a_3x3")(x)
     b3 = gate(unit(b3, w3, 1, f"{name}_Branch_3_Conv2d_0b_1x1"), f"{name}_Branch_3_Conv2d_0b_1x1")
     return layers.Concatenate(axis=-1, name=name)([b0, b1, b2, b3])
@@ -130,8 +151,16 @@ def _max_pool(x, pool, strides, name):
     return FramewiseMaxPooling3D(pool, strides=strides, padding="same", name=name)(x)
 
 
-def build_s3dg(num_classes=400, num_frames=64, input_size=224, dropout=0.2, stem_temporal_kernel=3,
-               depth_multiplier=1.0, min_depth=16, name="s3dg"):
+def build_s3dg(
+    num_classes=400,
+    num_frames=64,
+    input_size=224,
+    dropout=0.2,
+    stem_temporal_kernel=3,
+    depth_multiplier=1.0,
+    min_depth=16,
+    name="s3dg",
+):
     """Builds S3D-G.
 
     Args:
@@ -148,10 +177,18 @@ def build_s3dg(num_classes=400, num_frames=64, input_size=224, dropout=0.2, stem
     """
     check_build_args(num_classes, num_frames, input_size, dropout)
     if stem_temporal_kernel not in STEM_TEMPORAL_KERNELS:
-        raise ValueError(f"stem_temporal_kernel must be one of {STEM_TEMPORAL_KERNELS}. "
-                         f"Received: stem_temporal_kernel={stem_temporal_kernel!r}")
-    if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, (int, float)) or not depth_multiplier > 0:
-        raise ValueError(f"depth_multiplier must be a number > 0. Received: depth_multiplier={depth_multiplier!r}")
+        raise ValueError(
+            f"stem_temporal_kernel must be one of {STEM_TEMPORAL_KERNELS}. "
+            f"Received: stem_temporal_kernel={stem_temporal_kernel!r}"
+        )
+    if (
+        isinstance(depth_multiplier, bool)
+        or not isinstance(depth_multiplier, (int, float))
+        or not depth_multiplier > 0
+    ):
+        raise ValueError(
+            f"depth_multiplier must be a number > 0. Received: depth_multiplier={depth_multiplier!r}"
+        )
     if isinstance(min_depth, bool) or not isinstance(min_depth, int) or min_depth < 1:
         raise ValueError(f"min_depth must be a positive int. Received: min_depth={min_depth!r}")
 

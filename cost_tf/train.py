@@ -32,13 +32,32 @@ from pipelines import synthetic
 DATASETS = ("synthetic", "tfrecord", "kinetics", "moments")
 # What a run writes in model_dir (besides config.json, backup/ and the synthetic data/); a fresh run (no
 # backup to resume) removes them first.
-RUN_OUTPUTS = ("model.keras", "metrics.json", "best.keras", "best.keras.json", "training_log.csv", "tensorboard",
-               "data_report.json")
+RUN_OUTPUTS = (
+    "model.keras",
+    "metrics.json",
+    "best.keras",
+    "best.keras.json",
+    "training_log.csv",
+    "tensorboard",
+    "data_report.json",
+)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
-_KINETICS = dict(arch="cost_b_r50", epochs=160, lr_steps=(80, 120), lr_schedule="step", batch_size=64, lr=0.01,
-                 warmup_epochs=0.0, num_frames=8, frame_stride=8, crop_size=224, num_classes=400,
-                 backup_steps=500, validation_freq=5)
+_KINETICS = dict(
+    arch="cost_b_r50",
+    epochs=160,
+    lr_steps=(80, 120),
+    lr_schedule="step",
+    batch_size=64,
+    lr=0.01,
+    warmup_epochs=0.0,
+    num_frames=8,
+    frame_stride=8,
+    crop_size=224,
+    num_classes=400,
+    backup_steps=500,
+    validation_freq=5,
+)
 # Dataset -> defaults of the fields left None. Kinetics/Moments: the public code's recipe (spec section 3);
 # tfrecord: the Kinetics recipe (num_classes from classes.txt beside the shards when present).
 RECIPES = {
@@ -46,9 +65,21 @@ RECIPES = {
     "tfrecord": _KINETICS,
     "moments": dict(_KINETICS, epochs=48, lr_steps=(24, 36), num_classes=339),
     # The demo: 20-frame 64-px clips, 8 frames one every 2nd, 56-px crops, CoST(b) tiny.
-    "synthetic": dict(arch="cost_b_tiny", epochs=8, lr_steps=(), lr_schedule="cosine", batch_size=16, lr=0.05,
-                      warmup_epochs=0.5, num_frames=8, frame_stride=2, crop_size=56, num_classes=None,
-                      backup_steps=50, validation_freq=1),
+    "synthetic": dict(
+        arch="cost_b_tiny",
+        epochs=8,
+        lr_steps=(),
+        lr_schedule="cosine",
+        batch_size=16,
+        lr=0.05,
+        warmup_epochs=0.5,
+        num_frames=8,
+        frame_stride=2,
+        crop_size=56,
+        num_classes=None,
+        backup_steps=50,
+        validation_freq=1,
+    ),
 }
 
 
@@ -151,8 +182,10 @@ def resolve_config(config):
     if config.dataset not in DATASETS:
         raise _flag_error("dataset", config.dataset, f"must be one of {', '.join(DATASETS)}")
     recipe = RECIPES[config.dataset]
-    filled = {k: (recipe[k] if v is None and k in recipe and k != "num_classes" else v)
-              for k, v in dataclasses.asdict(config).items()}
+    filled = {
+        k: (recipe[k] if v is None and k in recipe and k != "num_classes" else v)
+        for k, v in dataclasses.asdict(config).items()
+    }
     if config.lr_steps is None and filled["lr_schedule"] != "step":
         filled["lr_steps"] = ()  # the recipe's decay epochs belong to its step schedule
     elif config.lr_steps is None and filled["epochs"] != recipe["epochs"]:
@@ -172,11 +205,26 @@ def resolve_config(config):
         raise _flag_error("strategy", c.strategy, f"must be one of {', '.join(distribute.STRATEGIES)}")
     if c.lr_schedule not in optim.SCHEDULES:
         raise _flag_error("lr_schedule", c.lr_schedule, f"must be one of {', '.join(optim.SCHEDULES)}")
-    for name in ("epochs", "batch_size", "num_frames", "frame_stride", "crop_size", "synthetic_train",
-                 "synthetic_eval", "shuffle_buffer"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "num_frames",
+        "frame_stride",
+        "crop_size",
+        "synthetic_train",
+        "synthetic_eval",
+        "shuffle_buffer",
+    ):
         _positive_int(name, getattr(c, name))
-    for name in ("steps_per_epoch", "backup_steps", "validation_freq", "num_classes", "min_resize",
-                 "max_resize", "eval_resize"):
+    for name in (
+        "steps_per_epoch",
+        "backup_steps",
+        "validation_freq",
+        "num_classes",
+        "min_resize",
+        "max_resize",
+        "eval_resize",
+    ):
         if getattr(c, name) is not None:
             _positive_int(name, getattr(c, name))
     if not c.lr > 0:
@@ -212,16 +260,20 @@ def resolve_config(config):
             names = _class_names(c, _glob("train_pattern", c.train_pattern))
         c.num_classes = len(names) if names else RECIPES[c.dataset]["num_classes"]
     if c.imagenet_weights and parse_arch(c.arch)[0] == "s3dg":
-        raise _flag_error("imagenet_weights", c.imagenet_weights,
-                          f"--arch={c.arch} (S3D-G, Inception-v1 layout) has no ImageNet initialisation: "
-                          "keras.applications has no Inception-v1 to inflate; omit the flag to train from scratch")
+        raise _flag_error(
+            "imagenet_weights",
+            c.imagenet_weights,
+            f"--arch={c.arch} (S3D-G, Inception-v1 layout) has no ImageNet initialisation: "
+            "keras.applications has no Inception-v1 to inflate; omit the flag to train from scratch",
+        )
     if c.imagenet_weights:
         _check_readable("imagenet_weights", c.imagenet_weights)
         try:
             from cost_tf import inflate  # noqa: F401
         except ImportError as e:
-            raise _flag_error("imagenet_weights", c.imagenet_weights,
-                              f"ImageNet inflation is unavailable ({e})") from None
+            raise _flag_error(
+                "imagenet_weights", c.imagenet_weights, f"ImageNet inflation is unavailable ({e})"
+            ) from None
     return c
 
 
@@ -239,19 +291,25 @@ def _class_names(c, train_files=None):
 
 
 def _count_records(files):
-    print(f"Counting the records of {len(files)} TFRecord files (pass --steps_per_epoch to skip) ...",
-          flush=True)
+    print(
+        f"Counting the records of {len(files)} TFRecord files (pass --steps_per_epoch to skip) ...",
+        flush=True,
+    )
     return int(tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
 def _raw_source(c, split):
     """make_dataset's raw-video arguments for a split of --dataset=kinetics|moments."""
     train_split = split == "train"
-    return dict(dataset=c.dataset, classes=c.classes, skip_bad_rows=c.skip_bad_rows,
-                annotations=c.annotations if train_split else c.eval_annotations,
-                video_dir=c.video_dir if train_split else (c.eval_video_dir or c.video_dir),
-                # Kinetics without --classes: every split takes the training CSV's class indices.
-                train_annotations=None if train_split or c.dataset != "kinetics" or c.classes else c.annotations)
+    return dict(
+        dataset=c.dataset,
+        classes=c.classes,
+        skip_bad_rows=c.skip_bad_rows,
+        annotations=c.annotations if train_split else c.eval_annotations,
+        video_dir=c.video_dir if train_split else (c.eval_video_dir or c.video_dir),
+        # Kinetics without --classes: every split takes the training CSV's class indices.
+        train_annotations=None if train_split or c.dataset != "kinetics" or c.classes else c.annotations,
+    )
 
 
 def read_split(c, split):
@@ -263,14 +321,23 @@ def read_split(c, split):
     from pipelines.readers import read_annotations
 
     source = _raw_source(c, split)
-    records, report = read_annotations(source["dataset"], source["annotations"], source["video_dir"],
-                                       classes=source["classes"], train_annotations=source["train_annotations"],
-                                       skip_bad_rows=source["skip_bad_rows"])
+    records, report = read_annotations(
+        source["dataset"],
+        source["annotations"],
+        source["video_dir"],
+        classes=source["classes"],
+        train_annotations=source["train_annotations"],
+        skip_bad_rows=source["skip_bad_rows"],
+    )
     if not records:
         name = "annotations" if split == "train" else "eval_annotations"
-        raise _flag_error(name, source["annotations"], f"none of its {report.num_rows} rows names a video found "
-                          f"under {source['video_dir']} ({len(report.missing)} missing, "
-                          f"{len(report.bad_rows)} bad rows)")
+        raise _flag_error(
+            name,
+            source["annotations"],
+            f"none of its {report.num_rows} rows names a video found "
+            f"under {source['video_dir']} ({len(report.missing)} missing, "
+            f"{len(report.bad_rows)} bad rows)",
+        )
     return records, report
 
 
@@ -286,9 +353,15 @@ def data_report(reports, skips_before=0):
     for path, reason in raw_video_skips()[skips_before:]:  # a video skipped again in every epoch counts once
         unreadable.setdefault(path, reason)
     # A split read with the training CSV's class indices also reports that CSV's bad rows: keep its own.
-    out = {split: {"annotations": report.annotations, "videos": count, "missing": report.missing,
-                   "bad_rows": [row for row in report.bad_rows if row["file"] == report.annotations]}
-           for split, (report, count) in reports.items()}
+    out = {
+        split: {
+            "annotations": report.annotations,
+            "videos": count,
+            "missing": report.missing,
+            "bad_rows": [row for row in report.bad_rows if row["file"] == report.annotations],
+        }
+        for split, (report, count) in reports.items()
+    }
     out["unreadable"] = [{"path": path, "reason": reason} for path, reason in sorted(unreadable.items())]
     return out
 
@@ -298,25 +371,37 @@ def prepare_data(c, data_dir=None):
 
     data_dir: where the synthetic dataset goes (default c.data_dir or {model_dir}/data).
     """
-    clip = dict(num_frames=c.num_frames, frame_stride=c.frame_stride, crop_size=c.crop_size,
-                min_resize=c.min_resize, max_resize=c.max_resize, eval_resize=c.eval_resize)
+    clip = dict(
+        num_frames=c.num_frames,
+        frame_stride=c.frame_stride,
+        crop_size=c.crop_size,
+        min_resize=c.min_resize,
+        max_resize=c.max_resize,
+        eval_resize=c.eval_resize,
+    )
     names = None
     if c.dataset == "synthetic":
         folder = data_dir or c.data_dir or os.path.join(c.model_dir, "data")
-        train_pattern, eval_pattern = synthetic.write_synthetic(folder, num_train=c.synthetic_train,
-                                                                num_eval=c.synthetic_eval)
+        train_pattern, eval_pattern = synthetic.write_synthetic(
+            folder, num_train=c.synthetic_train, num_eval=c.synthetic_eval
+        )
         names = list(synthetic.CLASSES)
         train_files, eval_files = tf.io.gfile.glob(train_pattern), tf.io.gfile.glob(eval_pattern)
         counts = (c.synthetic_train, c.synthetic_eval)
     elif c.dataset == "tfrecord":
-        train_files, eval_files = _glob("train_pattern", c.train_pattern), _glob("eval_pattern", c.eval_pattern)
+        train_files, eval_files = (
+            _glob("train_pattern", c.train_pattern),
+            _glob("eval_pattern", c.eval_pattern),
+        )
         names = _class_names(c, train_files)
         counts = (None if c.steps_per_epoch else _count_records(train_files), None)
     if c.dataset in ("synthetic", "tfrecord"):
         train = DataSource(dict(clip, file_pattern=train_files), counts[0], len(train_files))
         evaluation = DataSource(dict(clip, file_pattern=eval_files), counts[1], len(eval_files))
     else:
-        (train_records, train_report), (eval_records, eval_report) = (read_split(c, s) for s in ("train", "eval"))
+        (train_records, train_report), (eval_records, eval_report) = (
+            read_split(c, s) for s in ("train", "eval")
+        )
         names = train_report.classes
         train = DataSource(dict(clip, **_raw_source(c, "train")), len(train_records), len(train_records))
         evaluation = DataSource(dict(clip, **_raw_source(c, "eval")), len(eval_records), len(eval_records))
@@ -334,11 +419,17 @@ def distributed_dataset(strategy, source, mode, global_batch_size, seed=None, **
     from pipelines.dataset import make_dataset
 
     def dataset_fn(context):
-        shard = context.num_input_pipelines > 1 and (mode == "train" or
-                                                     source.num_units >= context.num_input_pipelines)
-        return make_dataset(mode=mode, batch_size=context.get_per_replica_batch_size(global_batch_size),
-                            seed=None if seed is None else seed + 100_003 * context.input_pipeline_id,
-                            input_context=context if shard else None, **source.kwargs, **kwargs)
+        shard = context.num_input_pipelines > 1 and (
+            mode == "train" or source.num_units >= context.num_input_pipelines
+        )
+        return make_dataset(
+            mode=mode,
+            batch_size=context.get_per_replica_batch_size(global_batch_size),
+            seed=None if seed is None else seed + 100_003 * context.input_pipeline_id,
+            input_context=context if shard else None,
+            **source.kwargs,
+            **kwargs,
+        )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -350,16 +441,20 @@ def make_callbacks(c, write_dir, backup_dir, strategy):
     ModelCheckpoint (best by val_top1), and the crash-safe BackupAndRestore every c.backup_steps batches.
     """
     backup = checkpoint.AtomicBackupAndRestore(
-        backup_dir, save_freq=c.backup_steps or "epoch",
-        write_dir=backup_dir if write_dir == c.model_dir else os.path.join(write_dir, "backup"))
+        backup_dir,
+        save_freq=c.backup_steps or "epoch",
+        write_dir=backup_dir if write_dir == c.model_dir else os.path.join(write_dir, "backup"),
+    )
     callbacks = [
         distribute.AverageBatchNormStatistics(strategy),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(os.path.join(write_dir, "training_log.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(write_dir, "tensorboard"), update_freq="epoch",
-                                    profile_batch=0),
-        checkpoint.AtomicModelCheckpoint(os.path.join(write_dir, "best.keras"), monitor="val_top1", mode="max",
-                                         save_best_only=True),
+        keras.callbacks.TensorBoard(
+            os.path.join(write_dir, "tensorboard"), update_freq="epoch", profile_batch=0
+        ),
+        checkpoint.AtomicModelCheckpoint(
+            os.path.join(write_dir, "best.keras"), monitor="val_top1", mode="max", save_best_only=True
+        ),
         backup,
     ]
     return callbacks, backup
@@ -367,20 +462,28 @@ def make_callbacks(c, write_dir, backup_dir, strategy):
 
 def compile_model(c, num_classes, steps_per_epoch):
     """Builds (and, given --imagenet_weights, inflates) and compiles the model in the current scope."""
-    model = build_model(c.arch, num_classes=num_classes, num_frames=c.num_frames, input_size=c.crop_size,
-                        dropout=c.dropout)
+    model = build_model(
+        c.arch, num_classes=num_classes, num_frames=c.num_frames, input_size=c.crop_size, dropout=c.dropout
+    )
     if c.imagenet_weights:
         from cost_tf.inflate import inflate_imagenet
+
         inflate_imagenet(model, c.imagenet_weights)
     learning_rate = optim.scaled_learning_rate(c.lr, c.batch_size)
-    schedule = optim.build_schedule(learning_rate, steps_per_epoch, c.epochs, c.lr_schedule, c.lr_steps,
-                                    c.lr_decay, c.warmup_epochs)
-    optimizer = optim.build_optimizer(model, schedule, momentum=c.momentum, weight_decay=c.weight_decay,
-                                      clipnorm=c.clipnorm)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                           keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+    schedule = optim.build_schedule(
+        learning_rate, steps_per_epoch, c.epochs, c.lr_schedule, c.lr_steps, c.lr_decay, c.warmup_epochs
+    )
+    optimizer = optim.build_optimizer(
+        model, schedule, momentum=c.momentum, weight_decay=c.weight_decay, clipnorm=c.clipnorm
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+        ],
+    )
     return model
 
 
@@ -402,13 +505,19 @@ def setup(config):
     on bad flags and on a global batch the replicas cannot share, before any data is read or model built."""
     c = resolve_config(config)
     if importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("The TensorBoard callback needs the tensorboard package (pinned in requirements.txt): "
-                         "pip install -r requirements.txt")
+        raise ValueError(
+            "The TensorBoard callback needs the tensorboard package (pinned in requirements.txt): "
+            "pip install -r requirements.txt"
+        )
     strategy = distribute.create_strategy(c.strategy, tpu=c.tpu)
     distribute.check_global_batch(c.batch_size, strategy.num_replicas_in_sync)
     if c.precision == "mixed_float16" and (c.strategy == "tpu" or not tf.config.list_logical_devices("GPU")):
-        raise _flag_error("precision", c.precision, "float16 needs a GPU (TensorFlow has no float16 CPU "
-                          "kernel for 3D pooling); use mixed_bfloat16 on CPU/TPU")
+        raise _flag_error(
+            "precision",
+            c.precision,
+            "float16 needs a GPU (TensorFlow has no float16 CPU "
+            "kernel for 3D pooling); use mixed_bfloat16 on CPU/TPU",
+        )
     return c, strategy
 
 
@@ -455,8 +564,11 @@ def _train(c, strategy, out, extra_callbacks):
     backup_dir = os.path.join(c.model_dir, "backup")
     state = checkpoint.read_backup_state(backup_dir)
     if state is not None:
-        print(f"Resuming from {backup_dir}: epoch {state['epoch']} done, step {state['step']}/{steps} of the "
-              "next one.", flush=True)
+        print(
+            f"Resuming from {backup_dir}: epoch {state['epoch']} done, step {state['step']}/{steps} of the "
+            "next one.",
+            flush=True,
+        )
     else:  # a fresh run: outputs of an earlier run in this folder would mix with this one's
         for name in RUN_OUTPUTS:
             path = os.path.join(out.path, name)
@@ -464,22 +576,30 @@ def _train(c, strategy, out, extra_callbacks):
                 tf.io.gfile.rmtree(path)
             elif tf.io.gfile.exists(path):
                 tf.io.gfile.remove(path)
-    checkpoint.write_json(os.path.join(out.path, "config.json"),
-                          dict(dataclasses.asdict(c), num_classes=num_classes, steps_per_epoch=steps,
-                               class_names=names, eval_pattern=eval_source.kwargs.get("file_pattern",
-                                                                                      c.eval_pattern)))
+    checkpoint.write_json(
+        os.path.join(out.path, "config.json"),
+        dict(
+            dataclasses.asdict(c),
+            num_classes=num_classes,
+            steps_per_epoch=steps,
+            class_names=names,
+            eval_pattern=eval_source.kwargs.get("file_pattern", c.eval_pattern),
+        ),
+    )
     # A resumed run draws other clips than the run it continues (same seed, shifted by the resume point).
     offset = 0 if state is None else state["epoch"] * steps + state["step"]
     seed = None if c.seed is None else c.seed + 7919 * offset
-    train_ds = distributed_dataset(strategy, train_source, "train", c.batch_size, seed=seed, flip=c.flip,
-                                   shuffle_buffer=c.shuffle_buffer)
+    train_ds = distributed_dataset(
+        strategy, train_source, "train", c.batch_size, seed=seed, flip=c.flip, shuffle_buffer=c.shuffle_buffer
+    )
     eval_ds = distributed_dataset(strategy, eval_source, "eval", c.batch_size)
 
     with strategy.scope():
         model = compile_model(c, num_classes, steps)
     if c.autotune:
-        autotune_for_main(model, (c.batch_size // strategy.num_replicas_in_sync, c.num_frames, c.crop_size,
-                                  c.crop_size, 3))
+        autotune_for_main(
+            model, (c.batch_size // strategy.num_replicas_in_sync, c.num_frames, c.crop_size, c.crop_size, 3)
+        )
     callbacks, backup = make_callbacks(c, out.path, backup_dir, strategy)
     callbacks[-1:-1] = extra_callbacks
     completed = state["epoch"] if state else 0
@@ -493,14 +613,23 @@ def _train(c, strategy, out, extra_callbacks):
             # Keras warns whenever a dataset of unknown length ends; only the (finite) validation data
             # does here: the training data repeats forever.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            history = model.fit(train_ds, initial_epoch=initial_epoch, epochs=end_epoch,
-                                steps_per_epoch=segment_steps, validation_data=eval_ds,
-                                validation_freq=c.validation_freq, callbacks=callbacks, shuffle=False,
-                                verbose=c.verbose)
+            history = model.fit(
+                train_ds,
+                initial_epoch=initial_epoch,
+                epochs=end_epoch,
+                steps_per_epoch=segment_steps,
+                validation_data=eval_ds,
+                validation_freq=c.validation_freq,
+                callbacks=callbacks,
+                shuffle=False,
+                verbose=c.verbose,
+            )
         losses = history.history.get("loss", [])
         if losses and not math.isfinite(losses[-1]):
-            raise RuntimeError(f"Training diverged (loss {losses[-1]}) in epoch {initial_epoch + len(losses)}; "
-                               f"the last finite state is kept in {backup_dir}.")
+            raise RuntimeError(
+                f"Training diverged (loss {losses[-1]}) in epoch {initial_epoch + len(losses)}; "
+                f"the last finite state is kept in {backup_dir}."
+            )
         completed = initial_epoch + len(losses)
     if completed != c.epochs:
         raise RuntimeError(f"Training stopped after {completed} of {c.epochs} epochs.")
@@ -510,31 +639,50 @@ def _train(c, strategy, out, extra_callbacks):
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         results = model.evaluate(eval_ds, return_dict=True, verbose=0)
     checkpoint.save_model(model, os.path.join(out.path, "model.keras"))
-    metrics = {"top1": float(results["top1"]), "top5": float(results["top5"]), "loss": float(results["loss"]),
-               "epochs": completed, "steps": int(model.optimizer.iterations.numpy()), "arch": c.arch,
-               "dataset": c.dataset, "num_eval": eval_source.count}
-    skipped = data_report({split: (source.report, source.count) for split, source in
-                           (("train", train_source), ("eval", eval_source)) if source.report is not None},
-                          skips_before)
+    metrics = {
+        "top1": float(results["top1"]),
+        "top5": float(results["top5"]),
+        "loss": float(results["loss"]),
+        "epochs": completed,
+        "steps": int(model.optimizer.iterations.numpy()),
+        "arch": c.arch,
+        "dataset": c.dataset,
+        "num_eval": eval_source.count,
+    }
+    skipped = data_report(
+        {
+            split: (source.report, source.count)
+            for split, source in (("train", train_source), ("eval", eval_source))
+            if source.report is not None
+        },
+        skips_before,
+    )
     if skipped is not None:
         checkpoint.write_json(os.path.join(out.path, "data_report.json"), skipped)
         metrics["skipped_videos"] = counts = {
             "missing": sum(len(skipped[s]["missing"]) for s in ("train", "eval")),
             "bad_rows": sum(len(skipped[s]["bad_rows"]) for s in ("train", "eval")),
-            "unreadable": len(skipped["unreadable"])}
+            "unreadable": len(skipped["unreadable"]),
+        }
         if any(counts.values()):
-            print(f"Skipped videos: {counts['missing']} missing on disk, {counts['bad_rows']} bad annotation rows, "
-                  f"{counts['unreadable']} unreadable; listed in {os.path.join(c.model_dir, 'data_report.json')}.",
-                  flush=True)
+            print(
+                f"Skipped videos: {counts['missing']} missing on disk, {counts['bad_rows']} bad annotation rows, "
+                f"{counts['unreadable']} unreadable; listed in {os.path.join(c.model_dir, 'data_report.json')}.",
+                flush=True,
+            )
     checkpoint.write_json(os.path.join(out.path, "metrics.json"), metrics)
     if out.chief and tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)
-    print(f"Wrote {os.path.join(c.model_dir, 'model.keras')} and metrics.json: top-1 {metrics['top1']:.4f}, "
-          f"top-5 {metrics['top5']:.4f} after {completed} epochs ({metrics['steps']} steps).", flush=True)
+    print(
+        f"Wrote {os.path.join(c.model_dir, 'model.keras')} and metrics.json: top-1 {metrics['top1']:.4f}, "
+        f"top-5 {metrics['top5']:.4f} after {completed} epochs ({metrics['steps']} steps).",
+        flush=True,
+    )
     return metrics
 
 
 # -- absl main ------------------------------------------------------------------------------------------------
+
 
 def define_flags(flag_values=None):
     """Defines the training flags on `flag_values` (default absl's FLAGS); returns {name: FlagHolder}."""
@@ -544,76 +692,123 @@ def define_flags(flag_values=None):
     defaults = TrainConfig()
     recipe = "default: the dataset's recipe"
     h = {}
-    h["model_dir"] = flags.DEFINE_string("model_dir", None, "Output folder (checkpoints, logs, model).",
-                                         flag_values=fv)
-    h["dataset"] = flags.DEFINE_enum("dataset", "synthetic", DATASETS,
-                                     "synthetic (embedded, needs nothing), tfrecord (--train_pattern/"
-                                     "--eval_pattern), kinetics or moments (raw videos: --annotations, "
-                                     "--eval_annotations, --video_dir).", flag_values=fv)
+    h["model_dir"] = flags.DEFINE_string(
+        "model_dir", None, "Output folder (checkpoints, logs, model).", flag_values=fv
+    )
+    h["dataset"] = flags.DEFINE_enum(
+        "dataset",
+        "synthetic",
+        DATASETS,
+        "synthetic (embedded, needs nothing), tfrecord (--train_pattern/"
+        "--eval_pattern), kinetics or moments (raw videos: --annotations, "
+        "--eval_annotations, --video_dir).",
+        flag_values=fv,
+    )
     h["arch"] = flags.DEFINE_string("arch", None, f"One of {', '.join(ARCHS)} ({recipe}).", flag_values=fv)
-    for name, help_ in (("train_pattern", "Glob of training TFRecord shards."),
-                        ("eval_pattern", "Glob of evaluation TFRecord shards."),
-                        ("annotations", "Training annotation file (Kinetics CSV / Moments CSV)."),
-                        ("eval_annotations", "Evaluation annotation file."),
-                        ("video_dir", "Folder of the training videos."),
-                        ("eval_video_dir", "Folder of the evaluation videos (default --video_dir)."),
-                        ("classes", "Class list file (Kinetics: one name per line; Moments: category,index)."),
-                        ("data_dir", "Synthetic dataset folder (default {model_dir}/data)."),
-                        ("imagenet_weights", "Local keras.applications ResNet .weights.h5 to inflate."),
-                        ("tpu", "TPU name or address for --strategy=tpu.")):
+    for name, help_ in (
+        ("train_pattern", "Glob of training TFRecord shards."),
+        ("eval_pattern", "Glob of evaluation TFRecord shards."),
+        ("annotations", "Training annotation file (Kinetics CSV / Moments CSV)."),
+        ("eval_annotations", "Evaluation annotation file."),
+        ("video_dir", "Folder of the training videos."),
+        ("eval_video_dir", "Folder of the evaluation videos (default --video_dir)."),
+        ("classes", "Class list file (Kinetics: one name per line; Moments: category,index)."),
+        ("data_dir", "Synthetic dataset folder (default {model_dir}/data)."),
+        ("imagenet_weights", "Local keras.applications ResNet .weights.h5 to inflate."),
+        ("tpu", "TPU name or address for --strategy=tpu."),
+    ):
         h[name] = flags.DEFINE_string(name, None, help_, flag_values=fv)
-    for name, help_ in (("num_classes", "Classifier width (default from the dataset / class list)."),
-                        ("epochs", f"Training epochs ({recipe})."),
-                        ("steps_per_epoch", "Batches per epoch (default: training clips // batch_size)."),
-                        ("batch_size", f"GLOBAL batch over all replicas ({recipe})."),
-                        ("num_frames", f"Frames per clip ({recipe})."),
-                        ("frame_stride", f"Take one frame every frame_stride ({recipe})."),
-                        ("crop_size", f"Crop side in pixels ({recipe})."),
-                        ("min_resize", "Train short side, lower bound (default crop*8/7: 256 at 224)."),
-                        ("max_resize", "Train short side, upper bound (default crop*10/7: 320 at 224)."),
-                        ("eval_resize", "Eval short side (default crop*8/7: 256 at 224)."),
-                        ("backup_steps", f"Back up every this many batches, and at every epoch end ({recipe})."),
-                        ("validation_freq", f"Validate every this many epochs ({recipe}).")):
+    for name, help_ in (
+        ("num_classes", "Classifier width (default from the dataset / class list)."),
+        ("epochs", f"Training epochs ({recipe})."),
+        ("steps_per_epoch", "Batches per epoch (default: training clips // batch_size)."),
+        ("batch_size", f"GLOBAL batch over all replicas ({recipe})."),
+        ("num_frames", f"Frames per clip ({recipe})."),
+        ("frame_stride", f"Take one frame every frame_stride ({recipe})."),
+        ("crop_size", f"Crop side in pixels ({recipe})."),
+        ("min_resize", "Train short side, lower bound (default crop*8/7: 256 at 224)."),
+        ("max_resize", "Train short side, upper bound (default crop*10/7: 320 at 224)."),
+        ("eval_resize", "Eval short side (default crop*8/7: 256 at 224)."),
+        ("backup_steps", f"Back up every this many batches, and at every epoch end ({recipe})."),
+        ("validation_freq", f"Validate every this many epochs ({recipe})."),
+    ):
         h[name] = flags.DEFINE_integer(name, None, help_, flag_values=fv)
-    h["synthetic_train"] = flags.DEFINE_integer("synthetic_train", defaults.synthetic_train,
-                                                "Synthetic training clips.", flag_values=fv)
-    h["synthetic_eval"] = flags.DEFINE_integer("synthetic_eval", defaults.synthetic_eval,
-                                               "Synthetic evaluation clips.", flag_values=fv)
-    h["shuffle_buffer"] = flags.DEFINE_integer("shuffle_buffer", defaults.shuffle_buffer,
-                                               "Training shuffle buffer (clips).", flag_values=fv)
-    h["lr"] = flags.DEFINE_float("lr", None, f"Learning rate per 64 clips, scaled linearly with --batch_size "
-                                 f"({recipe}: 0.01 for Kinetics/Moments).", flag_values=fv)
-    h["lr_schedule"] = flags.DEFINE_enum("lr_schedule", None, optim.SCHEDULES, f"Schedule ({recipe}).",
-                                         flag_values=fv)
-    h["lr_steps"] = flags.DEFINE_list("lr_steps", None, f"Epochs where the step schedule decays ({recipe}: "
-                                      "80,120 Kinetics, 24,36 Moments; at the same fractions of --epochs when "
-                                      "that differs).", flag_values=fv)
+    h["synthetic_train"] = flags.DEFINE_integer(
+        "synthetic_train", defaults.synthetic_train, "Synthetic training clips.", flag_values=fv
+    )
+    h["synthetic_eval"] = flags.DEFINE_integer(
+        "synthetic_eval", defaults.synthetic_eval, "Synthetic evaluation clips.", flag_values=fv
+    )
+    h["shuffle_buffer"] = flags.DEFINE_integer(
+        "shuffle_buffer", defaults.shuffle_buffer, "Training shuffle buffer (clips).", flag_values=fv
+    )
+    h["lr"] = flags.DEFINE_float(
+        "lr",
+        None,
+        f"Learning rate per 64 clips, scaled linearly with --batch_size "
+        f"({recipe}: 0.01 for Kinetics/Moments).",
+        flag_values=fv,
+    )
+    h["lr_schedule"] = flags.DEFINE_enum(
+        "lr_schedule", None, optim.SCHEDULES, f"Schedule ({recipe}).", flag_values=fv
+    )
+    h["lr_steps"] = flags.DEFINE_list(
+        "lr_steps",
+        None,
+        f"Epochs where the step schedule decays ({recipe}: "
+        "80,120 Kinetics, 24,36 Moments; at the same fractions of --epochs when "
+        "that differs).",
+        flag_values=fv,
+    )
     h["lr_decay"] = flags.DEFINE_float("lr_decay", defaults.lr_decay, "Step schedule factor.", flag_values=fv)
-    h["warmup_epochs"] = flags.DEFINE_float("warmup_epochs", None, f"Linear warmup epochs ({recipe}).",
-                                            flag_values=fv)
+    h["warmup_epochs"] = flags.DEFINE_float(
+        "warmup_epochs", None, f"Linear warmup epochs ({recipe}).", flag_values=fv
+    )
     h["momentum"] = flags.DEFINE_float("momentum", defaults.momentum, "SGD momentum.", flag_values=fv)
-    h["weight_decay"] = flags.DEFINE_float("weight_decay", defaults.weight_decay,
-                                           "L2 on kernels only (torch-style, through the momentum).",
-                                           flag_values=fv)
-    h["clipnorm"] = flags.DEFINE_float("clipnorm", defaults.clipnorm, "Global gradient norm clip (0: off).",
-                                       flag_values=fv)
-    h["dropout"] = flags.DEFINE_float("dropout", defaults.dropout, "Dropout before the classifier (default: the "
-                                      "architecture's: 0.5 ResNets as the spec, 0.2 S3D-G as its reference).",
-                                      flag_values=fv)
-    h["skip_bad_rows"] = flags.DEFINE_bool("skip_bad_rows", defaults.skip_bad_rows,
-                                           "Raw videos: skip malformed annotation rows (listed in "
-                                           "data_report.json) instead of failing.", flag_values=fv)
-    h["flip"] = flags.DEFINE_bool("flip", defaults.flip, "Random horizontal flips in training (--noflip).",
-                                  flag_values=fv)
-    h["precision"] = flags.DEFINE_enum("precision", defaults.precision, PRECISIONS, "Keras dtype policy.",
-                                       flag_values=fv)
-    h["strategy"] = flags.DEFINE_enum("strategy", defaults.strategy, distribute.STRATEGIES,
-                                      "tf.distribute strategy (auto: multi_worker under a multi-task TF_CONFIG, "
-                                      "mirrored with several GPUs, else one_device).", flag_values=fv)
+    h["weight_decay"] = flags.DEFINE_float(
+        "weight_decay",
+        defaults.weight_decay,
+        "L2 on kernels only (torch-style, through the momentum).",
+        flag_values=fv,
+    )
+    h["clipnorm"] = flags.DEFINE_float(
+        "clipnorm", defaults.clipnorm, "Global gradient norm clip (0: off).", flag_values=fv
+    )
+    h["dropout"] = flags.DEFINE_float(
+        "dropout",
+        defaults.dropout,
+        "Dropout before the classifier (default: the "
+        "architecture's: 0.5 ResNets as the spec, 0.2 S3D-G as its reference).",
+        flag_values=fv,
+    )
+    h["skip_bad_rows"] = flags.DEFINE_bool(
+        "skip_bad_rows",
+        defaults.skip_bad_rows,
+        "Raw videos: skip malformed annotation rows (listed in data_report.json) instead of failing.",
+        flag_values=fv,
+    )
+    h["flip"] = flags.DEFINE_bool(
+        "flip", defaults.flip, "Random horizontal flips in training (--noflip).", flag_values=fv
+    )
+    h["precision"] = flags.DEFINE_enum(
+        "precision", defaults.precision, PRECISIONS, "Keras dtype policy.", flag_values=fv
+    )
+    h["strategy"] = flags.DEFINE_enum(
+        "strategy",
+        defaults.strategy,
+        distribute.STRATEGIES,
+        "tf.distribute strategy (auto: multi_worker under a multi-task TF_CONFIG, "
+        "mirrored with several GPUs, else one_device).",
+        flag_values=fv,
+    )
     h["seed"] = flags.DEFINE_integer("seed", defaults.seed, "Random seed (weights and data).", flag_values=fv)
-    h["verbose"] = flags.DEFINE_enum("verbose", "auto", ("auto", "0", "1", "2"),
-                                     "Keras fit verbosity (1: progress bar, 2: one line per epoch).",
-                                     flag_values=fv)
+    h["verbose"] = flags.DEFINE_enum(
+        "verbose",
+        "auto",
+        ("auto", "0", "1", "2"),
+        "Keras fit verbosity (1: progress bar, 2: one line per epoch).",
+        flag_values=fv,
+    )
     h["autotune"] = flags.DEFINE_bool("autotune", True, AUTOTUNE_HELP, flag_values=fv)
     return h
 

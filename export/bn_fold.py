@@ -21,7 +21,9 @@ _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 def _model_nodes(model):
     """Every call node of the functional `model`'s own graph (not of other models sharing its layers)."""
     if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
-        raise ValueError(f"BatchNorm folding needs a functional keras.Model. Received: model={type(model).__name__}")
+        raise ValueError(
+            f"BatchNorm folding needs a functional keras.Model. Received: model={type(model).__name__}"
+        )
     return [node for nodes in model._nodes_by_depth.values() for node in nodes]
 
 

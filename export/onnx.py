@@ -51,8 +51,11 @@ class ConversionError(RuntimeError):
 def _save_logits_model(model, path, num_frames, crop_size):
     """A SavedModel whose serving_default is clip float32 (N, T, crop, crop, 3) -> logits: tf2onnx's input."""
     concrete = tf.function(
-        lambda clip: {OUTPUT_NAME: tf.cast(model(clip, training=False), tf.float32)}, autograph=False,
-    ).get_concrete_function(tf.TensorSpec((None, num_frames, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME))
+        lambda clip: {OUTPUT_NAME: tf.cast(model(clip, training=False), tf.float32)},
+        autograph=False,
+    ).get_concrete_function(
+        tf.TensorSpec((None, num_frames, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME)
+    )
     module = tf.Module()
     module.model_variables = saved_model.tracked_variables([concrete])
     tf.saved_model.save(module, path, signatures={"serving_default": concrete})
@@ -61,8 +64,19 @@ def _save_logits_model(model, path, num_frames, crop_size):
 def converter_command(saved_model_dir, output, opset, signature="serving_default"):
     """The tf2onnx command line run in the child process."""
     return [
-        sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved_model_dir, "--tag", "serve",
-        "--signature_def", signature, "--opset", str(opset), "--output", output,
+        sys.executable,
+        "-m",
+        "tf2onnx.convert",
+        "--saved-model",
+        saved_model_dir,
+        "--tag",
+        "serve",
+        "--signature_def",
+        signature,
+        "--opset",
+        str(opset),
+        "--output",
+        output,
     ]
 
 
@@ -100,12 +114,15 @@ def failure_message(returncode, log, layer_names, tail_lines=15):
         layers = _layers_named(" ".join(node for node, _ in unsupported), layer_names)
     else:
         key = [line for line in lines if "Check failed" in line] or [
-            line for line in lines if re.search(r" - ERROR - |Error\b|Exception\b", line)]
+            line for line in lines if re.search(r" - ERROR - |Error\b|Exception\b", line)
+        ]
         reasons = [line.strip() for line in key[-3:]]
         layers = _layers_named("\n".join(key), layer_names)
     if "MulConvPushDown" in log:
-        reasons.append("TF's grappler pass MulConvPushDown failed on a multiply after a convolution: put "
-                       "per-channel factors into the kernel instead of onto the conv output")
+        reasons.append(
+            "TF's grappler pass MulConvPushDown failed on a multiply after a convolution: put "
+            "per-channel factors into the kernel instead of onto the conv output"
+        )
     message = what
     if layers:
         message += f" in layer(s) {', '.join(layers)}"
@@ -123,8 +140,10 @@ def _name_dynamic_dims(path):
     inputs = {value.name: value for value in proto.graph.input}
     outputs = {value.name: value for value in proto.graph.output}
     if set(inputs) != {INPUT_NAME} or set(outputs) != {OUTPUT_NAME}:
-        raise ValueError(f"Expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r} (a clip -> logits "
-                         f"signature). Received: inputs {sorted(inputs)}, outputs {sorted(outputs)}")
+        raise ValueError(
+            f"Expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r} (a clip -> logits "
+            f"signature). Received: inputs {sorted(inputs)}, outputs {sorted(outputs)}"
+        )
     dims = inputs[INPUT_NAME].type.tensor_type.shape.dim
     if len(dims) != 5 or not dims[2].HasField("dim_value") or dims[2].dim_value != dims[3].dim_value:
         raise ValueError(f"Expected a clip input (batch, T, crop, crop, 3). Received: {dims}")
@@ -152,9 +171,17 @@ def _check_output(output, opset):
     return parity.check_output_path(output, ".onnx")
 
 
-def convert_saved_model(saved_model_dir, output, opset=DEFAULT_OPSET, signature="serving_default",
-                        reference=None, layer_names=(), tolerance=parity.TOLERANCE, timeout=None,
-                        check_frames=None):
+def convert_saved_model(
+    saved_model_dir,
+    output,
+    opset=DEFAULT_OPSET,
+    signature="serving_default",
+    reference=None,
+    layer_names=(),
+    tolerance=parity.TOLERANCE,
+    timeout=None,
+    check_frames=None,
+):
     """Converts one clip -> logits signature of a SavedModel to a validated ONNX file; returns a report dict.
 
     E.g. the `logits` signature of an `export.saved_model` version folder.
@@ -189,8 +216,13 @@ def convert_saved_model(saved_model_dir, output, opset=DEFAULT_OPSET, signature=
     try:
         try:
             result = subprocess.run(
-                converter_command(saved_model_dir, tmp_onnx, opset, signature), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, errors="replace", env=env, timeout=timeout,
+                converter_command(saved_model_dir, tmp_onnx, opset, signature),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                env=env,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired as e:
             raise ConversionError(f"tf2onnx did not finish within {timeout} s.") from e
@@ -209,15 +241,21 @@ def convert_saved_model(saved_model_dir, output, opset=DEFAULT_OPSET, signature=
             what = f"{saved_model_dir} '{signature}'"
         else:
             expected, what = np.asarray(reference(clip)), "the Keras model"
-        error = parity.check_parity(run_onnxruntime(tmp_onnx, clip), expected,
-                                    f"onnxruntime on {output} vs {what}", tolerance)
+        error = parity.check_parity(
+            run_onnxruntime(tmp_onnx, clip), expected, f"onnxruntime on {output} vs {what}", tolerance
+        )
         os.replace(tmp_onnx, output)
     except BaseException:
         if os.path.exists(tmp_onnx):
             os.remove(tmp_onnx)
         raise
-    return {"path": output, "opset": opset, "num_frames": frames, "crop_size": crop_size,
-            "max_relative_error": error}
+    return {
+        "path": output,
+        "opset": opset,
+        "num_frames": frames,
+        "crop_size": crop_size,
+        "max_relative_error": error,
+    }
 
 
 def choose_num_frames(model, num_frames=None, crop_size=None):
@@ -230,14 +268,26 @@ def choose_num_frames(model, num_frames=None, crop_size=None):
         reshaped, _, crop_size = parity.with_input_shape(model, 0, crop_size)
         reshaped(parity.random_clip(1, (own or 4) + 1, crop_size), training=False)
     except Exception as e:  # any failure means "not at another T"
-        logging.warning("Exporting with T=%s: the model does not run at another clip length (%s: %s)",
-                        own, type(e).__name__, e)
+        logging.warning(
+            "Exporting with T=%s: the model does not run at another clip length (%s: %s)",
+            own,
+            type(e).__name__,
+            e,
+        )
         return None
     return 0
 
 
-def export(model, output, opset=DEFAULT_OPSET, fold=True, num_frames=None, crop_size=None,
-           tolerance=parity.TOLERANCE, timeout=None):
+def export(
+    model,
+    output,
+    opset=DEFAULT_OPSET,
+    fold=True,
+    num_frames=None,
+    crop_size=None,
+    tolerance=parity.TOLERANCE,
+    timeout=None,
+):
     """Converts a Keras model to an ONNX file at `output`, validated with onnxruntime; returns a report dict.
 
     Args:
@@ -259,15 +309,25 @@ def export(model, output, opset=DEFAULT_OPSET, fold=True, num_frames=None, crop_
     output = _check_output(output, opset)
     own_frames = model.input_shape[1]
     reference, frames, crop_size = parity.with_input_shape(
-        model, choose_num_frames(model, num_frames, crop_size), crop_size)
-    deployed = parity.fold_for_inference(reference, FOLD_FORM) if fold else parity.plain_convolutions(reference)
+        model, choose_num_frames(model, num_frames, crop_size), crop_size
+    )
+    deployed = (
+        parity.fold_for_inference(reference, FOLD_FORM) if fold else parity.plain_convolutions(reference)
+    )
     layer_names = {layer.name for layer in reference.layers} | {layer.name for layer in deployed.layers}
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as scratch:
         sm_dir = os.path.join(scratch, "saved_model")
         _save_logits_model(deployed, sm_dir, frames, crop_size)
-        report = convert_saved_model(sm_dir, output, opset, reference=lambda clip: reference(clip, training=False),
-                                     layer_names=layer_names, tolerance=tolerance, timeout=timeout,
-                                     check_frames=own_frames)
+        report = convert_saved_model(
+            sm_dir,
+            output,
+            opset,
+            reference=lambda clip: reference(clip, training=False),
+            layer_names=layer_names,
+            tolerance=tolerance,
+            timeout=timeout,
+            check_frames=own_frames,
+        )
     report["folded"] = bool(fold)
     return report
 
@@ -284,33 +344,63 @@ def main(argv):
     try:
         if _MODEL.value is not None:
             model = loading.load_model(_MODEL.value)
-            autotune_for_main(model, main_input_shape(model, _NUM_FRAMES.value, _CROP_SIZE.value), _AUTOTUNE.value,
-                              modes=("inference",))
-            report = export(model, _OUTPUT.value, opset=_OPSET.value, fold=_FOLD.value,
-                            num_frames=_NUM_FRAMES.value, crop_size=_CROP_SIZE.value, timeout=_TIMEOUT.value)
+            autotune_for_main(
+                model,
+                main_input_shape(model, _NUM_FRAMES.value, _CROP_SIZE.value),
+                _AUTOTUNE.value,
+                modes=("inference",),
+            )
+            report = export(
+                model,
+                _OUTPUT.value,
+                opset=_OPSET.value,
+                fold=_FOLD.value,
+                num_frames=_NUM_FRAMES.value,
+                crop_size=_CROP_SIZE.value,
+                timeout=_TIMEOUT.value,
+            )
         else:
-            report = convert_saved_model(_SAVED_MODEL.value, _OUTPUT.value, opset=_OPSET.value,
-                                         signature=_SIGNATURE.value, timeout=_TIMEOUT.value)
+            report = convert_saved_model(
+                _SAVED_MODEL.value,
+                _OUTPUT.value,
+                opset=_OPSET.value,
+                signature=_SIGNATURE.value,
+                timeout=_TIMEOUT.value,
+            )
     except (ValueError, OSError, ConversionError) as e:
         sys.exit(f"export.onnx: error: {e}")
     logging.info("report: %s", report)
     folded = f", folded={report['folded']}" if "folded" in report else ""
-    print(f"Wrote {report['path']} (opset {report['opset']}{folded}, T={report['num_frames'] or 'dynamic'}, "
-          f"crop={report['crop_size']}); onnxruntime vs reference max relative error "
-          f"{report['max_relative_error']:.2e}")
+    print(
+        f"Wrote {report['path']} (opset {report['opset']}{folded}, T={report['num_frames'] or 'dynamic'}, "
+        f"crop={report['crop_size']}); onnxruntime vs reference max relative error "
+        f"{report['max_relative_error']:.2e}"
+    )
 
 
 if __name__ == "__main__":
     _MODEL = flags.DEFINE_string("model", None, "Trained model: a .keras file saved by model.save().")
-    _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "Instead of --model: a SavedModel folder, e.g. a "
-                                       "version written by export.saved_model (converts --signature).")
-    _SIGNATURE = flags.DEFINE_string("signature", "logits", "With --saved_model: the clip -> logits signature.")
+    _SAVED_MODEL = flags.DEFINE_string(
+        "saved_model",
+        None,
+        "Instead of --model: a SavedModel folder, e.g. a "
+        "version written by export.saved_model (converts --signature).",
+    )
+    _SIGNATURE = flags.DEFINE_string(
+        "signature", "logits", "With --saved_model: the clip -> logits signature."
+    )
     _OUTPUT = flags.DEFINE_string("output", None, "Destination .onnx file.")
     _OPSET = flags.DEFINE_integer("opset", DEFAULT_OPSET, f"ONNX opset ({OPSETS[0]}-{OPSETS[-1]}).")
     _FOLD = flags.DEFINE_bool("fold", True, "Fold CoST(a) into Conv3D and BatchNorm into the preceding conv.")
-    _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Clip length T (default: dynamic where the model "
-                                       "allows it, else the model's; 0: dynamic).", lower_bound=0)
-    _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Input crop side (default: the model's).", lower_bound=1)
+    _NUM_FRAMES = flags.DEFINE_integer(
+        "num_frames",
+        None,
+        "Clip length T (default: dynamic where the model allows it, else the model's; 0: dynamic).",
+        lower_bound=0,
+    )
+    _CROP_SIZE = flags.DEFINE_integer(
+        "crop_size", None, "Input crop side (default: the model's).", lower_bound=1
+    )
     _TIMEOUT = flags.DEFINE_integer("timeout", None, "Seconds allowed for tf2onnx.", lower_bound=1)
     _AUTOTUNE = flags.DEFINE_bool("autotune", True, AUTOTUNE_HELP)
     flags.mark_flags_as_required(["output"])

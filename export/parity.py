@@ -34,7 +34,11 @@ def max_relative_error(actual, reference):
     if not np.all(np.isfinite(actual)):
         return float("inf")
     scale = np.max(np.abs(reference)) if reference.size else 0.0
-    return float(np.max(np.abs(actual - reference)) / max(scale, np.finfo(np.float32).tiny)) if actual.size else 0.0
+    return (
+        float(np.max(np.abs(actual - reference)) / max(scale, np.finfo(np.float32).tiny))
+        if actual.size
+        else 0.0
+    )
 
 
 def check_parity(actual, reference, what, tolerance=TOLERANCE):
@@ -68,7 +72,9 @@ def with_input_shape(model, num_frames=None, crop_size=None):
     if len(shape) != 5 or shape[-1] != 3:
         raise ValueError(f"Expected a model on clips (N, T, H, W, 3). Received: input_shape={shape}")
     if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 0):
-        raise ValueError(f"num_frames must be None, 0 (any) or a positive int. Received: num_frames={num_frames!r}")
+        raise ValueError(
+            f"num_frames must be None, 0 (any) or a positive int. Received: num_frames={num_frames!r}"
+        )
     if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
         raise ValueError(f"crop_size must be a positive int. Received: crop_size={crop_size!r}")
     frames = shape[1] if num_frames is None else (num_frames or None)
@@ -95,8 +101,12 @@ def plain_convolutions(model):
     plain Conv3D). Same weights, same outputs up to float32 rounding. Returns `model` itself if there is none.
     """
     bases = (keras.layers.Conv3D, keras.layers.MaxPooling3D)
-    plain_class = {layer.name: base for layer in model.layers for base in bases
-                   if isinstance(layer, base) and type(layer) is not base}
+    plain_class = {
+        layer.name: base
+        for layer in model.layers
+        for base in bases
+        if isinstance(layer, base) and type(layer) is not base
+    }
     if not plain_class:
         return model
 

@@ -91,9 +91,15 @@ def check_num_frames(clip, num_frames, what):
     others = tf.reduce_prod(tf.concat([shape[:1], shape[2:]], 0))
     size = tf.size(clip, out_type=tf.int64)
     received = size // tf.maximum(others, 1)
-    check = tf.debugging.Assert(tf.logical_or(tf.equal(received, num_frames), tf.equal(size, 0)), [
-        f"{what}: this model takes clips of T={num_frames} frames (export it with --num_frames=0 for any T); "
-        "received T=", received], name="check_num_frames")
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.equal(received, num_frames), tf.equal(size, 0)),
+        [
+            f"{what}: this model takes clips of T={num_frames} frames (export it with --num_frames=0 for any T); "
+            "received T=",
+            received,
+        ],
+        name="check_num_frames",
+    )
     with tf.control_dependencies([check]):
         return tf.identity(clip)
 
@@ -115,7 +121,10 @@ def build_serving_module(model, classes_file, num_frames, crop_size, top_k=TOP_K
     # A text-file table keeps the names in an asset the graph reads, as TF Serving expects.
     module.classes = tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(
-            classes_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
+            classes_file,
+            tf.int64,
+            tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string,
             tf.lookup.TextFileIndex.WHOLE_LINE,
         ),
         default_value="",
@@ -140,9 +149,11 @@ def build_serving_module(model, classes_file, num_frames, crop_size, top_k=TOP_K
     # autograph=False: no tensor-dependent Python control flow here, and autograph only slows tracing.
     signatures = {
         SERVING_KEY: tf.function(serve, autograph=False).get_concrete_function(
-            tf.TensorSpec((None, num_frames, None, None, 3), tf.uint8, name="frames")),
+            tf.TensorSpec((None, num_frames, None, None, 3), tf.uint8, name="frames")
+        ),
         LOGITS_KEY: tf.function(logits, autograph=False).get_concrete_function(
-            tf.TensorSpec((None, num_frames, crop_size, crop_size, 3), tf.float32, name="clip")),
+            tf.TensorSpec((None, num_frames, crop_size, crop_size, 3), tf.float32, name="clip")
+        ),
     }
     # Only the signatures' concrete functions are saved (tf.functions attached to the module would be traced
     # again by tf.saved_model.save), with the variables they read.
@@ -179,7 +190,8 @@ def run_signatures(path, requests):
         for signature, inputs in requests.items():
             if signature not in meta_graph.signature_def:
                 raise parity.ParityError(
-                    f"{path}: no signature {signature!r} (has {sorted(meta_graph.signature_def)}).")
+                    f"{path}: no signature {signature!r} (has {sorted(meta_graph.signature_def)})."
+                )
             sig = meta_graph.signature_def[signature]
             feeds = {sig.inputs[key].name: value for key, value in inputs.items()}
             results[signature] = session.run({key: info.name for key, info in sig.outputs.items()}, feeds)
@@ -195,19 +207,35 @@ def _validate(path, reference, clip, num_classes, top_k, tolerance):
     """Checks both signatures of the written SavedModel; returns the logits' max relative error."""
     frames = np.random.default_rng(1).integers(0, 256, (1, clip.shape[1], 48, 64, 3), dtype=np.uint8)
     out = run_signatures(path, {LOGITS_KEY: {"clip": clip}, SERVING_KEY: {"frames": frames}})
-    error = parity.check_parity(out[LOGITS_KEY]["logits"], np.asarray(reference(clip, training=False)),
-                                f"{path} '{LOGITS_KEY}'", tolerance)
+    error = parity.check_parity(
+        out[LOGITS_KEY]["logits"],
+        np.asarray(reference(clip, training=False)),
+        f"{path} '{LOGITS_KEY}'",
+        tolerance,
+    )
     probabilities = out[SERVING_KEY]["probabilities"]
     if probabilities.shape != (1, num_classes) or abs(probabilities.sum() - 1.0) > 1e-4:
-        raise parity.ParityError(f"{path} '{SERVING_KEY}': probabilities {probabilities.shape} do not sum to 1.")
+        raise parity.ParityError(
+            f"{path} '{SERVING_KEY}': probabilities {probabilities.shape} do not sum to 1."
+        )
     classes = out[SERVING_KEY]["top_k_classes"]
     if classes.shape != (1, top_k):
         raise parity.ParityError(f"{path} '{SERVING_KEY}': top_k_classes has shape {classes.shape}.")
     return error
 
 
-def export(model, export_dir, version=None, fold=True, class_names=None, num_frames=None, crop_size=None,
-           top_k=TOP_K, validate=True, tolerance=parity.TOLERANCE):
+def export(
+    model,
+    export_dir,
+    version=None,
+    fold=True,
+    class_names=None,
+    num_frames=None,
+    crop_size=None,
+    top_k=TOP_K,
+    validate=True,
+    tolerance=parity.TOLERANCE,
+):
     """Writes `model` as TF Serving version `export_dir/{version}`; returns (path, report dict).
 
     Args:
@@ -239,12 +267,20 @@ def export(model, export_dir, version=None, fold=True, class_names=None, num_fra
         version = present[-1] + 1 if present else 1
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
-        raise FileExistsError(f"Version {version} already exists in {export_dir}; versions are never "
-                              "overwritten (omit --version to take the next one).")
+        raise FileExistsError(
+            f"Version {version} already exists in {export_dir}; versions are never "
+            "overwritten (omit --version to take the next one)."
+        )
     deployed = parity.fold_for_inference(reference) if fold else parity.plain_convolutions(reference)
     tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
-    report = {"version": version, "path": final, "folded": bool(fold), "num_frames": frames,
-              "crop_size": crop_size, "num_classes": num_classes}
+    report = {
+        "version": version,
+        "path": final,
+        "folded": bool(fold),
+        "num_frames": frames,
+        "crop_size": crop_size,
+        "num_classes": num_classes,
+    }
     try:
         with tempfile.TemporaryDirectory() as scratch:
             classes_file = os.path.join(scratch, CLASSES_ASSET)
@@ -254,10 +290,13 @@ def export(model, export_dir, version=None, fold=True, class_names=None, num_fra
             tf.saved_model.save(module, tmp, signatures=signatures)
         if validate:
             clip = parity.random_clip(2, frames or 4, crop_size)
-            report["max_relative_error"] = _validate(tmp, reference, clip, num_classes, min(top_k, num_classes),
-                                                     tolerance)
+            report["max_relative_error"] = _validate(
+                tmp, reference, clip, num_classes, min(top_k, num_classes), tolerance
+            )
         if os.path.exists(final):
-            raise FileExistsError(f"Version {version} appeared in {export_dir} during the export; not overwritten.")
+            raise FileExistsError(
+                f"Version {version} appeared in {export_dir} during the export; not overwritten."
+            )
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -276,30 +315,47 @@ def main(argv):
 
     try:
         model = loading.load_model(_MODEL.value)
-        autotune_for_main(model, main_input_shape(model, _NUM_FRAMES.value, _CROP_SIZE.value), _AUTOTUNE.value,
-                          modes=("inference",))
+        autotune_for_main(
+            model,
+            main_input_shape(model, _NUM_FRAMES.value, _CROP_SIZE.value),
+            _AUTOTUNE.value,
+            modes=("inference",),
+        )
         names = load_classes(_CLASSES.value) if _CLASSES.value else None
-        path, report = export(model, _EXPORT_DIR.value, version=_VERSION.value, fold=_FOLD.value,
-                              class_names=names, num_frames=_NUM_FRAMES.value, crop_size=_CROP_SIZE.value,
-                              top_k=_TOP_K.value)
+        path, report = export(
+            model,
+            _EXPORT_DIR.value,
+            version=_VERSION.value,
+            fold=_FOLD.value,
+            class_names=names,
+            num_frames=_NUM_FRAMES.value,
+            crop_size=_CROP_SIZE.value,
+            top_k=_TOP_K.value,
+        )
     except (ValueError, OSError) as e:
         sys.exit(f"export.saved_model: error: {e}")
     logging.info("report: %s", report)
-    print(f"Exported {path} (folded={report['folded']}, T={report['num_frames'] or 'any'}, "
-          f"crop={report['crop_size']}, classes={report['num_classes']}, "
-          f"max relative error vs Keras {report['max_relative_error']:.2e})")
+    print(
+        f"Exported {path} (folded={report['folded']}, T={report['num_frames'] or 'any'}, "
+        f"crop={report['crop_size']}, classes={report['num_classes']}, "
+        f"max relative error vs Keras {report['max_relative_error']:.2e})"
+    )
 
 
 if __name__ == "__main__":
     _MODEL = flags.DEFINE_string("model", None, "Trained model: a .keras file saved by model.save().")
-    _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "TF Serving base path: the model goes to DIR/{version}.")
+    _EXPORT_DIR = flags.DEFINE_string(
+        "export_dir", None, "TF Serving base path: the model goes to DIR/{version}."
+    )
     _VERSION = flags.DEFINE_integer("version", None, "Version number (default: the next one).", lower_bound=1)
     _FOLD = flags.DEFINE_bool("fold", True, "Fold CoST(a) into Conv3D and BatchNorm into the preceding conv.")
     _CLASSES = flags.DEFINE_string("classes", None, "Class names, one per line (line i = class i).")
-    _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Clip length T (default: the model's; 0: any).",
-                                       lower_bound=0)
-    _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Input crop side (default: the model's).",
-                                      lower_bound=1)
+    _NUM_FRAMES = flags.DEFINE_integer(
+        "num_frames", None, "Clip length T (default: the model's; 0: any).", lower_bound=0
+    )
+    _CROP_SIZE = flags.DEFINE_integer(
+        "crop_size", None, "Input crop side (default: the model's).", lower_bound=1
+    )
     _TOP_K = flags.DEFINE_integer("top_k", TOP_K, "Classes returned by serving_default.", lower_bound=1)
     _AUTOTUNE = flags.DEFINE_bool("autotune", True, AUTOTUNE_HELP)
     flags.mark_flags_as_required(["model", "export_dir"])

@@ -82,7 +82,7 @@ def _frames(x, start, count, stride):
     """Frames start, start + stride, ... (count of them) of x (N, T, H, W, C) as one batch (N * count, H, W, C)."""
     n, t, h, w, c = x.shape
     if (start, stride, count) != (0, 1, t):  # a slice of everything would stay in the graph as a copy
-        x = x[:, start:start + (count - 1) * stride + 1:stride]
+        x = x[:, start : start + (count - 1) * stride + 1 : stride]
     return tf.reshape(x, (n * count, h, w, c))
 
 
@@ -98,8 +98,8 @@ def _tap_parts(kernel):
     outside[:, mw] = 0
     if np.any(outside):
         return [(0, 0, kernel)]
-    row = kernel[mh:mh + 1]
-    col = kernel[:, mw:mw + 1].copy()
+    row = kernel[mh : mh + 1]
+    col = kernel[:, mw : mw + 1].copy()
     col[mh] = 0
     parts = [(mh, 0, row)] if np.any(row) else []
     if np.any(col):
@@ -125,9 +125,13 @@ def frame_conv3d(x, kernel, bias, strides, dilation, padding):
     (st, sh, sw), (dt, dh, dw) = strides, dilation
     pads = [(0, 0), (0, 0), (0, 0)]
     if padding == "same":
-        pads = [_same_pads(s, k, stride, d) for s, k, stride, d in zip((t, h, w), (kt, kh, kw), strides, dilation)]
-    out_t, out_h, out_w = (_out_size(s + sum(p), k, stride, d)
-                           for s, p, k, stride, d in zip((t, h, w), pads, (kt, kh, kw), strides, dilation))
+        pads = [
+            _same_pads(s, k, stride, d) for s, k, stride, d in zip((t, h, w), (kt, kh, kw), strides, dilation)
+        ]
+    out_t, out_h, out_w = (
+        _out_size(s + sum(p), k, stride, d)
+        for s, p, k, stride, d in zip((t, h, w), pads, (kt, kh, kw), strides, dilation)
+    )
     if min(out_t, out_h, out_w) < 1:
         raise ValueError(f"Conv3D kernel {(kt, kh, kw)} does not fit the input {x.shape}.")
     taps = [(i, _tap_parts(kernel[i])) for i in range(kt) if np.any(kernel[i])]
@@ -135,8 +139,10 @@ def frame_conv3d(x, kernel, bias, strides, dilation, padding):
     # Dense taps let CONV_2D pad spatially itself; split taps slice a padded input, so pad it once.
     spatial_pad = padding == "same" and not dense
     if pads[0] != (0, 0) or spatial_pad:
-        x = tf.pad(x, [(0, 0), pads[0], pads[1] if spatial_pad else (0, 0), pads[2] if spatial_pad else (0, 0),
-                       (0, 0)])
+        x = tf.pad(
+            x,
+            [(0, 0), pads[0], pads[1] if spatial_pad else (0, 0), pads[2] if spatial_pad else (0, 0), (0, 0)],
+        )
     total = None
     for i, parts in taps or [(0, [(0, 0, kernel[0])])]:
         frames = _frames(x, i * dt, out_t, st)
@@ -145,8 +151,13 @@ def frame_conv3d(x, kernel, bias, strides, dilation, padding):
                 ph, pw = part.shape[:2]
                 rows = row0 * dh, row0 * dh + (out_h - 1) * sh + (ph - 1) * dh + 1
                 cols = col0 * dw, col0 * dw + (out_w - 1) * sw + (pw - 1) * dw + 1
-                y = tf.nn.conv2d(frames[:, rows[0]:rows[1], cols[0]:cols[1]], part, (sh, sw), "VALID",
-                                 dilations=(dh, dw))
+                y = tf.nn.conv2d(
+                    frames[:, rows[0] : rows[1], cols[0] : cols[1]],
+                    part,
+                    (sh, sw),
+                    "VALID",
+                    dilations=(dh, dw),
+                )
             else:
                 y = tf.nn.conv2d(frames, part, (sh, sw), padding.upper(), dilations=(dh, dw))
             total = y if total is None else total + y
@@ -233,16 +244,24 @@ class Lowered(keras.layers.Layer):
 
 
 def _needs_lowering(layer):
-    if isinstance(layer, (keras.layers.Conv3D, keras.layers.MaxPooling3D, keras.layers.GlobalAveragePooling3D)):
+    if isinstance(
+        layer, (keras.layers.Conv3D, keras.layers.MaxPooling3D, keras.layers.GlobalAveragePooling3D)
+    ):
         if getattr(layer, "data_format", "channels_last") != "channels_last":
-            raise ValueError(f"TFLite export needs channels_last layers. Received: {layer.name} "
-                             f"data_format={layer.data_format!r}")
+            raise ValueError(
+                f"TFLite export needs channels_last layers. Received: {layer.name} "
+                f"data_format={layer.data_format!r}"
+            )
         if isinstance(layer, keras.layers.Conv3D) and layer.groups != 1:
-            raise ValueError(f"TFLite export has no grouped Conv3D. Received: {layer.name} groups={layer.groups}")
+            raise ValueError(
+                f"TFLite export has no grouped Conv3D. Received: {layer.name} groups={layer.groups}"
+            )
         return not (isinstance(layer, keras.layers.GlobalAveragePooling3D) and layer.keepdims)
     if isinstance(layer, CoST):
         if layer.variant != "b":
-            raise ValueError(f"CoST(a) layer {layer.name!r} must be folded first (export.parity.fold_for_inference).")
+            raise ValueError(
+                f"CoST(a) layer {layer.name!r} must be folded first (export.parity.fold_for_inference)."
+            )
         return True
     return isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 4, [4], [-1])
 
@@ -267,8 +286,9 @@ def lower(model, batch_size=1):
         kwargs.pop("training", None)
         return layer(*args, **kwargs)
 
-    return keras.models.clone_model(model, input_tensors=new_input, clone_function=lambda layer: layer,
-                                    call_function=call_layer)
+    return keras.models.clone_model(
+        model, input_tensors=new_input, clone_function=lambda layer: layer, call_function=call_layer
+    )
 
 
 # --- conversion and validation ------------------------------------------------------------------------
@@ -290,7 +310,7 @@ def frames_to_clip(frames, crop_size):
     images = tf.reshape(tf.cast(frames, tf.float32), (n * t, h, w, 3))
     images = tf.image.resize(images, (new_h, new_w), method="bilinear")
     y, x = (new_h - crop_size) // 2, (new_w - crop_size) // 2
-    images = images[:, y:y + crop_size, x:x + crop_size]
+    images = images[:, y : y + crop_size, x : x + crop_size]
     scale = np.array([1.0 / (255.0 * s) for s in preprocess.STD], np.float32)
     offset = np.array([m / s for m, s in zip(preprocess.MEAN, preprocess.STD)], np.float32)
     return tf.reshape(images * scale - offset, (n, t, crop_size, crop_size, 3))
@@ -304,7 +324,8 @@ def _module(lowered, frame_size, crop_size):
         return {OUTPUT_NAME: tf.cast(lowered(clip), tf.float32)}
 
     clip_fn = tf.function(logits, autograph=False).get_concrete_function(
-        tf.TensorSpec((batch, frames_t, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME))
+        tf.TensorSpec((batch, frames_t, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME)
+    )
 
     def from_frames(frames):
         # A call of the clip function, not a second trace of the model: the weights (graph constants) are
@@ -314,7 +335,8 @@ def _module(lowered, frame_size, crop_size):
     signatures = {
         CLIP_KEY: clip_fn,
         FRAMES_KEY: tf.function(from_frames, autograph=False).get_concrete_function(
-            tf.TensorSpec((batch, frames_t) + tuple(frame_size) + (3,), tf.uint8, name=FRAMES_NAME)),
+            tf.TensorSpec((batch, frames_t) + tuple(frame_size) + (3,), tf.uint8, name=FRAMES_NAME)
+        ),
     }
     module = tf.Module()
     module.model_variables = saved_model.tracked_variables(signatures.values())
@@ -366,16 +388,29 @@ def _run_stage(stage, *args):
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-               PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        PYTHONPATH=os.pathsep.join(
+            [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+    )
     code = f"import sys; from export import tflite; tflite._stage_{stage}(*sys.argv[1:])"
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+    )
     if result.returncode != 0:
         lines = [line for line in result.stdout.splitlines() if "cuda" not in line.lower()]
         error = [line for line in lines if "Error" in line] or lines
-        raise ConversionError(f"TFLite export stage {stage!r} failed (exit status {result.returncode}): "
-                              f"{error[-1] if error else ''}\n--- last lines ---\n" + "\n".join(lines[-15:]))
+        raise ConversionError(
+            f"TFLite export stage {stage!r} failed (exit status {result.returncode}): "
+            f"{error[-1] if error else ''}\n--- last lines ---\n" + "\n".join(lines[-15:])
+        )
 
 
 def convert_isolated(reference, frame_size, batch_size, quantize, scratch):
@@ -404,8 +439,12 @@ def builtin_only_ops(content):
         code = model.OperatorCodes(i)
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())  # small codes live in the old field
         custom = code.CustomCode()
-        codes.append(custom.decode() if builtin == schema.BuiltinOperator.CUSTOM else names.get(builtin, str(builtin)))
-    custom = sorted({codes[i] for i in range(len(codes)) if codes[i] not in names.values() or codes[i] == "CUSTOM"})
+        codes.append(
+            custom.decode() if builtin == schema.BuiltinOperator.CUSTOM else names.get(builtin, str(builtin))
+        )
+    custom = sorted(
+        {codes[i] for i in range(len(codes)) if codes[i] not in names.values() or codes[i] == "CUSTOM"}
+    )
     if custom:
         raise ConversionError(f"The TFLite graph has ops that are not TFLite builtins: {custom}")
     ops_per_signature = {}
@@ -423,8 +462,10 @@ def builtin_only_ops(content):
 def load_interpreter(path, num_threads=None):
     """The stock tf.lite.Interpreter on `path` with builtin ops only (XNNPACK default delegate, no Flex)."""
     interpreter = tf.lite.Interpreter(
-        model_path=os.fspath(path), num_threads=num_threads,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN)
+        model_path=os.fspath(path),
+        num_threads=num_threads,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN,
+    )
     return interpreter
 
 
@@ -435,18 +476,22 @@ def run_signature(interpreter, inputs, signature=CLIP_KEY):
     array does not have the exported shape: the graph is static.
     """
     runner = interpreter.get_signature_runner(signature)
-    (name, detail), = runner.get_input_details().items()
+    ((name, detail),) = runner.get_input_details().items()
     expected = tuple(int(d) for d in detail["shape"])
     inputs = np.asarray(inputs)
     if inputs.shape != expected:
         what = ""
         if inputs.ndim == 5 and inputs.shape[1] != expected[1]:
             what = f"expects clips of T={expected[1]} frames, received T={inputs.shape[1]}: "
-        raise ValueError(f"TFLite signature {signature!r} {what}input {name!r} must have shape {expected} "
-                         f"(exported so; export again for another shape). Received: shape={inputs.shape}")
+        raise ValueError(
+            f"TFLite signature {signature!r} {what}input {name!r} must have shape {expected} "
+            f"(exported so; export again for another shape). Received: shape={inputs.shape}"
+        )
     if inputs.dtype != detail["dtype"]:
-        raise ValueError(f"TFLite signature {signature!r}: input {name!r} must be {np.dtype(detail['dtype'])}. "
-                         f"Received: dtype={inputs.dtype}")
+        raise ValueError(
+            f"TFLite signature {signature!r}: input {name!r} must be {np.dtype(detail['dtype'])}. "
+            f"Received: dtype={inputs.dtype}"
+        )
     return runner(**{name: inputs})[OUTPUT_NAME]
 
 
@@ -456,8 +501,17 @@ def _check_output(output, quantize):
     return parity.check_output_path(output, ".tflite")
 
 
-def export(model, output, quantize="none", num_frames=None, crop_size=None, frame_size=None, batch_size=1,
-           tolerance=None, isolate=True):
+def export(
+    model,
+    output,
+    quantize="none",
+    num_frames=None,
+    crop_size=None,
+    frame_size=None,
+    batch_size=1,
+    tolerance=None,
+    isolate=True,
+):
     """Converts a Keras model to a validated TFLite file of builtin ops; returns a report dict.
 
     Args:
@@ -479,7 +533,9 @@ def export(model, output, quantize="none", num_frames=None, crop_size=None, fram
     """
     output = _check_output(output, quantize)
     if num_frames == 0:
-        raise ValueError("TFLite graphs have a static clip length: pass num_frames=None (the model's) or a T.")
+        raise ValueError(
+            "TFLite graphs have a static clip length: pass num_frames=None (the model's) or a T."
+        )
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
     reference, frames, crop_size = parity.with_input_shape(model, num_frames, crop_size)
@@ -487,14 +543,17 @@ def export(model, output, quantize="none", num_frames=None, crop_size=None, fram
         raise ValueError("The model's clip length T is unknown: pass num_frames (TFLite graphs are static).")
     frame_size = tuple(frame_size or default_frame_size(crop_size))
     if len(frame_size) != 2 or min(frame_size) < crop_size:
-        raise ValueError(f"frame_size must be (H, W) with both >= the crop {crop_size}. Received: {frame_size}")
+        raise ValueError(
+            f"frame_size must be (H, W) with both >= the crop {crop_size}. Received: {frame_size}"
+        )
     tolerance = QUANTIZED_TOLERANCE[quantize] if tolerance is None else tolerance
     if isolate:
         with tempfile.TemporaryDirectory(prefix="tflite-export-") as scratch:
             content = convert_isolated(reference, frame_size, batch_size, quantize, scratch)
     else:
-        content = convert(lower(parity.fold_for_inference(reference, "merged"), batch_size), frame_size, crop_size,
-                          quantize)
+        content = convert(
+            lower(parity.fold_for_inference(reference, "merged"), batch_size), frame_size, crop_size, quantize
+        )
     tmp = f"{output}.{os.getpid()}.tmp"  # same folder: the rename is atomic; never mistaken for a model
     try:
         with open(tmp, "wb") as f:
@@ -502,21 +561,39 @@ def export(model, output, quantize="none", num_frames=None, crop_size=None, fram
         ops_used = builtin_only_ops(content)
         interpreter = load_interpreter(tmp)
         clip = parity.random_clip(batch_size, frames, crop_size)
-        error = parity.check_parity(run_signature(interpreter, clip), np.asarray(reference(clip, training=False)),
-                                    f"tf.lite.Interpreter on {output} ({quantize})", tolerance)
-        raw = np.random.default_rng(1).integers(0, 256, (batch_size, frames) + frame_size + (3,), dtype=np.uint8)
+        error = parity.check_parity(
+            run_signature(interpreter, clip),
+            np.asarray(reference(clip, training=False)),
+            f"tf.lite.Interpreter on {output} ({quantize})",
+            tolerance,
+        )
+        raw = np.random.default_rng(1).integers(
+            0, 256, (batch_size, frames) + frame_size + (3,), dtype=np.uint8
+        )
         expected = reference(saved_model.preprocess_frames(tf.constant(raw), crop_size), training=False)
-        frames_error = parity.check_parity(run_signature(interpreter, raw, FRAMES_KEY), np.asarray(expected),
-                                           f"tf.lite.Interpreter on {output} '{FRAMES_KEY}' ({quantize})",
-                                           tolerance)
+        frames_error = parity.check_parity(
+            run_signature(interpreter, raw, FRAMES_KEY),
+            np.asarray(expected),
+            f"tf.lite.Interpreter on {output} '{FRAMES_KEY}' ({quantize})",
+            tolerance,
+        )
         os.replace(tmp, output)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return {"path": output, "quantize": quantize, "num_frames": frames, "crop_size": crop_size,
-            "frame_size": frame_size, "batch_size": batch_size, "bytes": len(content), "ops": ops_used,
-            "max_relative_error": error, "frames_max_relative_error": frames_error}
+    return {
+        "path": output,
+        "quantize": quantize,
+        "num_frames": frames,
+        "crop_size": crop_size,
+        "frame_size": frame_size,
+        "batch_size": batch_size,
+        "bytes": len(content),
+        "ops": ops_used,
+        "max_relative_error": error,
+        "frames_max_relative_error": frames_error,
+    }
 
 
 # --- command line ---
@@ -537,27 +614,45 @@ def main(argv):
     try:
         model = loading.load_model(_MODEL.value)
         frame_size = _parse_frame_size(_FRAME_SIZE.value) if _FRAME_SIZE.value else None
-        report = export(model, _OUTPUT.value, quantize=_QUANTIZE.value, num_frames=_NUM_FRAMES.value,
-                        crop_size=_CROP_SIZE.value, frame_size=frame_size, batch_size=_BATCH_SIZE.value)
+        report = export(
+            model,
+            _OUTPUT.value,
+            quantize=_QUANTIZE.value,
+            num_frames=_NUM_FRAMES.value,
+            crop_size=_CROP_SIZE.value,
+            frame_size=frame_size,
+            batch_size=_BATCH_SIZE.value,
+        )
     except (ValueError, OSError, ConversionError) as e:
         sys.exit(f"export.tflite: error: {e}")
     logging.info("report: %s", report)
-    print(f"Wrote {report['path']} ({report['bytes'] / 2**20:.2f} MiB, quantize={report['quantize']}, "
-          f"T={report['num_frames']}, crop={report['crop_size']}, frames {report['frame_size'][0]}x"
-          f"{report['frame_size'][1]}, batch {report['batch_size']}, {sum(report['ops'][CLIP_KEY].values())} builtin ops); "
-          f"tf.lite.Interpreter vs Keras max relative error {report['max_relative_error']:.2e} (clip), "
-          f"{report['frames_max_relative_error']:.2e} (frames)")
+    print(
+        f"Wrote {report['path']} ({report['bytes'] / 2**20:.2f} MiB, quantize={report['quantize']}, "
+        f"T={report['num_frames']}, crop={report['crop_size']}, frames {report['frame_size'][0]}x"
+        f"{report['frame_size'][1]}, batch {report['batch_size']}, {sum(report['ops'][CLIP_KEY].values())} builtin ops); "
+        f"tf.lite.Interpreter vs Keras max relative error {report['max_relative_error']:.2e} (clip), "
+        f"{report['frames_max_relative_error']:.2e} (frames)"
+    )
 
 
 if __name__ == "__main__":
     _MODEL = flags.DEFINE_string("model", None, "Trained model: a .keras file saved by model.save().")
     _OUTPUT = flags.DEFINE_string("output", None, "Destination .tflite file.")
-    _QUANTIZE = flags.DEFINE_enum("quantize", "none", QUANTIZE, "Weights: float32 (none), float16, or int8 "
-                                  "with dynamic-range activations (dynamic).")
-    _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Clip length T (default: the model's).", lower_bound=1)
-    _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Input crop side (default: the model's).", lower_bound=1)
-    _FRAME_SIZE = flags.DEFINE_string("frame_size", None, "HxW of the uint8 `frames` signature (default: "
-                                      "round(crop * 8 / 7) squared).")
+    _QUANTIZE = flags.DEFINE_enum(
+        "quantize",
+        "none",
+        QUANTIZE,
+        "Weights: float32 (none), float16, or int8 with dynamic-range activations (dynamic).",
+    )
+    _NUM_FRAMES = flags.DEFINE_integer(
+        "num_frames", None, "Clip length T (default: the model's).", lower_bound=1
+    )
+    _CROP_SIZE = flags.DEFINE_integer(
+        "crop_size", None, "Input crop side (default: the model's).", lower_bound=1
+    )
+    _FRAME_SIZE = flags.DEFINE_string(
+        "frame_size", None, "HxW of the uint8 `frames` signature (default: round(crop * 8 / 7) squared)."
+    )
     _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Static batch of the TFLite graph.", lower_bound=1)
     flags.mark_flags_as_required(["model", "output"])
     app.run(main)

@@ -11,8 +11,21 @@ import dataclasses
 import os
 
 # Extensions accepted for video files found on disk (lower case).
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv",
-                    ".mpg", ".mpeg", ".ts", ".3gp", ".ogv", ".wmv")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".webm",
+    ".mkv",
+    ".avi",
+    ".mov",
+    ".m4v",
+    ".flv",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".3gp",
+    ".ogv",
+    ".wmv",
+)
 
 
 class AnnotationError(ValueError):
@@ -69,8 +82,7 @@ class BadRows:
     def __call__(self, path, line, reason):
         if not self.skip:
             raise AnnotationError(f"{path}:{line}: {reason}")
-        self.report.bad_rows.append({"file": os.fspath(path), "line": line,
-                                     "reason": reason})
+        self.report.bad_rows.append({"file": os.fspath(path), "line": line, "reason": reason})
 
 
 def open_text(path, what):
@@ -97,8 +109,7 @@ def csv_rows(path, what, bad_rows):
             except StopIteration:
                 return
             except UnicodeDecodeError as e:
-                raise AnnotationError(f"{os.fspath(path)}:{reader.line_num + 1}: "
-                                      f"not UTF-8 text ({e})") from e
+                raise AnnotationError(f"{os.fspath(path)}:{reader.line_num + 1}: not UTF-8 text ({e})") from e
             except csv.Error as e:
                 bad_rows(path, reader.line_num, f"malformed CSV ({e})")
                 continue
@@ -116,15 +127,15 @@ def load_classes(path):
         try:
             lines = f.read().splitlines()
         except UnicodeDecodeError as e:
-            raise AnnotationError(f"cannot read classes file {os.fspath(path)}: "
-                                  f"not UTF-8 text ({e})") from e
+            raise AnnotationError(f"cannot read classes file {os.fspath(path)}: not UTF-8 text ({e})") from e
     for line_number, line in enumerate(lines, start=1):
         name = line.strip()
         if not name:
             continue
         if name in seen:
-            raise AnnotationError(f"{os.fspath(path)}:{line_number}: class "
-                                  f"{name!r} repeats line {seen[name]}")
+            raise AnnotationError(
+                f"{os.fspath(path)}:{line_number}: class {name!r} repeats line {seen[name]}"
+            )
         seen[name] = line_number
         names.append(name)
     if not names:

@@ -60,8 +60,9 @@ def assign_shards(records, num_shards):
     Hash order mixes classes (CSVs are sorted by class) and does not depend on the
     order of the annotation file.
     """
-    ordered = sorted(records, key=lambda r: (
-        hashlib.sha1(r.video_id.encode("utf-8")).hexdigest(), r.video_id))
+    ordered = sorted(
+        records, key=lambda r: (hashlib.sha1(r.video_id.encode("utf-8")).hexdigest(), r.video_id)
+    )
     return [ordered[i::num_shards] for i in range(num_shards)]
 
 
@@ -82,11 +83,12 @@ class _Progress:
         self.last = now
         rate = self.done / max(now - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) \
-            else "?"
-        line = (f"convert: {self.done}/{self.total} videos "
-                f"({100 * self.done / self.total:.1f}%) {rate:.2f} videos/s "
-                f"ETA {eta_text}")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        line = (
+            f"convert: {self.done}/{self.total} videos "
+            f"({100 * self.done / self.total:.1f}%) {rate:.2f} videos/s "
+            f"ETA {eta_text}"
+        )
         end = "\n" if final or not self.tty else ""
         self.stream.write(("\r" if self.tty else "") + line + end)
         self.stream.flush()
@@ -130,8 +132,7 @@ def _remove_stale_tmp(output_dir):
     for folder, hidden_only in folders:
         for name in os.listdir(folder):
             pid_text = name.rsplit(".tmp-", 1)[-1]
-            if ".tmp-" not in name or not pid_text.isdigit() or (
-                    hidden_only and not name.startswith(".")):
+            if ".tmp-" not in name or not pid_text.isdigit() or (hidden_only and not name.startswith(".")):
                 continue
             pid = int(pid_text)
             if pid != os.getpid() and tfrecord.writer_alive(pid):
@@ -146,11 +147,10 @@ def _check_manifest(output_dir, prefix, settings, shards):
     settings or videos), since skipping its finished shards would then be wrong.
     """
     content = {key: settings[key] for key in sorted(settings)}
-    content["shards"] = hashlib.sha256(json.dumps(
-        [[(r.video_id, r.label_index) for r in shard]
-         for shard in shards]).encode("utf-8")).hexdigest()
-    path = os.path.join(shard_writer.bookkeeping_dir(output_dir),
-                        f"{prefix}.manifest.json")
+    content["shards"] = hashlib.sha256(
+        json.dumps([[(r.video_id, r.label_index) for r in shard] for shard in shards]).encode("utf-8")
+    ).hexdigest()
+    path = os.path.join(shard_writer.bookkeeping_dir(output_dir), f"{prefix}.manifest.json")
     _migrate(os.path.join(output_dir, f".{prefix}.manifest.json"), path)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -158,14 +158,14 @@ def _check_manifest(output_dir, prefix, settings, shards):
         # Manifests of older versions lack the newer settings: compression was
         # none; their skip rule (no truncated video) is not a min_frames value, so
         # resuming takes today's (its skips stay listed in the report).
-        previous = dict({"compression": "none", "min_frames": content["min_frames"]},
-                        **previous)
+        previous = dict({"compression": "none", "min_frames": content["min_frames"]}, **previous)
         if previous != content:
             changed = sorted(k for k in content if previous.get(k) != content[k])
             raise ValueError(
                 f"{output_dir} holds '{prefix}' shards of a different conversion "
                 f"(differs in: {', '.join(changed)}); use a new output_dir or "
-                f"delete the old shards and {path}")
+                f"delete the old shards and {path}"
+            )
         return
     shard_writer.atomic_write_text(path, json.dumps(content, indent=1))
 
@@ -181,8 +181,11 @@ def _run_jobs(jobs, workers, progress):
     queue = context.Queue()
     results = []
     with concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)), mp_context=context,
-            initializer=shard_writer.init_worker, initargs=(queue,)) as executor:
+        max_workers=min(workers, len(jobs)),
+        mp_context=context,
+        initializer=shard_writer.init_worker,
+        initargs=(queue,),
+    ) as executor:
         pending = {executor.submit(shard_writer.write_shard, job) for job in jobs}
         try:
             while pending:
@@ -193,8 +196,8 @@ def _run_jobs(jobs, workers, progress):
                     results.append(future.result())
         except concurrent.futures.process.BrokenProcessPool as e:
             raise RuntimeError(
-                "a conversion worker died; finished shards are kept and a rerun "
-                "resumes with the others") from e
+                "a conversion worker died; finished shards are kept and a rerun resumes with the others"
+            ) from e
         finally:
             for future in pending:
                 future.cancel()
@@ -203,10 +206,24 @@ def _run_jobs(jobs, workers, progress):
     return results
 
 
-def convert(dataset, annotations, video_dir, output_dir, classes=None,
-            train_annotations=None, short_side=256, fps=None, num_shards=None,
-            workers=1, skip_bad_rows=False, prefix=None, jpeg_quality=90,
-            show_progress=True, min_frames=MIN_FRAMES, compression="none"):
+def convert(
+    dataset,
+    annotations,
+    video_dir,
+    output_dir,
+    classes=None,
+    train_annotations=None,
+    short_side=256,
+    fps=None,
+    num_shards=None,
+    workers=1,
+    skip_bad_rows=False,
+    prefix=None,
+    jpeg_quality=90,
+    show_progress=True,
+    min_frames=MIN_FRAMES,
+    compression="none",
+):
     """Converts annotated videos to `{prefix}-{i:05d}-of-{n:05d}.tfrecord` shards.
 
     Args:
@@ -235,44 +252,53 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
-    if short_side is not None and (isinstance(short_side, bool)
-                                   or not isinstance(short_side, int) or short_side < 1):
-        raise ValueError(f"short_side must be a positive int or None. "
-                         f"Received: short_side={short_side!r}")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
-                            or not math.isfinite(fps) or fps <= 0):
+    if short_side is not None and (
+        isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1
+    ):
+        raise ValueError(f"short_side must be a positive int or None. Received: short_side={short_side!r}")
+    if fps is not None and (
+        isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0
+    ):
         raise ValueError(f"fps must be a positive number or None. Received: fps={fps!r}")
-    if num_shards is not None and (isinstance(num_shards, bool) or not isinstance(
-            num_shards, int) or num_shards < 1):
-        raise ValueError(f"num_shards must be a positive int or None. "
-                         f"Received: num_shards={num_shards!r}")
+    if num_shards is not None and (
+        isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1
+    ):
+        raise ValueError(f"num_shards must be a positive int or None. Received: num_shards={num_shards!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int. Received: workers={workers!r}")
     if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality must be an int in 1..100. "
-                         f"Received: jpeg_quality={jpeg_quality!r}")
+        raise ValueError(f"jpeg_quality must be an int in 1..100. Received: jpeg_quality={jpeg_quality!r}")
     if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
-        raise ValueError(f"min_frames must be a positive int. "
-                         f"Received: min_frames={min_frames!r}")
+        raise ValueError(f"min_frames must be a positive int. Received: min_frames={min_frames!r}")
     if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}. "
-                         f"Received: compression={compression!r}")
+        raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
     prefix = prefix or os.path.splitext(os.path.basename(os.fspath(annotations)))[0]
     if not prefix or "/" in prefix or prefix.startswith("."):
         raise ValueError(f"prefix must be a plain file name. Received: prefix={prefix!r}")
 
     records, annotation_report = read_annotations(
-        dataset, annotations, video_dir, classes=classes,
-        train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
+        dataset,
+        annotations,
+        video_dir,
+        classes=classes,
+        train_annotations=train_annotations,
+        skip_bad_rows=skip_bad_rows,
+    )
     num_shards = num_shards or max(1, math.ceil(len(records) / VIDEOS_PER_SHARD))
     shards = assign_shards(records, num_shards)
-    names = [tfrecord.shard_name(prefix, i, num_shards, compression)
-             for i in range(num_shards)]
+    names = [tfrecord.shard_name(prefix, i, num_shards, compression) for i in range(num_shards)]
     os.makedirs(shard_writer.bookkeeping_dir(output_dir), exist_ok=True)
-    settings = {"dataset": dataset, "prefix": prefix, "short_side": short_side,
-                "fps": fps, "jpeg_quality": jpeg_quality, "num_shards": num_shards,
-                "classes": annotation_report.classes, "compression": compression,
-                "min_frames": min_frames}
+    settings = {
+        "dataset": dataset,
+        "prefix": prefix,
+        "short_side": short_side,
+        "fps": fps,
+        "jpeg_quality": jpeg_quality,
+        "num_shards": num_shards,
+        "classes": annotation_report.classes,
+        "compression": compression,
+        "min_frames": min_frames,
+    }
     _check_manifest(output_dir, prefix, settings, shards)
     _remove_stale_tmp(output_dir)
 
@@ -282,13 +308,25 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
         if previous is not None:
             stats[name] = previous
         else:
-            jobs.append({"output_dir": output_dir, "name": name, "records": shard,
-                         "short_side": short_side, "fps": fps,
-                         "jpeg_quality": jpeg_quality, "min_frames": min_frames,
-                         "compression": compression})
-    logging.info("%d videos in %d shards (%d already finished), %d missing files",
-                 len(records), num_shards, num_shards - len(jobs),
-                 len(annotation_report.missing))
+            jobs.append(
+                {
+                    "output_dir": output_dir,
+                    "name": name,
+                    "records": shard,
+                    "short_side": short_side,
+                    "fps": fps,
+                    "jpeg_quality": jpeg_quality,
+                    "min_frames": min_frames,
+                    "compression": compression,
+                }
+            )
+    logging.info(
+        "%d videos in %d shards (%d already finished), %d missing files",
+        len(records),
+        num_shards,
+        num_shards - len(jobs),
+        len(annotation_report.missing),
+    )
     progress = _Progress(sum(len(job["records"]) for job in jobs), show_progress)
     for result in _run_jobs(jobs, workers, progress):
         stats[result["shard"]] = result
@@ -310,10 +348,10 @@ def convert(dataset, annotations, video_dir, output_dir, classes=None,
         "min_frames": min_frames,
         "compression": compression,
     }
-    shard_writer.atomic_write_text(os.path.join(output_dir, "classes.txt"),
-                       "".join(f"{name}\n" for name in annotation_report.classes))
-    shard_writer.atomic_write_text(os.path.join(output_dir, "report.json"),
-                       json.dumps(report, indent=1))
+    shard_writer.atomic_write_text(
+        os.path.join(output_dir, "classes.txt"), "".join(f"{name}\n" for name in annotation_report.classes)
+    )
+    shard_writer.atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=1))
     return report
 
 
@@ -348,29 +386,43 @@ def define_flags():
     _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of the videos.")
     _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the shards.")
     _CLASSES = flags.DEFINE_string(
-        "classes", None, "Kinetics: classes file, one name per line (default: sorted "
+        "classes",
+        None,
+        "Kinetics: classes file, one name per line (default: sorted "
         "labels of --train_annotations or --annotations). Moments: categories file "
-        "(default: moments_categories.txt beside --annotations).")
+        "(default: moments_categories.txt beside --annotations).",
+    )
     _TRAIN_ANNOTATIONS = flags.DEFINE_string(
-        "train_annotations", None, "Kinetics training CSV whose sorted labels are the "
-        "classes when --classes is not given.")
-    _SHORT_SIDE = flags.DEFINE_integer("short_side", 256, "Short side of stored frames; "
-                                       "0 keeps the original size.", lower_bound=0)
+        "train_annotations",
+        None,
+        "Kinetics training CSV whose sorted labels are the classes when --classes is not given.",
+    )
+    _SHORT_SIDE = flags.DEFINE_integer(
+        "short_side", 256, "Short side of stored frames; 0 keeps the original size.", lower_bound=0
+    )
     _FPS = flags.DEFINE_string("fps", "keep", "'keep' or frames per second to resample to.")
-    _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shard count; 0 = one per "
-                                       f"{VIDEOS_PER_SHARD} videos.", lower_bound=0)
+    _NUM_SHARDS = flags.DEFINE_integer(
+        "num_shards", 0, f"Shard count; 0 = one per {VIDEOS_PER_SHARD} videos.", lower_bound=0
+    )
     _WORKERS = flags.DEFINE_integer("workers", 1, "Processes writing shards.", lower_bound=1)
-    _SKIP_BAD_ROWS = flags.DEFINE_bool("skip_bad_rows", False,
-                                       "Count malformed annotation rows instead of failing.")
+    _SKIP_BAD_ROWS = flags.DEFINE_bool(
+        "skip_bad_rows", False, "Count malformed annotation rows instead of failing."
+    )
     _PREFIX = flags.DEFINE_string("prefix", None, "Shard prefix (default: CSV file stem).")
-    _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.",
-                                         lower_bound=1, upper_bound=100)
+    _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.", lower_bound=1, upper_bound=100)
     _MIN_FRAMES = flags.DEFINE_integer(
-        "min_frames", MIN_FRAMES, "Skip (and report) videos that would store fewer "
-        "frames; truncated videos with at least this many are kept.", lower_bound=1)
+        "min_frames",
+        MIN_FRAMES,
+        "Skip (and report) videos that would store fewer "
+        "frames; truncated videos with at least this many are kept.",
+        lower_bound=1,
+    )
     _COMPRESSION = flags.DEFINE_enum(
-        "compression", "none", list(COMPRESSIONS),
-        "TFRecord compression; gzip shards are named *.tfrecord.gz.")
+        "compression",
+        "none",
+        list(COMPRESSIONS),
+        "TFRecord compression; gzip shards are named *.tfrecord.gz.",
+    )
     flags.register_validator("fps", _valid_fps, "--fps must be 'keep' or a positive number")
 
 
@@ -379,19 +431,33 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         report = convert(
-            _DATASET.value, _ANNOTATIONS.value, _VIDEO_DIR.value, _OUTPUT_DIR.value,
-            classes=_CLASSES.value, train_annotations=_TRAIN_ANNOTATIONS.value,
-            short_side=_SHORT_SIDE.value or None, fps=parse_fps(_FPS.value),
-            num_shards=_NUM_SHARDS.value or None, workers=_WORKERS.value,
-            skip_bad_rows=_SKIP_BAD_ROWS.value, prefix=_PREFIX.value,
-            jpeg_quality=_JPEG_QUALITY.value, min_frames=_MIN_FRAMES.value,
-            compression=_COMPRESSION.value)
+            _DATASET.value,
+            _ANNOTATIONS.value,
+            _VIDEO_DIR.value,
+            _OUTPUT_DIR.value,
+            classes=_CLASSES.value,
+            train_annotations=_TRAIN_ANNOTATIONS.value,
+            short_side=_SHORT_SIDE.value or None,
+            fps=parse_fps(_FPS.value),
+            num_shards=_NUM_SHARDS.value or None,
+            workers=_WORKERS.value,
+            skip_bad_rows=_SKIP_BAD_ROWS.value,
+            prefix=_PREFIX.value,
+            jpeg_quality=_JPEG_QUALITY.value,
+            min_frames=_MIN_FRAMES.value,
+            compression=_COMPRESSION.value,
+        )
     except (ValueError, OSError) as e:  # bad flags, annotation rows (file:line), folders: one line
         sys.exit(f"error: {e}")
-    logging.info("converted %d videos (%d incomplete), skipped %d, missing %d, bad "
-                 "rows %d -> %s", report["converted"], len(report["incomplete"]),
-                 len(report["skipped"]), len(report["missing"]),
-                 len(report["bad_rows"]), _OUTPUT_DIR.value)
+    logging.info(
+        "converted %d videos (%d incomplete), skipped %d, missing %d, bad rows %d -> %s",
+        report["converted"],
+        len(report["incomplete"]),
+        len(report["skipped"]),
+        len(report["missing"]),
+        len(report["bad_rows"]),
+        _OUTPUT_DIR.value,
+    )
 
 
 if __name__ == "__main__":

@@ -40,297 +40,333 @@ CONVERTER_FILES = ("report.json", "classes.txt", "_COMPLETE.json")
 _AUTOTUNE = tf.data.AUTOTUNE
 
 
-def sample_indices(num_available, num_frames, stride, mode, num_clips=1, start=None,
-                   seed=None):
-  """Frame indices of the clip(s) to read from a video of `num_available` frames.
+def sample_indices(num_available, num_frames, stride, mode, num_clips=1, start=None, seed=None):
+    """Frame indices of the clip(s) to read from a video of `num_available` frames.
 
-  A clip is `num_frames` frames, one every `stride`, spanning
-  span = (num_frames - 1) * stride + 1 frames from `start`; indices past the end wrap
-  around (index mod num_available), so videos shorter than the span repeat.
+    A clip is `num_frames` frames, one every `stride`, spanning
+    span = (num_frames - 1) * stride + 1 frames from `start`; indices past the end wrap
+    around (index mod num_available), so videos shorter than the span repeat.
 
-  - train: `start` uniform in [0, num_available - span] (in [0, num_available) when
-    the video is shorter than the span); stateless when `seed` (shape [2]) is given.
-  - eval: the centre clip, start = max(num_available - span, 0) // 2.
-  - test: `num_clips` clips with starts (i * max(num_available - span, 0)) //
-    (num_clips - 1), i = 0..num_clips - 1 (first flush with the start, last with the
-    end; identical clips when the video is shorter than the span); num_clips == 1 is
-    the centre clip.
-  An explicit `start` (train/eval) overrides the rule above.
+    - train: `start` uniform in [0, num_available - span] (in [0, num_available) when
+      the video is shorter than the span); stateless when `seed` (shape [2]) is given.
+    - eval: the centre clip, start = max(num_available - span, 0) // 2.
+    - test: `num_clips` clips with starts (i * max(num_available - span, 0)) //
+      (num_clips - 1), i = 0..num_clips - 1 (first flush with the start, last with the
+      end; identical clips when the video is shorter than the span); num_clips == 1 is
+      the centre clip.
+    An explicit `start` (train/eval) overrides the rule above.
 
-  Returns:
-    int32 (num_frames,) for train/eval, (num_clips, num_frames) for test.
-  """
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
-  for name, value in (("num_frames", num_frames), ("stride", stride),
-                      ("num_clips", num_clips)):
-    if not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
-  n = tf.convert_to_tensor(num_available, tf.int32)
-  span = (num_frames - 1) * stride + 1
-  offsets = tf.range(num_frames, dtype=tf.int32) * stride
-  slack = tf.maximum(n - span, 0)
-  if mode == "test":
-    if num_clips == 1:
-      starts = tf.reshape(slack // 2, [1])
-    else:
-      starts = (tf.range(num_clips, dtype=tf.int32) * slack) // (num_clips - 1)
-    return tf.math.floormod(starts[:, None] + offsets[None, :], n)
-  if start is None:
-    if mode == "eval":
-      start = slack // 2
-    else:
-      maxval = tf.where(n >= span, slack + 1, n)
-      if seed is None:
-        start = tf.random.uniform([], 0, maxval, dtype=tf.int32)
-      else:
-        start = tf.random.stateless_uniform([], seed, 0, maxval, dtype=tf.int32)
-  return tf.math.floormod(tf.cast(start, tf.int32) + offsets, n)
+    Returns:
+      int32 (num_frames,) for train/eval, (num_clips, num_frames) for test.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
+    for name, value in (("num_frames", num_frames), ("stride", stride), ("num_clips", num_clips)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
+    n = tf.convert_to_tensor(num_available, tf.int32)
+    span = (num_frames - 1) * stride + 1
+    offsets = tf.range(num_frames, dtype=tf.int32) * stride
+    slack = tf.maximum(n - span, 0)
+    if mode == "test":
+        if num_clips == 1:
+            starts = tf.reshape(slack // 2, [1])
+        else:
+            starts = (tf.range(num_clips, dtype=tf.int32) * slack) // (num_clips - 1)
+        return tf.math.floormod(starts[:, None] + offsets[None, :], n)
+    if start is None:
+        if mode == "eval":
+            start = slack // 2
+        else:
+            maxval = tf.where(n >= span, slack + 1, n)
+            if seed is None:
+                start = tf.random.uniform([], 0, maxval, dtype=tf.int32)
+            else:
+                start = tf.random.stateless_uniform([], seed, 0, maxval, dtype=tf.int32)
+    return tf.math.floormod(tf.cast(start, tf.int32) + offsets, n)
 
 
 def _skipped_name(path):
-  """Hidden files and the converter's report.json / classes.txt (by name)."""
-  name = os.path.basename(path)
-  return name.startswith(".") or name in CONVERTER_FILES
+    """Hidden files and the converter's report.json / classes.txt (by name)."""
+    name = os.path.basename(path)
+    return name.startswith(".") or name in CONVERTER_FILES
 
 
 def _list_shards(file_pattern, compression="auto"):
-  """(sorted shard paths, TFRecordDataset compression_type of each).
+    """(sorted shard paths, TFRecordDataset compression_type of each).
 
-  Skips hidden files, the converter's files and folders. compression "auto"
-  detects each file's type from its first bytes (tfrecord.detect_compression).
-  """
-  key = "none" if compression is None else str(compression).lower()
-  if key not in COMPRESSIONS:
-    raise ValueError(f"compression must be one of {tuple(COMPRESSIONS)}. "
-                     f"Received: compression={compression!r}")
-  patterns = [file_pattern] if isinstance(file_pattern, (str, bytes, os.PathLike)) \
-      else list(file_pattern)
-  matched = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
-  if not matched:
-    raise ValueError(f"No files match file_pattern={file_pattern!r}")
+    Skips hidden files, the converter's files and folders. compression "auto"
+    detects each file's type from its first bytes (tfrecord.detect_compression).
+    """
+    key = "none" if compression is None else str(compression).lower()
+    if key not in COMPRESSIONS:
+        raise ValueError(
+            f"compression must be one of {tuple(COMPRESSIONS)}. Received: compression={compression!r}"
+        )
+    patterns = [file_pattern] if isinstance(file_pattern, (str, bytes, os.PathLike)) else list(file_pattern)
+    matched = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
+    if not matched:
+        raise ValueError(f"No files match file_pattern={file_pattern!r}")
 
-  def inspect(path):  # None: not a shard
-    if _skipped_name(path) or tf.io.gfile.isdir(path):
-      return None
-    fixed = COMPRESSIONS[key]
-    return tfrecord.detect_compression(path) if fixed is None else fixed
+    def inspect(path):  # None: not a shard
+        if _skipped_name(path) or tf.io.gfile.isdir(path):
+            return None
+        fixed = COMPRESSIONS[key]
+        return tfrecord.detect_compression(path) if fixed is None else fixed
 
-  # One stat (and 12 bytes) per file; threads hide remote file systems' latency.
-  with concurrent.futures.ThreadPoolExecutor(min(16, len(matched))) as pool:
-    kinds = list(pool.map(inspect, matched))
-  shards = [(path, kind) for path, kind in zip(matched, kinds) if kind is not None]
-  if not shards:
-    raise ValueError(
-        f"No TFRecord shard in file_pattern={file_pattern!r}: it matches only "
-        "hidden files, folders or the converter's report.json/classes.txt, which "
-        f"are skipped: {matched[:5]}{' ...' if len(matched) > 5 else ''}")
-  if len(shards) < len(matched):
-    logging.info("file_pattern=%r: skipped %d hidden files, folders or converter "
-                 "files", file_pattern, len(matched) - len(shards))
-  return [path for path, _ in shards], [kind for _, kind in shards]
+    # One stat (and 12 bytes) per file; threads hide remote file systems' latency.
+    with concurrent.futures.ThreadPoolExecutor(min(16, len(matched))) as pool:
+        kinds = list(pool.map(inspect, matched))
+    shards = [(path, kind) for path, kind in zip(matched, kinds) if kind is not None]
+    if not shards:
+        raise ValueError(
+            f"No TFRecord shard in file_pattern={file_pattern!r}: it matches only "
+            "hidden files, folders or the converter's report.json/classes.txt, which "
+            f"are skipped: {matched[:5]}{' ...' if len(matched) > 5 else ''}"
+        )
+    if len(shards) < len(matched):
+        logging.info(
+            "file_pattern=%r: skipped %d hidden files, folders or converter files",
+            file_pattern,
+            len(matched) - len(shards),
+        )
+    return [path for path, _ in shards], [kind for _, kind in shards]
 
 
 def _element_seed(seed, index, salt):
-  """Stateless seed for one random draw of element `index`."""
-  return tf.stack([tf.constant(seed, tf.int64), index * 8 + salt])
+    """Stateless seed for one random draw of element `index`."""
+    return tf.stack([tf.constant(seed, tf.int64), index * 8 + salt])
 
 
 class _Config:
-  """Validated arguments shared by the map functions."""
+    """Validated arguments shared by the map functions."""
 
-  def __init__(self, mode, num_frames, frame_stride, crop_size, num_clips, num_crops,
-               seed, min_resize, max_resize, eval_resize, flip):
-    for name, value in (("num_frames", num_frames), ("frame_stride", frame_stride),
-                        ("crop_size", crop_size), ("num_clips", num_clips),
-                        ("num_crops", num_crops)):
-      if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
-    self.mode = mode
-    self.num_frames = int(num_frames)
-    self.stride = int(frame_stride)
-    self.crop = int(crop_size)
-    self.num_clips = int(num_clips) if mode == "test" else 1
-    self.num_crops = int(num_crops) if mode == "test" else 1
-    self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31)
-    self.min_resize = int(min_resize) if min_resize is not None else round(crop_size * 8 / 7)
-    self.max_resize = int(max_resize) if max_resize is not None else round(crop_size * 10 / 7)
-    self.eval_resize = int(eval_resize) if eval_resize is not None else round(crop_size * 8 / 7)
-    self.flip = bool(flip)
-    if not crop_size <= self.min_resize <= self.max_resize:
-      raise ValueError("Need crop_size <= min_resize <= max_resize. Received: "
-                       f"crop_size={crop_size}, min_resize={self.min_resize}, "
-                       f"max_resize={self.max_resize}")
-    if self.eval_resize < crop_size:
-      raise ValueError("eval_resize must be >= crop_size. Received: "
-                       f"eval_resize={self.eval_resize}, crop_size={crop_size}")
+    def __init__(
+        self,
+        mode,
+        num_frames,
+        frame_stride,
+        crop_size,
+        num_clips,
+        num_crops,
+        seed,
+        min_resize,
+        max_resize,
+        eval_resize,
+        flip,
+    ):
+        for name, value in (
+            ("num_frames", num_frames),
+            ("frame_stride", frame_stride),
+            ("crop_size", crop_size),
+            ("num_clips", num_clips),
+            ("num_crops", num_crops),
+        ):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
+        self.mode = mode
+        self.num_frames = int(num_frames)
+        self.stride = int(frame_stride)
+        self.crop = int(crop_size)
+        self.num_clips = int(num_clips) if mode == "test" else 1
+        self.num_crops = int(num_crops) if mode == "test" else 1
+        self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31)
+        self.min_resize = int(min_resize) if min_resize is not None else round(crop_size * 8 / 7)
+        self.max_resize = int(max_resize) if max_resize is not None else round(crop_size * 10 / 7)
+        self.eval_resize = int(eval_resize) if eval_resize is not None else round(crop_size * 8 / 7)
+        self.flip = bool(flip)
+        if not crop_size <= self.min_resize <= self.max_resize:
+            raise ValueError(
+                "Need crop_size <= min_resize <= max_resize. Received: "
+                f"crop_size={crop_size}, min_resize={self.min_resize}, "
+                f"max_resize={self.max_resize}"
+            )
+        if self.eval_resize < crop_size:
+            raise ValueError(
+                "eval_resize must be >= crop_size. Received: "
+                f"eval_resize={self.eval_resize}, crop_size={crop_size}"
+            )
 
-  def sample(self, num_available, index):
-    """Indices to read: (T,) train/eval; test: unique indices + inverse (C*T,)."""
-    tf.debugging.assert_positive(num_available, message="video has no frames")
-    indices = sample_indices(num_available, self.num_frames, self.stride, self.mode,
-                             num_clips=self.num_clips,
-                             seed=_element_seed(self.seed, index, 0))
-    if self.mode != "test":
-      return indices, tf.zeros([0], tf.int32)
-    # Test clips overlap: read each frame once.
-    unique, inverse = tf.unique(tf.reshape(indices, [-1]))
-    return unique, inverse
+    def sample(self, num_available, index):
+        """Indices to read: (T,) train/eval; test: unique indices + inverse (C*T,)."""
+        tf.debugging.assert_positive(num_available, message="video has no frames")
+        indices = sample_indices(
+            num_available,
+            self.num_frames,
+            self.stride,
+            self.mode,
+            num_clips=self.num_clips,
+            seed=_element_seed(self.seed, index, 0),
+        )
+        if self.mode != "test":
+            return indices, tf.zeros([0], tf.int32)
+        # Test clips overlap: read each frame once.
+        unique, inverse = tf.unique(tf.reshape(indices, [-1]))
+        return unique, inverse
 
-  def spatial(self, read_window, read_all, height, width, inverse, index):
-    """Crop/flip/normalise. Train/eval read only the crop window of each frame.
+    def spatial(self, read_window, read_all, height, width, inverse, index):
+        """Crop/flip/normalise. Train/eval read only the crop window of each frame.
 
-    read_window(y0, x0, h, w) -> (T, h, w, 3) source pixels; read_all() -> all
-    sampled frames (U, H, W, 3); height/width: source frame size.
-    """
-    if self.mode == "test":
-      return self._test_views(read_all(), inverse)
-    if self.mode == "train":
-      short = tf.random.stateless_uniform(
-          [], _element_seed(self.seed, index, 1), self.min_resize, self.max_resize + 1,
-          dtype=tf.int32)
-    else:
-      short = tf.constant(self.eval_resize, tf.int32)
-    new_h, new_w = preprocess.resized_shape(height, width, short)
-    if self.mode == "train":
-      offset_y, offset_x = preprocess.random_offsets(
-          new_h, new_w, self.crop, _element_seed(self.seed, index, 2))
-    else:
-      offset_y, offset_x = (new_h - self.crop) // 2, (new_w - self.crop) // 2
-    y0, x0, h, w = preprocess.source_window(height, width, new_h, new_w, self.crop,
-                                            offset_y, offset_x)
-    window = read_window(y0, x0, h, w)
-    if self.mode == "train" and self.flip:
-      # Flip the small uint8 window instead of the float crop (~4x cheaper): the
-      # flipped crop is the crop at the mirrored offset of the mirrored frame.
-      coin = tf.random.stateless_uniform([], _element_seed(self.seed, index, 3))
-      flipped = coin < 0.5
-      window = tf.cond(flipped, lambda: preprocess.flip_left_right(window),
-                       lambda: window)
-      offset_x = tf.where(flipped, new_w - offset_x - self.crop, offset_x)
-      x0 = tf.where(flipped, width - x0 - w, x0)
-    clip = preprocess.resized_crop(window, height, width, new_h, new_w, self.crop,
-                                   offset_y, offset_x, y0, x0)
-    clip = preprocess.normalize(clip)
-    clip.set_shape([self.num_frames, self.crop, self.crop, 3])
-    return clip
+        read_window(y0, x0, h, w) -> (T, h, w, 3) source pixels; read_all() -> all
+        sampled frames (U, H, W, 3); height/width: source frame size.
+        """
+        if self.mode == "test":
+            return self._test_views(read_all(), inverse)
+        if self.mode == "train":
+            short = tf.random.stateless_uniform(
+                [], _element_seed(self.seed, index, 1), self.min_resize, self.max_resize + 1, dtype=tf.int32
+            )
+        else:
+            short = tf.constant(self.eval_resize, tf.int32)
+        new_h, new_w = preprocess.resized_shape(height, width, short)
+        if self.mode == "train":
+            offset_y, offset_x = preprocess.random_offsets(
+                new_h, new_w, self.crop, _element_seed(self.seed, index, 2)
+            )
+        else:
+            offset_y, offset_x = (new_h - self.crop) // 2, (new_w - self.crop) // 2
+        y0, x0, h, w = preprocess.source_window(height, width, new_h, new_w, self.crop, offset_y, offset_x)
+        window = read_window(y0, x0, h, w)
+        if self.mode == "train" and self.flip:
+            # Flip the small uint8 window instead of the float crop (~4x cheaper): the
+            # flipped crop is the crop at the mirrored offset of the mirrored frame.
+            coin = tf.random.stateless_uniform([], _element_seed(self.seed, index, 3))
+            flipped = coin < 0.5
+            window = tf.cond(flipped, lambda: preprocess.flip_left_right(window), lambda: window)
+            offset_x = tf.where(flipped, new_w - offset_x - self.crop, offset_x)
+            x0 = tf.where(flipped, width - x0 - w, x0)
+        clip = preprocess.resized_crop(
+            window, height, width, new_h, new_w, self.crop, offset_y, offset_x, y0, x0
+        )
+        clip = preprocess.normalize(clip)
+        clip.set_shape([self.num_frames, self.crop, self.crop, 3])
+        return clip
 
-  def _test_views(self, frames, inverse):
-    """(U, H, W, 3) -> (C * K, T, crop, crop, 3), clip-major.
+    def _test_views(self, frames, inverse):
+        """(U, H, W, 3) -> (C * K, T, crop, crop, 3), clip-major.
 
-    Equals multi_crop(resize_short_side(frames, eval_resize)) but only computes the
-    crops (no float copy of the whole resized frames).
-    """
-    shape = tf.shape(frames)
-    new_h, new_w = preprocess.resized_shape(shape[1], shape[2], self.eval_resize)
-    offsets_y, offsets_x = preprocess.multi_crop_offsets(new_h, new_w, self.crop,
-                                                         self.num_crops)
-    crops = tf.stack([
-        preprocess.resized_crop(frames, shape[1], shape[2], new_h, new_w, self.crop,
-                                offsets_y[k], offsets_x[k])
-        for k in range(self.num_crops)])  # (K, U, crop, crop, 3)
-    views = tf.gather(crops, inverse, axis=1)  # (K, C * T, crop, crop, 3)
-    views = tf.reshape(views, [self.num_crops, self.num_clips, self.num_frames,
-                               self.crop, self.crop, 3])
-    views = tf.transpose(views, [1, 0, 2, 3, 4, 5])
-    views = tf.reshape(views, [self.num_clips * self.num_crops, self.num_frames,
-                               self.crop, self.crop, 3])
-    return preprocess.normalize(views)
+        Equals multi_crop(resize_short_side(frames, eval_resize)) but only computes the
+        crops (no float copy of the whole resized frames).
+        """
+        shape = tf.shape(frames)
+        new_h, new_w = preprocess.resized_shape(shape[1], shape[2], self.eval_resize)
+        offsets_y, offsets_x = preprocess.multi_crop_offsets(new_h, new_w, self.crop, self.num_crops)
+        crops = tf.stack(
+            [
+                preprocess.resized_crop(
+                    frames, shape[1], shape[2], new_h, new_w, self.crop, offsets_y[k], offsets_x[k]
+                )
+                for k in range(self.num_crops)
+            ]
+        )  # (K, U, crop, crop, 3)
+        views = tf.gather(crops, inverse, axis=1)  # (K, C * T, crop, crop, 3)
+        views = tf.reshape(views, [self.num_crops, self.num_clips, self.num_frames, self.crop, self.crop, 3])
+        views = tf.transpose(views, [1, 0, 2, 3, 4, 5])
+        views = tf.reshape(views, [self.num_clips * self.num_crops, self.num_frames, self.crop, self.crop, 3])
+        return preprocess.normalize(views)
 
 
 class _Labels:
-  """How `clip/label/index` becomes the label of a clip."""
+    """How `clip/label/index` becomes the label of a clip."""
 
-  def __init__(self, multilabel, num_classes):
-    self.multilabel = bool(multilabel)
-    if self.multilabel and (isinstance(num_classes, bool) or not isinstance(
-        num_classes, (int, np.integer)) or num_classes < 1):
-      raise ValueError("multilabel=True needs num_classes, a positive int. "
-                       f"Received: num_classes={num_classes!r}")
-    self.num_classes = int(num_classes) if self.multilabel else None
+    def __init__(self, multilabel, num_classes):
+        self.multilabel = bool(multilabel)
+        if self.multilabel and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1
+        ):
+            raise ValueError(
+                f"multilabel=True needs num_classes, a positive int. Received: num_classes={num_classes!r}"
+            )
+        self.num_classes = int(num_classes) if self.multilabel else None
 
-  def from_indices(self, indices):
-    """int64 (n,) label indices of one record -> int32 () or multi-hot float32 (K,).
+    def from_indices(self, indices):
+        """int64 (n,) label indices of one record -> int32 () or multi-hot float32 (K,).
 
-    Single label: the index, -1 when the record has none; several raise. Multi-label:
-    1.0 at each index, all zeros when the record has none (or only -1, the
-    converter's "unlabelled").
-    """
-    indices = tf.cast(indices, tf.int32)
-    if not self.multilabel:
-      check = tf.debugging.assert_less_equal(
-          tf.size(indices), 1, message="a record holds several labels in "
-          f"{tfrecord.LABEL_INDEX}; read it with multilabel=True, num_classes=K")
-      with tf.control_dependencies([check]):
-        return tf.concat([indices, [-1]], 0)[0]
-    k = self.num_classes
-    checks = [tf.debugging.assert_less(
-                  indices, k, message=f"a label index in {tfrecord.LABEL_INDEX} is "
-                  f">= num_classes={k}"),
-              tf.debugging.assert_greater_equal(
-                  indices, -1, message=f"a label index in {tfrecord.LABEL_INDEX} "
-                  "is < -1")]
-    with tf.control_dependencies(checks):
-      # one_hot(-1) is all zeros: unlabelled entries add nothing.
-      return tf.minimum(tf.reduce_sum(tf.one_hot(indices, k), axis=0), 1.0)
+        Single label: the index, -1 when the record has none; several raise. Multi-label:
+        1.0 at each index, all zeros when the record has none (or only -1, the
+        converter's "unlabelled").
+        """
+        indices = tf.cast(indices, tf.int32)
+        if not self.multilabel:
+            check = tf.debugging.assert_less_equal(
+                tf.size(indices),
+                1,
+                message="a record holds several labels in "
+                f"{tfrecord.LABEL_INDEX}; read it with multilabel=True, num_classes=K",
+            )
+            with tf.control_dependencies([check]):
+                return tf.concat([indices, [-1]], 0)[0]
+        k = self.num_classes
+        checks = [
+            tf.debugging.assert_less(
+                indices, k, message=f"a label index in {tfrecord.LABEL_INDEX} is >= num_classes={k}"
+            ),
+            tf.debugging.assert_greater_equal(
+                indices, -1, message=f"a label index in {tfrecord.LABEL_INDEX} is < -1"
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            # one_hot(-1) is all zeros: unlabelled entries add nothing.
+            return tf.minimum(tf.reduce_sum(tf.one_hot(indices, k), axis=0), 1.0)
 
 
 def _parse(serialized, labels=None):
-  """One SequenceExample -> (encoded frames (N,), label as `labels` says)."""
-  labels = labels or _Labels(False, None)
-  context, sequence = tf.io.parse_single_sequence_example(
-      serialized,
-      context_features={tfrecord.LABEL_INDEX: tf.io.VarLenFeature(tf.int64)},
-      sequence_features={tfrecord.IMAGE_ENCODED:
-                         tf.io.FixedLenSequenceFeature([], tf.string)})
-  indices = context[tfrecord.LABEL_INDEX].values
-  return sequence[tfrecord.IMAGE_ENCODED], labels.from_indices(indices)
+    """One SequenceExample -> (encoded frames (N,), label as `labels` says)."""
+    labels = labels or _Labels(False, None)
+    context, sequence = tf.io.parse_single_sequence_example(
+        serialized,
+        context_features={tfrecord.LABEL_INDEX: tf.io.VarLenFeature(tf.int64)},
+        sequence_features={tfrecord.IMAGE_ENCODED: tf.io.FixedLenSequenceFeature([], tf.string)},
+    )
+    indices = context[tfrecord.LABEL_INDEX].values
+    return sequence[tfrecord.IMAGE_ENCODED], labels.from_indices(indices)
 
 
-def _tfrecord_elements(files, compressions, cfg, labels, train, repeat,
-                       input_context, shuffle_buffer):
-  """Dataset of (views float32, label) read from TFRecord shards."""
-  ds = tf.data.Dataset.from_tensor_slices((files, compressions))
-  if input_context is not None:
-    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  if train:
-    ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  ds = ds.interleave(
-      lambda path, compression: tf.data.TFRecordDataset(
-          path, compression_type=compression),
-      cycle_length=min(len(files), 16), block_length=1, num_parallel_calls=_AUTOTUNE)
-  ds = ds.enumerate()
+def _tfrecord_elements(files, compressions, cfg, labels, train, repeat, input_context, shuffle_buffer):
+    """Dataset of (views float32, label) read from TFRecord shards."""
+    ds = tf.data.Dataset.from_tensor_slices((files, compressions))
+    if input_context is not None:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if train:
+        ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.interleave(
+        lambda path, compression: tf.data.TFRecordDataset(path, compression_type=compression),
+        cycle_length=min(len(files), 16),
+        block_length=1,
+        num_parallel_calls=_AUTOTUNE,
+    )
+    ds = ds.enumerate()
 
-  def parse_and_sample(index, serialized):
-    encoded, label = _parse(serialized, labels)
-    indices, inverse = cfg.sample(tf.shape(encoded)[0], index)
-    return tf.gather(encoded, indices), inverse, label, index
+    def parse_and_sample(index, serialized):
+        encoded, label = _parse(serialized, labels)
+        indices, inverse = cfg.sample(tf.shape(encoded)[0], index)
+        return tf.gather(encoded, indices), inverse, label, index
 
-  ds = ds.map(parse_and_sample, num_parallel_calls=_AUTOTUNE)
-  if train and shuffle_buffer > 1:
-    ds = ds.shuffle(shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.map(parse_and_sample, num_parallel_calls=_AUTOTUNE)
+    if train and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
 
-  def decode(encoded, inverse, label, index):
-    return _decode_jpegs(cfg, encoded, inverse, index), label
+    def decode(encoded, inverse, label, index):
+        return _decode_jpegs(cfg, encoded, inverse, index), label
 
-  return ds.map(decode, num_parallel_calls=_AUTOTUNE)
+    return ds.map(decode, num_parallel_calls=_AUTOTUNE)
 
 
 def _decode_jpegs(cfg, encoded, inverse, index):
-  """Sampled encoded frames (JPEG or other formats) -> views (see _Config.spatial)."""
-  shape = frame_shape(encoded[0])
-  all_jpeg = tf.reduce_all(tf.strings.substr(encoded, 0, 3) == _JPEG_MAGIC)
+    """Sampled encoded frames (JPEG or other formats) -> views (see _Config.spatial)."""
+    shape = frame_shape(encoded[0])
+    all_jpeg = tf.reduce_all(tf.strings.substr(encoded, 0, 3) == _JPEG_MAGIC)
 
-  def read_window(y0, x0, h, w):
-    window = tf.stack([y0, x0, h, w])
-    return decode_frames(encoded, all_jpeg, window, cfg.num_frames)
+    def read_window(y0, x0, h, w):
+        window = tf.stack([y0, x0, h, w])
+        return decode_frames(encoded, all_jpeg, window, cfg.num_frames)
 
-  def read_all():
-    return decode_frames(encoded, all_jpeg)
+    def read_all():
+        return decode_frames(encoded, all_jpeg)
 
-  return cfg.spatial(read_window, read_all, shape[0], shape[1], inverse, index)
+    return cfg.spatial(read_window, read_all, shape[0], shape[1], inverse, index)
 
 
 # --- Frame formats: JPEG fast path, anything tf.io.decode_image reads otherwise. ---
@@ -339,74 +375,86 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def _decode_image(encoded):
-  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
 def frame_shape(encoded):
-  """(height, width, channels) int32 of one encoded frame (JPEG: from its header)."""
-  return tf.cond(tf.io.is_jpeg(encoded),
-                 lambda: tf.image.extract_jpeg_shape(encoded),
-                 lambda: tf.shape(_decode_image(encoded), out_type=tf.int32))
+    """(height, width, channels) int32 of one encoded frame (JPEG: from its header)."""
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.image.extract_jpeg_shape(encoded),
+        lambda: tf.shape(_decode_image(encoded), out_type=tf.int32),
+    )
 
 
 def decode_frame(encoded, window=None):
-  """One encoded frame (JPEG, PNG, BMP, GIF) -> uint8 (h, w, 3).
+    """One encoded frame (JPEG, PNG, BMP, GIF) -> uint8 (h, w, 3).
 
-  window: int32 [y0, x0, h, w] to return only that window; a JPEG then decodes only
-  the window (decode_and_crop_jpeg), other formats decode whole and are sliced.
-  """
-  def jpeg():
-    if window is None:
-      return tf.io.decode_jpeg(encoded, channels=3)
-    return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    window: int32 [y0, x0, h, w] to return only that window; a JPEG then decodes only
+    the window (decode_and_crop_jpeg), other formats decode whole and are sliced.
+    """
 
-  def other():
-    image = _decode_image(encoded)
-    if window is None:
-      return image
-    return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+    def jpeg():
+        if window is None:
+            return tf.io.decode_jpeg(encoded, channels=3)
+        return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
 
-  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    def other():
+        image = _decode_image(encoded)
+        if window is None:
+            return image
+        return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
 def decode_frames(encoded, all_jpeg, window=None, count=None):
-  """Frames (U,) encoded -> uint8 (U, h, w, 3); `count` = U when static.
+    """Frames (U,) encoded -> uint8 (U, h, w, 3); `count` = U when static.
 
-  all_jpeg: bool scalar, every frame is a JPEG: the fast path with no per-frame
-  format check; else each frame goes through `decode_frame`.
-  """
-  def jpegs():
-    if window is None:
-      return tf.map_fn(lambda s: tf.io.decode_jpeg(s, channels=3), encoded,
-                       fn_output_signature=tf.uint8)
-    return tf.stack([tf.image.decode_and_crop_jpeg(encoded[t], window, channels=3)
-                     for t in range(count)])
+    all_jpeg: bool scalar, every frame is a JPEG: the fast path with no per-frame
+    format check; else each frame goes through `decode_frame`.
+    """
 
-  def any_format():
-    if window is None:
-      return tf.map_fn(decode_frame, encoded, fn_output_signature=tf.uint8)
-    return tf.stack([decode_frame(encoded[t], window) for t in range(count)])
+    def jpegs():
+        if window is None:
+            return tf.map_fn(
+                lambda s: tf.io.decode_jpeg(s, channels=3), encoded, fn_output_signature=tf.uint8
+            )
+        return tf.stack([tf.image.decode_and_crop_jpeg(encoded[t], window, channels=3) for t in range(count)])
 
-  return tf.cond(all_jpeg, jpegs, any_format)
+    def any_format():
+        if window is None:
+            return tf.map_fn(decode_frame, encoded, fn_output_signature=tf.uint8)
+        return tf.stack([decode_frame(encoded[t], window) for t in range(count)])
+
+    return tf.cond(all_jpeg, jpegs, any_format)
 
 
-def _read_annotations(annotations, video_dir, dataset, classes, train_annotations,
-                      skip_bad_rows):
-  """(paths, labels) of the videos found, read with the Kinetics/Moments reader."""
-  records, report = readers.read_annotations(
-      dataset, annotations, video_dir, classes=classes,
-      train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
-  if report.missing:
-    logging.warning("%d of the videos listed in %s are not under %s (skipped), "
-                    "e.g. %s", len(report.missing), annotations, video_dir,
-                    report.missing[:3])
-  if report.bad_rows:
-    logging.warning("%d bad rows of %s skipped, e.g. %s", len(report.bad_rows),
-                    annotations, report.bad_rows[:3])
-  if not records:
-    raise ValueError(f"No video of annotations={annotations!r} was found under "
-                     f"video_dir={video_dir!r}")
-  return [r.video_path for r in records], [r.label_index for r in records]
+def _read_annotations(annotations, video_dir, dataset, classes, train_annotations, skip_bad_rows):
+    """(paths, labels) of the videos found, read with the Kinetics/Moments reader."""
+    records, report = readers.read_annotations(
+        dataset,
+        annotations,
+        video_dir,
+        classes=classes,
+        train_annotations=train_annotations,
+        skip_bad_rows=skip_bad_rows,
+    )
+    if report.missing:
+        logging.warning(
+            "%d of the videos listed in %s are not under %s (skipped), e.g. %s",
+            len(report.missing),
+            annotations,
+            video_dir,
+            report.missing[:3],
+        )
+    if report.bad_rows:
+        logging.warning(
+            "%d bad rows of %s skipped, e.g. %s", len(report.bad_rows), annotations, report.bad_rows[:3]
+        )
+    if not records:
+        raise ValueError(f"No video of annotations={annotations!r} was found under video_dir={video_dir!r}")
+    return [r.video_path for r in records], [r.label_index for r in records]
 
 
 _skips_lock = threading.Lock()
@@ -415,183 +463,226 @@ _bad_paths = set()  # their paths: a later epoch skips them without trying again
 
 
 def raw_video_skips():
-  """(path, reason) of every video the raw source skipped so far in this process, in order; a video that
-  failed is not tried again by later epochs (a frame read failing after a good probe can repeat it)."""
-  with _skips_lock:
-    return list(_skips)
+    """(path, reason) of every video the raw source skipped so far in this process, in order; a video that
+    failed is not tried again by later epochs (a frame read failing after a good probe can repeat it)."""
+    with _skips_lock:
+        return list(_skips)
 
 
 def _skip(path, error):
-  with _skips_lock:
-    _skips.append((path, str(error)))
-    _bad_paths.add(path)
-    count = len(_bad_paths)
-  logging.warning("Skipping unreadable video (%d distinct so far): %s", count, error)
+    with _skips_lock:
+        _skips.append((path, str(error)))
+        _bad_paths.add(path)
+        count = len(_bad_paths)
+    logging.warning("Skipping unreadable video (%d distinct so far): %s", count, error)
 
 
 def _probe_num_frames(path):
-  """Frame count, or 0 (counted skip) for a video that cannot be read."""
-  path = path.decode()
-  with _skips_lock:
-    if path in _bad_paths:  # failed before (an earlier epoch): not opened, logged or counted again
-      return np.int32(0)
-  try:
-    return np.int32(decode.probe(path).num_frames)
-  except decode.DecodeError as e:
-    _skip(path, e)
-    return np.int32(0)
+    """Frame count, or 0 (counted skip) for a video that cannot be read."""
+    path = path.decode()
+    with _skips_lock:
+        if path in _bad_paths:  # failed before (an earlier epoch): not opened, logged or counted again
+            return np.int32(0)
+    try:
+        return np.int32(decode.probe(path).num_frames)
+    except decode.DecodeError as e:
+        _skip(path, e)
+        return np.int32(0)
 
 
 def _read_frames(path, indices):
-  """Frames at `indices`, or an empty array (counted skip) if decoding fails."""
-  path = path.decode()
-  try:
-    return decode.read_frames(path, indices=indices)
-  except decode.DecodeError as e:
-    _skip(path, e)
-    return np.zeros((0, 1, 1, 3), np.uint8)
+    """Frames at `indices`, or an empty array (counted skip) if decoding fails."""
+    path = path.decode()
+    try:
+        return decode.read_frames(path, indices=indices)
+    except decode.DecodeError as e:
+        _skip(path, e)
+        return np.zeros((0, 1, 1, 3), np.uint8)
 
 
 def _raw_elements(paths, labels, cfg, train, repeat, input_context):
-  """Dataset of (views, label) decoded from video files with PyAV.
+    """Dataset of (views, label) decoded from video files with PyAV.
 
-  Videos PyAV cannot read are dropped, logged and listed by raw_video_skips().
-  """
-  ds = tf.data.Dataset.from_tensor_slices(
-      (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-  if input_context is not None:
-    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  if train:
-    ds = ds.shuffle(len(paths), seed=cfg.seed, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  ds = ds.enumerate()
+    Videos PyAV cannot read are dropped, logged and listed by raw_video_skips().
+    """
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+    if input_context is not None:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if train:
+        ds = ds.shuffle(len(paths), seed=cfg.seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.enumerate()
 
-  def probe(index, element):
-    path, label = element
-    num = tf.numpy_function(_probe_num_frames, [path], tf.int32, stateful=False)
-    num.set_shape([])
-    return index, path, label, num
+    def probe(index, element):
+        path, label = element
+        num = tf.numpy_function(_probe_num_frames, [path], tf.int32, stateful=False)
+        num.set_shape([])
+        return index, path, label, num
 
-  def read(index, path, label, num):
-    indices, inverse = cfg.sample(num, index)
-    frames = tf.numpy_function(_read_frames, [path, indices], tf.uint8, stateful=False)
-    frames.set_shape([None, None, None, 3])
-    return index, label, frames, inverse
+    def read(index, path, label, num):
+        indices, inverse = cfg.sample(num, index)
+        frames = tf.numpy_function(_read_frames, [path, indices], tf.uint8, stateful=False)
+        frames.set_shape([None, None, None, 3])
+        return index, label, frames, inverse
 
-  def crop(index, label, frames, inverse):
-    shape = tf.shape(frames)
-    views = cfg.spatial(
-        lambda y0, x0, h, w: frames[:, y0:y0 + h, x0:x0 + w, :], lambda: frames,
-        shape[1], shape[2], inverse, index)
-    return views, label
+    def crop(index, label, frames, inverse):
+        shape = tf.shape(frames)
+        views = cfg.spatial(
+            lambda y0, x0, h, w: frames[:, y0 : y0 + h, x0 : x0 + w, :],
+            lambda: frames,
+            shape[1],
+            shape[2],
+            inverse,
+            index,
+        )
+        return views, label
 
-  ds = ds.map(probe, num_parallel_calls=_AUTOTUNE)
-  ds = ds.filter(lambda index, path, label, num: num > 0)
-  ds = ds.map(read, num_parallel_calls=_AUTOTUNE)
-  ds = ds.filter(lambda index, label, frames, inverse: tf.shape(frames)[0] > 0)
-  return ds.map(crop, num_parallel_calls=_AUTOTUNE)
+    ds = ds.map(probe, num_parallel_calls=_AUTOTUNE)
+    ds = ds.filter(lambda index, path, label, num: num > 0)
+    ds = ds.map(read, num_parallel_calls=_AUTOTUNE)
+    ds = ds.filter(lambda index, label, frames, inverse: tf.shape(frames)[0] > 0)
+    return ds.map(crop, num_parallel_calls=_AUTOTUNE)
 
 
-def make_dataset(file_pattern=None, mode="train", batch_size=8, num_frames=8,
-                 frame_stride=8, crop_size=224, num_clips=10, num_crops=3, seed=None,
-                 min_resize=None, max_resize=None, eval_resize=None, flip=True,
-                 deterministic=None, annotations=None, video_dir=None, dataset=None,
-                 classes=None, input_context=None, drop_remainder=None, repeat=None,
-                 shuffle_buffer=256, compression="auto", multilabel=False,
-                 num_classes=None, train_annotations=None, skip_bad_rows=False):
-  """Batched clips for training or evaluation.
+def make_dataset(
+    file_pattern=None,
+    mode="train",
+    batch_size=8,
+    num_frames=8,
+    frame_stride=8,
+    crop_size=224,
+    num_clips=10,
+    num_crops=3,
+    seed=None,
+    min_resize=None,
+    max_resize=None,
+    eval_resize=None,
+    flip=True,
+    deterministic=None,
+    annotations=None,
+    video_dir=None,
+    dataset=None,
+    classes=None,
+    input_context=None,
+    drop_remainder=None,
+    repeat=None,
+    shuffle_buffer=256,
+    compression="auto",
+    multilabel=False,
+    num_classes=None,
+    train_annotations=None,
+    skip_bad_rows=False,
+):
+    """Batched clips for training or evaluation.
 
-  Args:
-    file_pattern: glob (or list of globs) of TFRecord shards of SequenceExamples.
-      Hidden files, folders and the converter's report.json / classes.txt are
-      skipped; a pattern matching nothing else raises ValueError naming it. Frames
-      may be JPEG (fast crop-window decode) or PNG/BMP/GIF.
-    mode: "train" (random clip, short side uniform in [min_resize, max_resize],
-      random crop, horizontal flip p=0.5), "eval" (centre clip, short side
-      eval_resize, centre crop) or "test" (num_clips clips x num_crops crops).
-    batch_size: clips per batch (per replica or global, as the caller needs).
-    num_frames, frame_stride: T frames one every `frame_stride` (see sample_indices).
-    crop_size: output height/width.
-    num_clips, num_crops: test mode views; crops are evenly spaced along the long
-      side after resizing the short side to eval_resize (preprocess.multi_crop).
-      The public CoST code's 30 views: num_clips=10, num_crops=3, crop_size=256
-      with eval_resize=256 (full short side; the networks are fully convolutional).
-    seed: int -> identical batches on every run (and deterministic order); None ->
-      a random seed.
-    min_resize, max_resize: train short-side range; default crop*8/7, crop*10/7
-      (256, 320 at 224).
-    eval_resize: eval/test short side; default crop*8/7 (256 at 224).
-    flip: random horizontal flip in train mode.
-    deterministic: tf.data order determinism; default True in eval/test mode, and
-      in train mode `seed is not None` (unseeded training trades order for speed).
-    annotations, video_dir, dataset, classes: raw-video source instead of
-      file_pattern: annotation file of `dataset` ("kinetics" | "moments"), the video
-      folder and optional class list for the label indices (Kinetics: classes
-      file or names; Moments: categories file or names). Videos PyAV cannot read
-      are skipped, logged and listed by raw_video_skips(); videos missing on
-      disk are skipped and logged.
-    train_annotations: raw Kinetics source: the training CSV whose sorted labels
-      give the class indices (for another split read without `classes`).
-    skip_bad_rows: raw source: skip (and log) malformed annotation rows instead
-      of raising.
-    input_context: tf.distribute.InputContext: shard by input files (or videos).
-    drop_remainder: default True in train mode.
-    repeat: repeat forever; default True in train mode.
-    shuffle_buffer: train-mode shuffle buffer of sampled (still encoded) clips.
-    compression: of the TFRecord files: "auto" (detected per file from its first
-      bytes), "none", "gzip" or "zlib".
-    multilabel: labels as multi-hot float32 (B, num_classes) from every index in
-      `clip/label/index` (TF Model Garden's multi-label layout); a record without
-      labels (or holding only -1) gives an all-zero row. Off: int32 (B,), -1 for a
-      record without a label, an error for a record with several.
-    num_classes: K, required with multilabel=True (ignored otherwise).
+    Args:
+      file_pattern: glob (or list of globs) of TFRecord shards of SequenceExamples.
+        Hidden files, folders and the converter's report.json / classes.txt are
+        skipped; a pattern matching nothing else raises ValueError naming it. Frames
+        may be JPEG (fast crop-window decode) or PNG/BMP/GIF.
+      mode: "train" (random clip, short side uniform in [min_resize, max_resize],
+        random crop, horizontal flip p=0.5), "eval" (centre clip, short side
+        eval_resize, centre crop) or "test" (num_clips clips x num_crops crops).
+      batch_size: clips per batch (per replica or global, as the caller needs).
+      num_frames, frame_stride: T frames one every `frame_stride` (see sample_indices).
+      crop_size: output height/width.
+      num_clips, num_crops: test mode views; crops are evenly spaced along the long
+        side after resizing the short side to eval_resize (preprocess.multi_crop).
+        The public CoST code's 30 views: num_clips=10, num_crops=3, crop_size=256
+        with eval_resize=256 (full short side; the networks are fully convolutional).
+      seed: int -> identical batches on every run (and deterministic order); None ->
+        a random seed.
+      min_resize, max_resize: train short-side range; default crop*8/7, crop*10/7
+        (256, 320 at 224).
+      eval_resize: eval/test short side; default crop*8/7 (256 at 224).
+      flip: random horizontal flip in train mode.
+      deterministic: tf.data order determinism; default True in eval/test mode, and
+        in train mode `seed is not None` (unseeded training trades order for speed).
+      annotations, video_dir, dataset, classes: raw-video source instead of
+        file_pattern: annotation file of `dataset` ("kinetics" | "moments"), the video
+        folder and optional class list for the label indices (Kinetics: classes
+        file or names; Moments: categories file or names). Videos PyAV cannot read
+        are skipped, logged and listed by raw_video_skips(); videos missing on
+        disk are skipped and logged.
+      train_annotations: raw Kinetics source: the training CSV whose sorted labels
+        give the class indices (for another split read without `classes`).
+      skip_bad_rows: raw source: skip (and log) malformed annotation rows instead
+        of raising.
+      input_context: tf.distribute.InputContext: shard by input files (or videos).
+      drop_remainder: default True in train mode.
+      repeat: repeat forever; default True in train mode.
+      shuffle_buffer: train-mode shuffle buffer of sampled (still encoded) clips.
+      compression: of the TFRecord files: "auto" (detected per file from its first
+        bytes), "none", "gzip" or "zlib".
+      multilabel: labels as multi-hot float32 (B, num_classes) from every index in
+        `clip/label/index` (TF Model Garden's multi-label layout); a record without
+        labels (or holding only -1) gives an all-zero row. Off: int32 (B,), -1 for a
+        record without a label, an error for a record with several.
+      num_classes: K, required with multilabel=True (ignored otherwise).
 
-  Returns:
-    tf.data.Dataset of (clips, labels): train/eval clips float32
-    (B, num_frames, crop, crop, 3); test clips float32
-    (B, V, num_frames, crop, crop, 3) with V = num_clips * num_crops, clip-major:
-    view v is clip v // num_crops, crop v % num_crops. labels int32 (B,) (-1 when
-    the record has none), or float32 (B, num_classes) with multilabel=True. Clips
-    are ImageNet-normalised (preprocess.normalize).
-  """
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
-  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive int. Received: "
-                     f"batch_size={batch_size!r}")
-  if (file_pattern is None) == (annotations is None):
-    raise ValueError("Pass exactly one of file_pattern or annotations. Received: "
-                     f"file_pattern={file_pattern!r}, annotations={annotations!r}")
-  cfg = _Config(mode, num_frames, frame_stride, crop_size, num_clips, num_crops, seed,
-                min_resize, max_resize, eval_resize, flip)
-  label_spec = _Labels(multilabel, num_classes)
-  train = mode == "train"
-  repeat = train if repeat is None else bool(repeat)
-  drop_remainder = train if drop_remainder is None else bool(drop_remainder)
-  if file_pattern is not None:
-    files, compressions = _list_shards(file_pattern, compression)
-    _check_shardable(len(files), input_context, "files")
-    ds = _tfrecord_elements(files, compressions, cfg, label_spec, train, repeat,
-                            input_context, shuffle_buffer)
-  else:
-    paths, labels = _read_annotations(annotations, video_dir, dataset, classes,
-                                      train_annotations, skip_bad_rows)
-    _check_shardable(len(paths), input_context, "videos")
-    ds = _raw_elements(paths, labels, cfg, train, repeat, input_context)
-    if label_spec.multilabel:
-      ds = ds.map(lambda views, label: (views, label_spec.from_indices(label[None])),
-                  num_parallel_calls=_AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.prefetch(_AUTOTUNE)
-  options = tf.data.Options()
-  if deterministic is None:  # evaluation order is reproducible; training only if seeded
-    deterministic = seed is not None or not train
-  options.deterministic = bool(deterministic)
-  return ds.with_options(options)
+    Returns:
+      tf.data.Dataset of (clips, labels): train/eval clips float32
+      (B, num_frames, crop, crop, 3); test clips float32
+      (B, V, num_frames, crop, crop, 3) with V = num_clips * num_crops, clip-major:
+      view v is clip v // num_crops, crop v % num_crops. labels int32 (B,) (-1 when
+      the record has none), or float32 (B, num_classes) with multilabel=True. Clips
+      are ImageNet-normalised (preprocess.normalize).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+    if (file_pattern is None) == (annotations is None):
+        raise ValueError(
+            "Pass exactly one of file_pattern or annotations. Received: "
+            f"file_pattern={file_pattern!r}, annotations={annotations!r}"
+        )
+    cfg = _Config(
+        mode,
+        num_frames,
+        frame_stride,
+        crop_size,
+        num_clips,
+        num_crops,
+        seed,
+        min_resize,
+        max_resize,
+        eval_resize,
+        flip,
+    )
+    label_spec = _Labels(multilabel, num_classes)
+    train = mode == "train"
+    repeat = train if repeat is None else bool(repeat)
+    drop_remainder = train if drop_remainder is None else bool(drop_remainder)
+    if file_pattern is not None:
+        files, compressions = _list_shards(file_pattern, compression)
+        _check_shardable(len(files), input_context, "files")
+        ds = _tfrecord_elements(
+            files, compressions, cfg, label_spec, train, repeat, input_context, shuffle_buffer
+        )
+    else:
+        paths, labels = _read_annotations(
+            annotations, video_dir, dataset, classes, train_annotations, skip_bad_rows
+        )
+        _check_shardable(len(paths), input_context, "videos")
+        ds = _raw_elements(paths, labels, cfg, train, repeat, input_context)
+        if label_spec.multilabel:
+            ds = ds.map(
+                lambda views, label: (views, label_spec.from_indices(label[None])),
+                num_parallel_calls=_AUTOTUNE,
+            )
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.prefetch(_AUTOTUNE)
+    options = tf.data.Options()
+    if deterministic is None:  # evaluation order is reproducible; training only if seeded
+        deterministic = seed is not None or not train
+    options.deterministic = bool(deterministic)
+    return ds.with_options(options)
 
 
 def _check_shardable(count, input_context, what):
-  if input_context is not None and count < input_context.num_input_pipelines:
-    raise ValueError(f"Cannot shard {count} {what} over "
-                     f"{input_context.num_input_pipelines} input pipelines.")
+    if input_context is not None and count < input_context.num_input_pipelines:
+        raise ValueError(
+            f"Cannot shard {count} {what} over {input_context.num_input_pipelines} input pipelines."
+        )

@@ -36,8 +36,7 @@ import numpy as np
 
 # What PyAV raises on bad media: av.error.FFmpegError covers InvalidDataError,
 # EOFError, ...; some errors also derive from OSError, ValueError or EOFError.
-_AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError,
-              UnicodeDecodeError)
+_AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError, UnicodeDecodeError)
 _EPS = 1e-6  # seconds; absorbs float error when comparing timestamps
 
 
@@ -99,8 +98,7 @@ def _open(path):
     try:
         container = av.open(os.fspath(path), mode="r", metadata_errors="ignore")
     except _AV_ERRORS as e:
-        raise _error(path, "cannot open: not a media file, or corrupt or truncated",
-                     e) from e
+        raise _error(path, "cannot open: not a media file, or corrupt or truncated", e) from e
     if not container.streams.video:
         container.close()
         raise _error(path, "no video stream in the file")
@@ -141,11 +139,9 @@ def _shortfall(declared, count, end):
     """
     frames, seconds = declared
     if frames and frames - count > max(2, 0.02 * frames):
-        return (f"truncated or corrupt: only {count} of the {frames} frames the "
-                "container declares are present")
+        return f"truncated or corrupt: only {count} of the {frames} frames the container declares are present"
     if seconds and end is not None and seconds - end > 0.1 * seconds + 0.05:
-        return (f"truncated or corrupt: video ends at {end:.3f} s but the container "
-                f"declares {seconds:.3f} s")
+        return f"truncated or corrupt: video ends at {end:.3f} s but the container declares {seconds:.3f} s"
     return None
 
 
@@ -186,8 +182,7 @@ def _scan(path):
             raise _error(path, "the video stream has no frames")
         end = float(pts[-1] * time_base) + (1 / float(rate) if rate else 0.0)
         _check_complete(path, declared, len(pts), end)
-    return _Index(pts=pts, keyframes=keyframes, complete=complete,
-                  time_base=time_base, rate=rate)
+    return _Index(pts=pts, keyframes=keyframes, complete=complete, time_base=time_base, rate=rate)
 
 
 class _Tally:
@@ -236,8 +231,7 @@ def _frames(path, tally=None):
             elif rate:  # no timestamps: assume a constant rate
                 time, abs_time = count / float(rate), None
             else:
-                raise _error(path, "frames have no timestamps and the "
-                             "stream no frame rate")
+                raise _error(path, "frames have no timestamps and the stream no frame rate")
             count += 1
             return frame, time
 
@@ -290,9 +284,16 @@ def probe(path):
         times = [t for _, t in _frames(path)]
         num_frames, start, duration = len(times), 0.0, times[-1]
     duration += 1 / fps if fps else 0.0
-    return VideoInfo(path=os.fspath(path), num_frames=num_frames, fps=fps,
-                     width=width, height=height, start_time=start,
-                     duration=duration, codec=codec)
+    return VideoInfo(
+        path=os.fspath(path),
+        num_frames=num_frames,
+        fps=fps,
+        width=width,
+        height=height,
+        start_time=start,
+        duration=duration,
+        codec=codec,
+    )
 
 
 def _target_size(frame, short_side):
@@ -309,18 +310,15 @@ def _to_rgb(frame, size):
     """Any pixel format -> RGB uint8 (H, W, 3) at `size` = (width, height)."""
     width, height = size
     if (frame.width, frame.height) != size or frame.format.name != "rgb24":
-        frame = frame.reformat(width=width, height=height, format="rgb24",
-                               interpolation="BILINEAR")
+        frame = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR")
     return frame.to_ndarray()
 
 
 def _check_short_side(short_side):
     if short_side is None:
         return None
-    if (isinstance(short_side, bool) or not isinstance(short_side, (int, np.integer))
-            or short_side < 1):
-        raise ValueError("short_side must be a positive int or None. "
-                         f"Received: short_side={short_side!r}")
+    if isinstance(short_side, bool) or not isinstance(short_side, (int, np.integer)) or short_side < 1:
+        raise ValueError(f"short_side must be a positive int or None. Received: short_side={short_side!r}")
     return int(short_side)
 
 
@@ -380,16 +378,25 @@ def decode_available(path, short_side=None, fps=None):
     frames = _decode(path, short_side, fps, tally)
     rate = float(tally.rate) if tally.rate else 0.0
     frames_declared, seconds_declared = tally.declared
-    return Decoded(frames=frames, fps=rate, decoded_frames=tally.count,
-                   declared_frames=frames_declared or None,
-                   declared_seconds=seconds_declared, shortfall=tally.shortfall)
+    return Decoded(
+        frames=frames,
+        fps=rate,
+        decoded_frames=tally.count,
+        declared_frames=frames_declared or None,
+        declared_seconds=seconds_declared,
+        shortfall=tally.shortfall,
+    )
 
 
 def _decode(path, short_side, fps, tally):
     """decode_all (tally None) / decode_available (a _Tally filled in)."""
     short_side = _check_short_side(short_side)
-    if fps is not None and (isinstance(fps, bool) or not isinstance(
-            fps, (int, float, np.number)) or not math.isfinite(fps) or fps <= 0):
+    if fps is not None and (
+        isinstance(fps, bool)
+        or not isinstance(fps, (int, float, np.number))
+        or not math.isfinite(fps)
+        or fps <= 0
+    ):
         raise ValueError(f"fps must be a positive number or None. Received: fps={fps!r}")
     out, size = [], None
     if fps is None:
@@ -451,8 +458,7 @@ def _read(path, indices, times, short_side):
     """`read_frames` plus the number of frames decoded (tests check the seek path)."""
     short_side = _check_short_side(short_side)
     if indices is not None and times is not None:
-        raise ValueError("Pass indices or times, not both. "
-                         f"Received: indices={indices!r}, times={times!r}")
+        raise ValueError(f"Pass indices or times, not both. Received: indices={indices!r}, times={times!r}")
     if indices is None and times is None:
         frames = decode_all(path, short_side=short_side)
         return frames, len(frames)
@@ -488,8 +494,7 @@ class _Fallback(Exception):
 
 
 def _past_end(path, what, value, num_frames):
-    return _error(path, f"{what} {value} is past the end of the video "
-                  f"({num_frames} frames)")
+    return _error(path, f"{what} {value} is past the end of the video ({num_frames} frames)")
 
 
 def _times_to_indices(path, seconds, rate, times):

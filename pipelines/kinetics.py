@@ -45,12 +45,12 @@ def _parse(path, bad_rows):
         raise ann.AnnotationError(
             f"{os.fspath(path)}:{line}: expected a header with columns "
             f"{','.join(REQUIRED_COLUMNS)} (and optionally "
-            f"{','.join(OPTIONAL_COLUMNS)}). Received: {','.join(header[1])}")
+            f"{','.join(OPTIONAL_COLUMNS)}). Received: {','.join(header[1])}"
+        )
     column = {name: i for i, name in enumerate(names)}
     for line, fields in rows:
         if len(fields) != len(names):
-            bad_rows(path, line, f"expected {len(names)} fields ({','.join(names)}), "
-                     f"got {len(fields)}")
+            bad_rows(path, line, f"expected {len(names)} fields ({','.join(names)}), got {len(fields)}")
             continue
         youtube_id = fields[column["youtube_id"]]
         start = _seconds(fields[column["time_start"]])
@@ -58,9 +58,13 @@ def _parse(path, bad_rows):
         if not youtube_id:
             bad_rows(path, line, "empty youtube_id")
         elif start is None or end is None:
-            bad_rows(path, line, "time_start/time_end must be whole seconds >= 0. "
-                     f"Received: {fields[column['time_start']]!r}, "
-                     f"{fields[column['time_end']]!r}")
+            bad_rows(
+                path,
+                line,
+                "time_start/time_end must be whole seconds >= 0. "
+                f"Received: {fields[column['time_start']]!r}, "
+                f"{fields[column['time_end']]!r}",
+            )
         elif end <= start:
             bad_rows(path, line, f"time_end {end} is not after time_start {start}")
         else:
@@ -75,8 +79,7 @@ def _class_list(classes, train_annotations, rows, bad_rows):
             return ann.load_classes(classes), os.fspath(classes)
         names = [str(name) for name in classes]
         if len(set(names)) != len(names) or not names:
-            raise ValueError("classes must be distinct names. "
-                             f"Received: classes={classes!r}")
+            raise ValueError(f"classes must be distinct names. Received: classes={classes!r}")
         return names, "the classes given"
     if train_annotations is not None:
         labels = {row[4] for row in _parse(train_annotations, bad_rows)}
@@ -96,8 +99,7 @@ def _find(videos_by_stem, vid, youtube_id, label):
     return candidates[0][1]
 
 
-def read_kinetics(annotations, video_dir, classes=None, train_annotations=None,
-                  skip_bad_rows=False):
+def read_kinetics(annotations, video_dir, classes=None, train_annotations=None, skip_bad_rows=False):
     """Reads a Kinetics CSV and finds its clips under `video_dir`.
 
     Args:
@@ -129,8 +131,11 @@ def read_kinetics(annotations, video_dir, classes=None, train_annotations=None,
     for line, youtube_id, start, end, label in rows:
         vid = clip_id(youtube_id, start, end)
         if label and label not in label_index:
-            bad_rows(annotations, line, f"unknown label {label!r} (not among the "
-                     f"{len(report.classes)} classes of {source})")
+            bad_rows(
+                annotations,
+                line,
+                f"unknown label {label!r} (not among the {len(report.classes)} classes of {source})",
+            )
             continue
         if vid in seen:
             bad_rows(annotations, line, f"clip {vid} repeats line {seen[vid]}")
@@ -140,7 +145,9 @@ def read_kinetics(annotations, video_dir, classes=None, train_annotations=None,
         if path is None:
             report.missing.append(vid)
             continue
-        records.append(ann.VideoRecord(video_path=path,
-                                       label_index=label_index.get(label, -1),
-                                       label_text=label, video_id=vid))
+        records.append(
+            ann.VideoRecord(
+                video_path=path, label_index=label_index.get(label, -1), label_text=label, video_id=vid
+            )
+        )
     return records, report

@@ -24,8 +24,9 @@ def load_categories(path):
         try:
             lines = f.read().splitlines()
         except UnicodeDecodeError as e:
-            raise ann.AnnotationError(f"cannot read categories file "
-                                      f"{os.fspath(path)}: not UTF-8 text ({e})") from e
+            raise ann.AnnotationError(
+                f"cannot read categories file {os.fspath(path)}: not UTF-8 text ({e})"
+            ) from e
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -33,18 +34,19 @@ def load_categories(path):
         name, _, index_text = line.rpartition(",")
         name, index = name.strip(), ann.parse_count(index_text.strip())
         if not name or index is None:
-            raise ann.AnnotationError(f"{where}: expected 'category,index' with an "
-                                      f"integer index >= 0. Received: {line!r}")
+            raise ann.AnnotationError(
+                f"{where}: expected 'category,index' with an integer index >= 0. Received: {line!r}"
+            )
         if name in names or index in by_index:
-            raise ann.AnnotationError(f"{where}: category {name!r} or index {index} "
-                                      "is listed twice")
+            raise ann.AnnotationError(f"{where}: category {name!r} or index {index} is listed twice")
         names[name], by_index[index] = index, name
     if not by_index:
         raise ann.AnnotationError(f"categories file {os.fspath(path)} lists no classes")
     if sorted(by_index) != list(range(len(by_index))):
         gaps = sorted(set(range(max(by_index) + 1)) - set(by_index))
-        raise ann.AnnotationError(f"{os.fspath(path)}: category indices must be "
-                                  f"0..{len(by_index) - 1}; missing {gaps[:10]}")
+        raise ann.AnnotationError(
+            f"{os.fspath(path)}: category indices must be 0..{len(by_index) - 1}; missing {gaps[:10]}"
+        )
     return [by_index[i] for i in range(len(by_index))]
 
 
@@ -64,42 +66,44 @@ def read_moments(annotations, video_dir, categories=None, skip_bad_rows=False):
       filename), in CSV order, and an `AnnotationReport`.
     """
     if categories is None:
-        categories = os.path.join(os.path.dirname(os.fspath(annotations)),
-                                  CATEGORIES_FILE)
+        categories = os.path.join(os.path.dirname(os.fspath(annotations)), CATEGORIES_FILE)
     if isinstance(categories, (str, os.PathLike)):
         classes = load_categories(categories)
     else:
         classes = [str(name) for name in categories]
         if not classes or len(set(classes)) != len(classes):
-            raise ValueError("categories must be distinct names. "
-                             f"Received: categories={categories!r}")
+            raise ValueError(f"categories must be distinct names. Received: categories={categories!r}")
     report = ann.AnnotationReport(annotations=os.fspath(annotations), classes=classes)
     bad_rows = ann.BadRows(report, skip_bad_rows)
     label_index = {name: i for i, name in enumerate(classes)}
     videos = ann.index_videos(video_dir)
     records, seen = [], {}
-    for line, fields in ann.csv_rows(annotations, "Moments in Time annotations",
-                                     bad_rows):
+    for line, fields in ann.csv_rows(annotations, "Moments in Time annotations", bad_rows):
         report.num_rows += 1
         if len(fields) != 4:
-            bad_rows(annotations, line, "expected 4 fields (filename,label,"
-                     f"positive_responses,negative_responses), got {len(fields)}")
+            bad_rows(
+                annotations,
+                line,
+                "expected 4 fields (filename,label,"
+                f"positive_responses,negative_responses), got {len(fields)}",
+            )
             continue
         filename, label, positive, negative = fields
         if not filename:
             bad_rows(annotations, line, "empty filename")
             continue
         if ann.parse_count(positive) is None or ann.parse_count(negative) is None:
-            bad_rows(annotations, line, "positive/negative responses must be "
-                     f"integers >= 0. Received: {positive!r}, {negative!r}")
+            bad_rows(
+                annotations,
+                line,
+                f"positive/negative responses must be integers >= 0. Received: {positive!r}, {negative!r}",
+            )
             continue
         if label not in label_index:
-            bad_rows(annotations, line, f"unknown label {label!r} (not among the "
-                     f"{len(classes)} categories)")
+            bad_rows(annotations, line, f"unknown label {label!r} (not among the {len(classes)} categories)")
             continue
         if filename in seen:
-            bad_rows(annotations, line, f"video {filename} repeats line "
-                     f"{seen[filename]}")
+            bad_rows(annotations, line, f"video {filename} repeats line {seen[filename]}")
             continue
         seen[filename] = line
         path = os.path.join(video_dir, filename)
@@ -108,6 +112,9 @@ def read_moments(annotations, video_dir, categories=None, skip_bad_rows=False):
         if path is None:
             report.missing.append(filename)
             continue
-        records.append(ann.VideoRecord(video_path=path, label_index=label_index[label],
-                                       label_text=label, video_id=filename))
+        records.append(
+            ann.VideoRecord(
+                video_path=path, label_index=label_index[label], label_text=label, video_id=filename
+            )
+        )
     return records, report

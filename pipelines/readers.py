@@ -10,8 +10,9 @@ from pipelines import moments
 DATASETS = ("kinetics", "moments")
 
 
-def read_annotations(dataset, annotations, video_dir, classes=None, train_annotations=None,
-                     skip_bad_rows=False):
+def read_annotations(
+    dataset, annotations, video_dir, classes=None, train_annotations=None, skip_bad_rows=False
+):
     """Dispatches to read_kinetics / read_moments.
 
     Args:
@@ -26,11 +27,18 @@ def read_annotations(dataset, annotations, video_dir, classes=None, train_annota
       (records, report): `annotations.VideoRecord`s of the videos found and an `AnnotationReport`.
     """
     if dataset == "kinetics":
-        return kinetics.read_kinetics(annotations, video_dir, classes=classes,
-                                      train_annotations=train_annotations, skip_bad_rows=skip_bad_rows)
+        return kinetics.read_kinetics(
+            annotations,
+            video_dir,
+            classes=classes,
+            train_annotations=train_annotations,
+            skip_bad_rows=skip_bad_rows,
+        )
     if dataset == "moments":
         if train_annotations is not None:
-            raise ValueError("train_annotations applies to kinetics only; Moments in Time classes come "
-                             "from the categories file.")
+            raise ValueError(
+                "train_annotations applies to kinetics only; Moments in Time classes come "
+                "from the categories file."
+            )
         return moments.read_moments(annotations, video_dir, categories=classes, skip_bad_rows=skip_bad_rows)
     raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")

@@ -32,8 +32,7 @@ def init_worker(queue):
 
 def atomic_write_text(path, text):
     """Writes `text` to a hidden temporary name beside `path`, then renames it."""
-    tmp = os.path.join(os.path.dirname(path),
-                       f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -48,20 +47,20 @@ def bookkeeping_dir(output_dir):
 
 def sidecar(shard_path):
     """Stats file of a finished shard: `.convert/{shard}.json` beside the shard."""
-    return os.path.join(bookkeeping_dir(os.path.dirname(shard_path)),
-                        f"{os.path.basename(shard_path)}.json")
+    return os.path.join(bookkeeping_dir(os.path.dirname(shard_path)), f"{os.path.basename(shard_path)}.json")
 
 
 def old_sidecar(shard_path):
     """Where converters before `.convert/` kept the stats: `.{shard}.json`."""
-    return os.path.join(os.path.dirname(shard_path),
-                        f".{os.path.basename(shard_path)}.json")
+    return os.path.join(os.path.dirname(shard_path), f".{os.path.basename(shard_path)}.json")
 
 
 def tmp_name(shard_path, pid=None):
     """Temporary name a shard is written under: `.convert/{shard}.tmp-{pid}`."""
-    return os.path.join(bookkeeping_dir(os.path.dirname(shard_path)),
-                        f"{os.path.basename(shard_path)}.tmp-{pid or os.getpid()}")
+    return os.path.join(
+        bookkeeping_dir(os.path.dirname(shard_path)),
+        f"{os.path.basename(shard_path)}.tmp-{pid or os.getpid()}",
+    )
 
 
 class TooShort(decode.DecodeError):
@@ -79,28 +78,37 @@ def video_example(record, short_side, fps, jpeg_quality, min_frames=1):
     frames gives what is there, see decode.decode_available). Raises DecodeError
     when nothing decodes or fewer than `min_frames` frames would be stored.
     """
-    decoded = decode.decode_available(record.video_path, short_side=short_side,
-                                      fps=fps)
+    decoded = decode.decode_available(record.video_path, short_side=short_side, fps=fps)
     frames = decoded.frames
     if len(frames) < min_frames:
         raise TooShort(
             f"{record.video_path}: too short: {len(frames)} frames"
             f"{' (' + decoded.shortfall + ')' if decoded.shortfall else ''}, "
-            f"fewer than min_frames={min_frames}", decoded)
-    jpegs = [tf.io.encode_jpeg(frame, quality=jpeg_quality).numpy()
-             for frame in frames]
+            f"fewer than min_frames={min_frames}",
+            decoded,
+        )
+    jpegs = [tf.io.encode_jpeg(frame, quality=jpeg_quality).numpy() for frame in frames]
     example = tfrecord.make_sequence_example(
-        jpegs, label=record.label_index, label_text=record.label_text,
-        video_id=record.video_id, fps=fps if fps else decoded.fps,
-        height=frames.shape[1], width=frames.shape[2])
+        jpegs,
+        label=record.label_index,
+        label_text=record.label_text,
+        video_id=record.video_id,
+        fps=fps if fps else decoded.fps,
+        height=frames.shape[1],
+        width=frames.shape[2],
+    )
     return example.SerializeToString(), decoded
 
 
 def _incomplete_entry(record, decoded, stored):
-    return {"video": record.video_id, "declared_frames": decoded.declared_frames,
-            "declared_seconds": decoded.declared_seconds,
-            "decoded_frames": decoded.decoded_frames, "stored_frames": stored,
-            "reason": decoded.shortfall}
+    return {
+        "video": record.video_id,
+        "declared_frames": decoded.declared_frames,
+        "declared_seconds": decoded.declared_seconds,
+        "decoded_frames": decoded.decoded_frames,
+        "stored_frames": stored,
+        "reason": decoded.shortfall,
+    }
 
 
 def write_shard(job, progress=None):
@@ -122,26 +130,23 @@ def write_shard(job, progress=None):
     tmp = tmp_name(final)
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
     stats = {"shard": job["name"], "converted": 0, "skipped": [], "incomplete": []}
-    options = tf.io.TFRecordOptions(
-        compression_type=COMPRESSIONS[job.get("compression", "none")])
+    options = tf.io.TFRecordOptions(compression_type=COMPRESSIONS[job.get("compression", "none")])
     try:
         with tf.io.TFRecordWriter(tmp, options=options) as writer:
             for record in job["records"]:
                 try:
                     serialized, decoded = video_example(
-                        record, job["short_side"], job["fps"], job["jpeg_quality"],
-                        job.get("min_frames", 1))
+                        record, job["short_side"], job["fps"], job["jpeg_quality"], job.get("min_frames", 1)
+                    )
                     writer.write(serialized)
                     stats["converted"] += 1
                     if decoded.shortfall:
-                        stats["incomplete"].append(_incomplete_entry(
-                            record, decoded, len(decoded.frames)))
+                        stats["incomplete"].append(_incomplete_entry(record, decoded, len(decoded.frames)))
                 except TooShort as e:
                     entry = _incomplete_entry(record, e.decoded, len(e.decoded.frames))
                     stats["skipped"].append(dict(entry, reason=str(e)))
                 except decode.DecodeError as e:
-                    stats["skipped"].append({"video": record.video_id,
-                                             "reason": str(e)})
+                    stats["skipped"].append({"video": record.video_id, "reason": str(e)})
                 if progress is not None:
                     progress(1)
                 elif _progress_queue is not None:

@@ -31,8 +31,16 @@ import tensorflow as tf
 
 from pipelines import tfrecord
 
-CLASSES = ("moving_up", "moving_down", "growing", "shrinking",
-           "fading_in", "fading_out", "separating", "converging")
+CLASSES = (
+    "moving_up",
+    "moving_down",
+    "growing",
+    "shrinking",
+    "fading_in",
+    "fading_out",
+    "separating",
+    "converging",
+)
 NUM_FRAMES = 20
 SIZE = 64
 # Clips per split of the embedded dataset, as the demo trains and evaluates on it.
@@ -48,300 +56,357 @@ _CHUNK = 64  # clips rendered per vectorised batch (memory bound only)
 
 
 def partner(label):
-  """The class whose clips are the time-reversed clips of `label`."""
-  return label ^ 1
+    """The class whose clips are the time-reversed clips of `label`."""
+    return label ^ 1
 
 
 def _uniform(rng, lo, hi):
-  return lo + (hi - lo) * rng.random()
+    return lo + (hi - lo) * rng.random()
 
 
 def _clip_params(rng, num_frames, size):
-  """Per-clip parameters of the forward (even-label) version of every pair.
+    """Per-clip parameters of the forward (even-label) version of every pair.
 
-  Returns a dict of scalars/arrays; trajectories are (T,) arrays for each pair, so
-  the random stream does not depend on the label.
-  """
-  k = size / SIZE
-  t = np.arange(num_frames, dtype=np.float64)
-  tc = t - (num_frames - 1) / 2
-  frac = t / max(num_frames - 1, 1)
-  p = {}
-  p["shape"] = int(rng.integers(_NUM_SHAPES))
-  p["angle"] = _uniform(rng, 0, 2 * np.pi)
-  dark = rng.random() < 0.5
-  bg = rng.random(3) * 0.35
-  obj = 0.55 + rng.random(3) * 0.45
-  p["bg"], p["color"] = (bg, obj) if dark else (1 - bg, 1 - obj)
-  p["texture"] = (rng.random((3, 5, 5)) - 0.5) * 2 * _uniform(rng, 0.0, 0.1)
-  num_distractors = int(rng.integers(3))
-  p["distractors"] = [
-      dict(shape=int(rng.integers(_NUM_SHAPES)), angle=_uniform(rng, 0, 2 * np.pi),
-           color=rng.random(3), radius=_uniform(rng, 2, 4) * k,
-           cx=_uniform(rng, 0, size), cy=_uniform(rng, 0, size))
-      for _ in range(num_distractors)]
-  p["noise"] = _uniform(rng, 0.0, 0.03)
-  p["noise_seed"] = int(rng.integers(2**31))
+    Returns a dict of scalars/arrays; trajectories are (T,) arrays for each pair, so
+    the random stream does not depend on the label.
+    """
+    k = size / SIZE
+    t = np.arange(num_frames, dtype=np.float64)
+    tc = t - (num_frames - 1) / 2
+    frac = t / max(num_frames - 1, 1)
+    p = {}
+    p["shape"] = int(rng.integers(_NUM_SHAPES))
+    p["angle"] = _uniform(rng, 0, 2 * np.pi)
+    dark = rng.random() < 0.5
+    bg = rng.random(3) * 0.35
+    obj = 0.55 + rng.random(3) * 0.45
+    p["bg"], p["color"] = (bg, obj) if dark else (1 - bg, 1 - obj)
+    p["texture"] = (rng.random((3, 5, 5)) - 0.5) * 2 * _uniform(rng, 0.0, 0.1)
+    num_distractors = int(rng.integers(3))
+    p["distractors"] = [
+        dict(
+            shape=int(rng.integers(_NUM_SHAPES)),
+            angle=_uniform(rng, 0, 2 * np.pi),
+            color=rng.random(3),
+            radius=_uniform(rng, 2, 4) * k,
+            cx=_uniform(rng, 0, size),
+            cy=_uniform(rng, 0, size),
+        )
+        for _ in range(num_distractors)
+    ]
+    p["noise"] = _uniform(rng, 0.0, 0.03)
+    p["noise_seed"] = int(rng.integers(2**31))
 
-  def margin(r):  # objects stay inside: a shape reaches 1.25 radius (+1 px edge)
-    return 1.25 * r + 1
+    def margin(r):  # objects stay inside: a shape reaches 1.25 radius (+1 px edge)
+        return 1.25 * r + 1
 
-  # Pair 0: moving up (y decreases); total displacement 18..28 px at 64.
-  radius = _uniform(rng, 7, 11) * k
-  travel = _uniform(rng, 18, 28) * k / 2
-  cy = _uniform(rng, margin(radius) + travel, size - margin(radius) - travel)
-  move = dict(cx=np.full_like(t, _uniform(rng, margin(radius), size - margin(radius))),
-              cy=cy - 2 * travel * tc / max(num_frames - 1, 1),
-              radius=np.full_like(t, radius), alpha=np.ones_like(t), dx=None)
-  # Pair 1: growing by a total factor 2.5..3.5 about a fixed centre.
-  radius = _uniform(rng, 7, 11) * k
-  ratio = _uniform(rng, 2.5, 3.5)
-  r_max = radius * np.sqrt(ratio)
-  grow = dict(cx=np.full_like(t, _uniform(rng, margin(r_max), size - margin(r_max))),
-              cy=np.full_like(t, _uniform(rng, margin(r_max), size - margin(r_max))),
-              radius=radius * ratio ** (tc / max(num_frames - 1, 1)),
-              alpha=np.ones_like(t), dx=None)
-  # Pair 2: fading in, opacity lo -> hi linearly.
-  radius = _uniform(rng, 7, 11) * k
-  lo, hi = _uniform(rng, 0.0, 0.2), _uniform(rng, 0.8, 1.0)
-  fade = dict(cx=np.full_like(t, _uniform(rng, margin(radius), size - margin(radius))),
-              cy=np.full_like(t, _uniform(rng, margin(radius), size - margin(radius))),
-              radius=np.full_like(t, radius), alpha=lo + (hi - lo) * frac, dx=None)
-  # Pair 3: two copies at cx +- d, d growing by `change` over the clip.
-  radius = _uniform(rng, 5, 8) * k
-  change = _uniform(rng, 7, 11) * k
-  d_lo = 0.9 * radius + change / 2
-  d_hi = max(d_lo, size / 2 - margin(radius) - change / 2)
-  d_mid = _uniform(rng, d_lo, d_hi)
-  split = dict(cx=np.full_like(t, size / 2 + _uniform(rng, -1, 1) * (d_hi - d_mid)),
-               cy=np.full_like(t, _uniform(rng, margin(radius), size - margin(radius))),
-               radius=np.full_like(t, radius), alpha=np.ones_like(t),
-               dx=d_mid + change * tc / max(num_frames - 1, 1))
-  p["pairs"] = (move, grow, fade, split)
-  return p
+    # Pair 0: moving up (y decreases); total displacement 18..28 px at 64.
+    radius = _uniform(rng, 7, 11) * k
+    travel = _uniform(rng, 18, 28) * k / 2
+    cy = _uniform(rng, margin(radius) + travel, size - margin(radius) - travel)
+    move = dict(
+        cx=np.full_like(t, _uniform(rng, margin(radius), size - margin(radius))),
+        cy=cy - 2 * travel * tc / max(num_frames - 1, 1),
+        radius=np.full_like(t, radius),
+        alpha=np.ones_like(t),
+        dx=None,
+    )
+    # Pair 1: growing by a total factor 2.5..3.5 about a fixed centre.
+    radius = _uniform(rng, 7, 11) * k
+    ratio = _uniform(rng, 2.5, 3.5)
+    r_max = radius * np.sqrt(ratio)
+    grow = dict(
+        cx=np.full_like(t, _uniform(rng, margin(r_max), size - margin(r_max))),
+        cy=np.full_like(t, _uniform(rng, margin(r_max), size - margin(r_max))),
+        radius=radius * ratio ** (tc / max(num_frames - 1, 1)),
+        alpha=np.ones_like(t),
+        dx=None,
+    )
+    # Pair 2: fading in, opacity lo -> hi linearly.
+    radius = _uniform(rng, 7, 11) * k
+    lo, hi = _uniform(rng, 0.0, 0.2), _uniform(rng, 0.8, 1.0)
+    fade = dict(
+        cx=np.full_like(t, _uniform(rng, margin(radius), size - margin(radius))),
+        cy=np.full_like(t, _uniform(rng, margin(radius), size - margin(radius))),
+        radius=np.full_like(t, radius),
+        alpha=lo + (hi - lo) * frac,
+        dx=None,
+    )
+    # Pair 3: two copies at cx +- d, d growing by `change` over the clip.
+    radius = _uniform(rng, 5, 8) * k
+    change = _uniform(rng, 7, 11) * k
+    d_lo = 0.9 * radius + change / 2
+    d_hi = max(d_lo, size / 2 - margin(radius) - change / 2)
+    d_mid = _uniform(rng, d_lo, d_hi)
+    split = dict(
+        cx=np.full_like(t, size / 2 + _uniform(rng, -1, 1) * (d_hi - d_mid)),
+        cy=np.full_like(t, _uniform(rng, margin(radius), size - margin(radius))),
+        radius=np.full_like(t, radius),
+        alpha=np.ones_like(t),
+        dx=d_mid + change * tc / max(num_frames - 1, 1),
+    )
+    p["pairs"] = (move, grow, fade, split)
+    return p
 
 
 def _gauge(shape, u, v):
-  """Shape 'norm' of local coordinates: <= 1 inside the unit shape."""
-  if shape == 0:  # disk
-    return np.sqrt(u * u + v * v)
-  if shape == 1:  # square
-    return np.maximum(np.abs(u), np.abs(v)) / 0.85
-  if shape == 2:  # triangle, inradius 0.55
-    angles = np.deg2rad([90.0, 210.0, 330.0])
-    return np.max(np.stack([float(np.cos(a)) * u + float(np.sin(a)) * v
-                           for a in angles]), 0) / 0.55
-  if shape == 3:  # diamond
-    return (np.abs(u) + np.abs(v)) / 1.15
-  au, av = np.abs(u), np.abs(v)  # cross
-  return np.minimum(np.maximum(au / 0.35, av), np.maximum(av / 0.35, au))
+    """Shape 'norm' of local coordinates: <= 1 inside the unit shape."""
+    if shape == 0:  # disk
+        return np.sqrt(u * u + v * v)
+    if shape == 1:  # square
+        return np.maximum(np.abs(u), np.abs(v)) / 0.85
+    if shape == 2:  # triangle, inradius 0.55
+        angles = np.deg2rad([90.0, 210.0, 330.0])
+        return np.max(np.stack([float(np.cos(a)) * u + float(np.sin(a)) * v for a in angles]), 0) / 0.55
+    if shape == 3:  # diamond
+        return (np.abs(u) + np.abs(v)) / 1.15
+    au, av = np.abs(u), np.abs(v)  # cross
+    return np.minimum(np.maximum(au / 0.35, av), np.maximum(av / 0.35, au))
 
 
 def _mask(shape, angle, cx, cy, radius, grid_x, grid_y):
-  """Anti-aliased coverage of a shape; cx/cy/radius broadcast against the grid."""
-  dx, dy = grid_x - cx, grid_y - cy
-  c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-  u = (c * dx + s * dy) / radius
-  v = (-s * dx + c * dy) / radius
-  return np.clip((1.0 - _gauge(shape, u, v)) * radius + 0.5, 0.0, 1.0,
-                 dtype=np.float32)
+    """Anti-aliased coverage of a shape; cx/cy/radius broadcast against the grid."""
+    dx, dy = grid_x - cx, grid_y - cy
+    c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    u = (c * dx + s * dy) / radius
+    v = (-s * dx + c * dy) / radius
+    return np.clip((1.0 - _gauge(shape, u, v)) * radius + 0.5, 0.0, 1.0, dtype=np.float32)
 
 
 def _upsample_matrix(n_in, n_out):
-  """Linear interpolation matrix (n_out, n_in), corners aligned."""
-  pos = np.linspace(0, n_in - 1, n_out)
-  lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
-  w = pos - lo
-  m = np.zeros((n_out, n_in))
-  m[np.arange(n_out), lo] = 1 - w
-  m[np.arange(n_out), lo + 1] = w
-  return m
+    """Linear interpolation matrix (n_out, n_in), corners aligned."""
+    pos = np.linspace(0, n_in - 1, n_out)
+    lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
+    w = pos - lo
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] = 1 - w
+    m[np.arange(n_out), lo + 1] = w
+    return m
 
 
 def _render(p, pair, num_frames, size, clutter):
-  """Forward clip of `pair` as float32 (T, H, W, 3) in [0, 1]."""
-  grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-  background = np.broadcast_to(p["bg"].astype(np.float32), (size, size, 3)).copy()
-  if clutter:
-    up = _upsample_matrix(5, size).astype(np.float32)
-    background += np.transpose(up @ p["texture"].astype(np.float32) @ up.T, (1, 2, 0))
-    for d in p["distractors"]:
-      m = _mask(d["shape"], d["angle"], d["cx"], d["cy"], d["radius"], grid_x, grid_y)
-      background += m[..., None] * (d["color"].astype(np.float32) - background)
-  traj = {k: None if v is None else v.astype(np.float32)
-          for k, v in p["pairs"][pair].items()}
-  col = lambda a: a[:, None, None]  # (T,) -> (T, 1, 1)
-  gx, gy = grid_x[None], grid_y[None]
-  if traj["dx"] is None:
-    m = _mask(p["shape"], p["angle"], col(traj["cx"]), col(traj["cy"]),
-              col(traj["radius"]), gx, gy)
-  else:
-    m = np.maximum(
-        _mask(p["shape"], p["angle"], col(traj["cx"] - traj["dx"]), col(traj["cy"]),
-              col(traj["radius"]), gx, gy),
-        _mask(p["shape"], p["angle"], col(traj["cx"] + traj["dx"]), col(traj["cy"]),
-              col(traj["radius"]), gx, gy))
-  m = (m * col(traj["alpha"]))[..., None]
-  frames = background[None] + m * (p["color"].astype(np.float32) - background[None])
-  if clutter and p["noise"] > 0:
-    noise = np.random.default_rng(p["noise_seed"]).standard_normal(
-        frames.shape, dtype=np.float32)
-    frames += np.float32(p["noise"]) * noise
-  return frames
+    """Forward clip of `pair` as float32 (T, H, W, 3) in [0, 1]."""
+    grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    background = np.broadcast_to(p["bg"].astype(np.float32), (size, size, 3)).copy()
+    if clutter:
+        up = _upsample_matrix(5, size).astype(np.float32)
+        background += np.transpose(up @ p["texture"].astype(np.float32) @ up.T, (1, 2, 0))
+        for d in p["distractors"]:
+            m = _mask(d["shape"], d["angle"], d["cx"], d["cy"], d["radius"], grid_x, grid_y)
+            background += m[..., None] * (d["color"].astype(np.float32) - background)
+    traj = {k: None if v is None else v.astype(np.float32) for k, v in p["pairs"][pair].items()}
+    col = lambda a: a[:, None, None]  # (T,) -> (T, 1, 1)
+    gx, gy = grid_x[None], grid_y[None]
+    if traj["dx"] is None:
+        m = _mask(p["shape"], p["angle"], col(traj["cx"]), col(traj["cy"]), col(traj["radius"]), gx, gy)
+    else:
+        m = np.maximum(
+            _mask(
+                p["shape"],
+                p["angle"],
+                col(traj["cx"] - traj["dx"]),
+                col(traj["cy"]),
+                col(traj["radius"]),
+                gx,
+                gy,
+            ),
+            _mask(
+                p["shape"],
+                p["angle"],
+                col(traj["cx"] + traj["dx"]),
+                col(traj["cy"]),
+                col(traj["radius"]),
+                gx,
+                gy,
+            ),
+        )
+    m = (m * col(traj["alpha"]))[..., None]
+    frames = background[None] + m * (p["color"].astype(np.float32) - background[None])
+    if clutter and p["noise"] > 0:
+        noise = np.random.default_rng(p["noise_seed"]).standard_normal(frames.shape, dtype=np.float32)
+        frames += np.float32(p["noise"]) * noise
+    return frames
 
 
-def generate_clips(labels, seed=0, num_frames=NUM_FRAMES, size=SIZE, clutter=True,
-                   stream=0, first_index=0):
-  """Renders clips of the given labels.
+def generate_clips(labels, seed=0, num_frames=NUM_FRAMES, size=SIZE, clutter=True, stream=0, first_index=0):
+    """Renders clips of the given labels.
 
-  Args:
-    labels: int sequence of class indices (see CLASSES).
-    seed, stream: clip i is drawn from np.random.default_rng([seed, stream,
-      first_index + i]) (stream separates splits); its content depends only on
-      these and the label's pair, so labels 2p and 2p+1 give time-reversed clips.
-    num_frames, size: clip length and square frame side.
-    clutter: False renders a flat background with no distractors and no noise.
+    Args:
+      labels: int sequence of class indices (see CLASSES).
+      seed, stream: clip i is drawn from np.random.default_rng([seed, stream,
+        first_index + i]) (stream separates splits); its content depends only on
+        these and the label's pair, so labels 2p and 2p+1 give time-reversed clips.
+      num_frames, size: clip length and square frame side.
+      clutter: False renders a flat background with no distractors and no noise.
 
-  Returns:
-    uint8 (len(labels), num_frames, size, size, 3).
-  """
-  labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-  if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
-    raise ValueError(f"labels must be in [0, {len(CLASSES)}). Received: labels={labels}")
-  if num_frames < 2 or size < 16:
-    raise ValueError("Need num_frames >= 2 and size >= 16. Received: "
-                     f"num_frames={num_frames}, size={size}")
-  out = np.empty((labels.size, num_frames, size, size, 3), np.uint8)
-  for i, label in enumerate(labels):
-    rng = np.random.default_rng([seed, stream, first_index + i])
-    p = _clip_params(rng, num_frames, size)
-    frames = _render(p, int(label) // 2, num_frames, size, clutter)
-    clip = np.clip(np.round(frames * 255), 0, 255).astype(np.uint8)
-    out[i] = clip[::-1] if label % 2 else clip
-  return out
+    Returns:
+      uint8 (len(labels), num_frames, size, size, 3).
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise ValueError(f"labels must be in [0, {len(CLASSES)}). Received: labels={labels}")
+    if num_frames < 2 or size < 16:
+        raise ValueError(
+            f"Need num_frames >= 2 and size >= 16. Received: num_frames={num_frames}, size={size}"
+        )
+    out = np.empty((labels.size, num_frames, size, size, 3), np.uint8)
+    for i, label in enumerate(labels):
+        rng = np.random.default_rng([seed, stream, first_index + i])
+        p = _clip_params(rng, num_frames, size)
+        frames = _render(p, int(label) // 2, num_frames, size, clutter)
+        clip = np.clip(np.round(frames * 255), 0, 255).astype(np.uint8)
+        out[i] = clip[::-1] if label % 2 else clip
+    return out
 
 
 def split_labels(num, seed, stream):
-  """Balanced labels of a split (i % num_classes, shuffled), int64 (num,)."""
-  rng = np.random.default_rng([seed, stream, 2**31])
-  return rng.permutation(np.arange(num) % len(CLASSES))
+    """Balanced labels of a split (i % num_classes, shuffled), int64 (num,)."""
+    rng = np.random.default_rng([seed, stream, 2**31])
+    return rng.permutation(np.arange(num) % len(CLASSES))
 
 
 def _encode_jpegs(frames):
-  """uint8 (N, H, W, 3) -> list of JPEG bytes."""
-  # Eager per-frame calls beat tf.map_fn here (small frames, no graph overhead).
-  return [tf.io.encode_jpeg(f, quality=JPEG_QUALITY).numpy() for f in frames]
+    """uint8 (N, H, W, 3) -> list of JPEG bytes."""
+    # Eager per-frame calls beat tf.map_fn here (small frames, no graph overhead).
+    return [tf.io.encode_jpeg(f, quality=JPEG_QUALITY).numpy() for f in frames]
 
 
 def _write_split(output_dir, prefix, num, seed, num_frames, size, num_shards):
-  stream = _SPLITS[prefix]
-  labels = split_labels(num, seed, stream)
-  bounds = np.linspace(0, num, num_shards + 1).astype(int)
-  names = []
-  for shard in range(num_shards):
-    name = tfrecord.shard_name(prefix, shard, num_shards)
-    tmp = os.path.join(output_dir, f".{name}.tmp-{os.getpid()}")
-    with tf.io.TFRecordWriter(tmp) as writer:
-      for start in range(bounds[shard], bounds[shard + 1], _CHUNK):
-        stop = min(start + _CHUNK, bounds[shard + 1])
-        clips = generate_clips(labels[start:stop], seed, num_frames, size,
-                               stream=stream, first_index=start)
-        jpegs = _encode_jpegs(clips.reshape(-1, size, size, 3))
-        for j in range(stop - start):
-          index = start + j
-          label = int(labels[index])
-          writer.write(tfrecord.make_sequence_example(
-              jpegs[j * num_frames:(j + 1) * num_frames], label, CLASSES[label],
-              f"synthetic-{prefix}-{index:06d}", FPS, size, size).SerializeToString())
-    os.replace(tmp, os.path.join(output_dir, name))
-    names.append(name)
-  return names
+    stream = _SPLITS[prefix]
+    labels = split_labels(num, seed, stream)
+    bounds = np.linspace(0, num, num_shards + 1).astype(int)
+    names = []
+    for shard in range(num_shards):
+        name = tfrecord.shard_name(prefix, shard, num_shards)
+        tmp = os.path.join(output_dir, f".{name}.tmp-{os.getpid()}")
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for start in range(bounds[shard], bounds[shard + 1], _CHUNK):
+                stop = min(start + _CHUNK, bounds[shard + 1])
+                clips = generate_clips(
+                    labels[start:stop], seed, num_frames, size, stream=stream, first_index=start
+                )
+                jpegs = _encode_jpegs(clips.reshape(-1, size, size, 3))
+                for j in range(stop - start):
+                    index = start + j
+                    label = int(labels[index])
+                    writer.write(
+                        tfrecord.make_sequence_example(
+                            jpegs[j * num_frames : (j + 1) * num_frames],
+                            label,
+                            CLASSES[label],
+                            f"synthetic-{prefix}-{index:06d}",
+                            FPS,
+                            size,
+                            size,
+                        ).SerializeToString()
+                    )
+        os.replace(tmp, os.path.join(output_dir, name))
+        names.append(name)
+    return names
 
 
 def _atomic_write_text(path, text):
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.chmod(tmp, 0o644)  # mkstemp creates 0600
-  os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
+    os.replace(tmp, path)
 
 
-def write_synthetic(output_dir, num_train=NUM_TRAIN, num_eval=NUM_EVAL, seed=0,
-                    num_frames=NUM_FRAMES, size=SIZE, num_shards=4):
-  """Writes the dataset as TFRecords unless `output_dir` already holds it.
+def write_synthetic(
+    output_dir, num_train=NUM_TRAIN, num_eval=NUM_EVAL, seed=0, num_frames=NUM_FRAMES, size=SIZE, num_shards=4
+):
+    """Writes the dataset as TFRecords unless `output_dir` already holds it.
 
-  Writes `train-{i:05d}-of-{n:05d}.tfrecord` (num_shards shards),
-  `eval-00000-of-00001.tfrecord`, `classes.txt` (one name per line) and a
-  completion marker recording the arguments. Shards are written to temporary names
-  and renamed; the marker comes last, so an interrupted run is redone, and a run
-  with the same arguments over a complete output writes nothing. Stale shards of
-  other arguments are deleted.
+    Writes `train-{i:05d}-of-{n:05d}.tfrecord` (num_shards shards),
+    `eval-00000-of-00001.tfrecord`, `classes.txt` (one name per line) and a
+    completion marker recording the arguments. Shards are written to temporary names
+    and renamed; the marker comes last, so an interrupted run is redone, and a run
+    with the same arguments over a complete output writes nothing. Stale shards of
+    other arguments are deleted.
 
-  Returns:
-    (train_pattern, eval_pattern) globs matching exactly the shards written.
-  """
-  for name, value, low in (("num_train", num_train, 1), ("num_eval", num_eval, 1),
-                           ("num_frames", num_frames, 2), ("size", size, 16),
-                           ("num_shards", num_shards, 1)):
-    if not isinstance(value, (int, np.integer)) or value < low:
-      raise ValueError(f"{name} must be an int >= {low}. Received: {name}={value!r}")
-  if num_shards > num_train:
-    raise ValueError("num_shards must be <= num_train. Received: "
-                     f"num_shards={num_shards}, num_train={num_train}")
-  output_dir = os.fspath(output_dir)
-  os.makedirs(output_dir, exist_ok=True)
-  config = dict(version=_VERSION, num_train=int(num_train), num_eval=int(num_eval),
-                seed=int(seed), num_frames=int(num_frames), size=int(size),
-                num_shards=int(num_shards), jpeg_quality=JPEG_QUALITY)
-  train_names = [tfrecord.shard_name("train", i, num_shards) for i in range(num_shards)]
-  eval_names = [tfrecord.shard_name("eval", 0, 1)]
-  patterns = (os.path.join(output_dir, f"train-*-of-{num_shards:05d}.tfrecord"),
-              os.path.join(output_dir, "eval-*-of-00001.tfrecord"))
-  marker = os.path.join(output_dir, _MARKER)
-  wanted = train_names + eval_names + ["classes.txt"]
-  if os.path.exists(marker):
-    with open(marker) as f:
-      try:
-        done = json.load(f)
-      except ValueError:
-        done = None
-    if done == config and all(os.path.exists(os.path.join(output_dir, n))
-                              for n in wanted):
-      return patterns
-    os.remove(marker)
-  for name in os.listdir(output_dir):
-    path = os.path.join(output_dir, name)
-    if (name.startswith(("train-", "eval-")) and name.endswith(".tfrecord")
-        and name not in wanted):
-      os.remove(path)  # a shard of other arguments
-    elif name.startswith((".train-", ".eval-")) and ".tmp-" in name:
-      pid = name.rsplit(".tmp-", 1)[1]
-      if not (pid.isdigit() and tfrecord.writer_alive(int(pid))):
-        os.remove(path)  # left by a crashed run
-  _write_split(output_dir, "train", num_train, seed, num_frames, size, num_shards)
-  _write_split(output_dir, "eval", num_eval, seed, num_frames, size, 1)
-  _atomic_write_text(os.path.join(output_dir, "classes.txt"), "\n".join(CLASSES) + "\n")
-  _atomic_write_text(marker, json.dumps(config, sort_keys=True))
-  return patterns
+    Returns:
+      (train_pattern, eval_pattern) globs matching exactly the shards written.
+    """
+    for name, value, low in (
+        ("num_train", num_train, 1),
+        ("num_eval", num_eval, 1),
+        ("num_frames", num_frames, 2),
+        ("size", size, 16),
+        ("num_shards", num_shards, 1),
+    ):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}. Received: {name}={value!r}")
+    if num_shards > num_train:
+        raise ValueError(
+            f"num_shards must be <= num_train. Received: num_shards={num_shards}, num_train={num_train}"
+        )
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    config = dict(
+        version=_VERSION,
+        num_train=int(num_train),
+        num_eval=int(num_eval),
+        seed=int(seed),
+        num_frames=int(num_frames),
+        size=int(size),
+        num_shards=int(num_shards),
+        jpeg_quality=JPEG_QUALITY,
+    )
+    train_names = [tfrecord.shard_name("train", i, num_shards) for i in range(num_shards)]
+    eval_names = [tfrecord.shard_name("eval", 0, 1)]
+    patterns = (
+        os.path.join(output_dir, f"train-*-of-{num_shards:05d}.tfrecord"),
+        os.path.join(output_dir, "eval-*-of-00001.tfrecord"),
+    )
+    marker = os.path.join(output_dir, _MARKER)
+    wanted = train_names + eval_names + ["classes.txt"]
+    if os.path.exists(marker):
+        with open(marker) as f:
+            try:
+                done = json.load(f)
+            except ValueError:
+                done = None
+        if done == config and all(os.path.exists(os.path.join(output_dir, n)) for n in wanted):
+            return patterns
+        os.remove(marker)
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith(("train-", "eval-")) and name.endswith(".tfrecord") and name not in wanted:
+            os.remove(path)  # a shard of other arguments
+        elif name.startswith((".train-", ".eval-")) and ".tmp-" in name:
+            pid = name.rsplit(".tmp-", 1)[1]
+            if not (pid.isdigit() and tfrecord.writer_alive(int(pid))):
+                os.remove(path)  # left by a crashed run
+    _write_split(output_dir, "train", num_train, seed, num_frames, size, num_shards)
+    _write_split(output_dir, "eval", num_eval, seed, num_frames, size, 1)
+    _atomic_write_text(os.path.join(output_dir, "classes.txt"), "\n".join(CLASSES) + "\n")
+    _atomic_write_text(marker, json.dumps(config, sort_keys=True))
+    return patterns
 
 
 def main(argv):
-  del argv
-  train, evaluation = write_synthetic(
-      _OUTPUT_DIR.value, num_train=_NUM_TRAIN.value, num_eval=_NUM_EVAL.value,
-      seed=_SEED.value, num_frames=_NUM_FRAMES.value, size=_SIZE.value,
-      num_shards=_NUM_SHARDS.value)
-  print(f"train: {train}\neval: {evaluation}")
+    del argv
+    train, evaluation = write_synthetic(
+        _OUTPUT_DIR.value,
+        num_train=_NUM_TRAIN.value,
+        num_eval=_NUM_EVAL.value,
+        seed=_SEED.value,
+        num_frames=_NUM_FRAMES.value,
+        size=_SIZE.value,
+        num_shards=_NUM_SHARDS.value,
+    )
+    print(f"train: {train}\neval: {evaluation}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the TFRecords.",
-                                    required=True)
-  _NUM_TRAIN = flags.DEFINE_integer("num_train", NUM_TRAIN, "Training clips.")
-  _NUM_EVAL = flags.DEFINE_integer("num_eval", NUM_EVAL, "Evaluation clips.")
-  _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
-  _NUM_FRAMES = flags.DEFINE_integer("num_frames", NUM_FRAMES, "Frames per clip.")
-  _SIZE = flags.DEFINE_integer("size", SIZE, "Frame side in pixels.")
-  _NUM_SHARDS = flags.DEFINE_integer("num_shards", 4, "Training shards.")
-  app.run(main)
+    from absl import app, flags
+
+    _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the TFRecords.", required=True)
+    _NUM_TRAIN = flags.DEFINE_integer("num_train", NUM_TRAIN, "Training clips.")
+    _NUM_EVAL = flags.DEFINE_integer("num_eval", NUM_EVAL, "Evaluation clips.")
+    _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
+    _NUM_FRAMES = flags.DEFINE_integer("num_frames", NUM_FRAMES, "Frames per clip.")
+    _SIZE = flags.DEFINE_integer("size", SIZE, "Frame side in pixels.")
+    _NUM_SHARDS = flags.DEFINE_integer("num_shards", 4, "Training shards.")
+    app.run(main)

@@ -48,8 +48,7 @@ def _bytes(value):
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def make_sequence_example(frames_jpeg_list, label, label_text, video_id, fps,
-                          height, width):
+def make_sequence_example(frames_jpeg_list, label, label_text, video_id, fps, height, width):
     """Builds the interchange SequenceExample of one video.
 
     Args:
@@ -85,8 +84,8 @@ def make_sequence_example(frames_jpeg_list, label, label_text, video_id, fps,
 def parse_sequence_example(serialized):
     """Parses one serialized SequenceExample -> (context dict, sequence dict) tensors."""
     return tf.io.parse_single_sequence_example(
-        serialized, context_features=CONTEXT_FEATURES,
-        sequence_features=SEQUENCE_FEATURES)
+        serialized, context_features=CONTEXT_FEATURES, sequence_features=SEQUENCE_FEATURES
+    )
 
 
 def writer_alive(pid):
@@ -120,5 +119,7 @@ def detect_compression(path):
         return "GZIP"
     if len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] * 256 + head[1]) % 31 == 0:
         return "ZLIB"
-    raise ValueError(f"{path}: not a TFRecord file (no uncompressed record header, "
-                     f"no GZIP or ZLIB header); it starts with {head!r}")
+    raise ValueError(
+        f"{path}: not a TFRecord file (no uncompressed record header, "
+        f"no GZIP or ZLIB header); it starts with {head!r}"
+    )

@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 
 from cost_tf import cost
-from cost_tf.autotune import (CACHE_ENV, CACHE_FILE, autotune, autotune_for_main, choose, default_cache_dir,
-                              input_shapes, main_input_shape, summary)
+from cost_tf.autotune import (
+    CACHE_ENV,
+    CACHE_FILE,
+    autotune,
+    autotune_for_main,
+    choose,
+    default_cache_dir,
+    input_shapes,
+    main_input_shape,
+    summary,
+)
 from cost_tf.cost import CoST, valid_implementations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,8 +133,9 @@ def test_cache_round_trip_and_changed_keys(tmp_path, monkeypatch):
     second = autotune(model, SHAPE, cache_dir=str(tmp_path), timer=again)
     assert again.calls == []
     assert all(second[n]["cached"] for n in second)
-    assert {n: (e["inference"], e["training"]) for n, e in second.items()} == \
-        {n: (e["inference"], e["training"]) for n, e in first.items()}
+    assert {n: (e["inference"], e["training"]) for n, e in second.items()} == {
+        n: (e["inference"], e["training"]) for n, e in first.items()
+    }
     assert model.get_layer("b1").resolved_implementation(True) == "flat"
     # Another batch within max_batch is another shape: re-measured; a batch above max_batch is clipped to it.
     other = FakeTimer(TABLE)
@@ -148,7 +158,9 @@ def test_cache_round_trip_and_changed_keys(tmp_path, monkeypatch):
 def test_changed_dtype_re_measures(tmp_path):
     timer = FakeTimer(TABLE)
     autotune(CoST(4), SHAPE, cache_dir=str(tmp_path), timer=timer, modes=("inference",))
-    autotune(CoST(4, dtype="mixed_bfloat16"), SHAPE, cache_dir=str(tmp_path), timer=timer, modes=("inference",))
+    autotune(
+        CoST(4, dtype="mixed_bfloat16"), SHAPE, cache_dir=str(tmp_path), timer=timer, modes=("inference",)
+    )
     autotune(CoST(4, variant="b"), SHAPE, cache_dir=str(tmp_path), timer=timer, modes=("inference",))
     autotune(CoST(4, strides=2), SHAPE, cache_dir=str(tmp_path), timer=timer, modes=("inference",))
     assert len(timer.calls) == 4
@@ -179,7 +191,13 @@ def test_explicit_implementation_wins(tmp_path):
     model = _model(explicit="frames")
     timer = FakeTimer(TABLE)
     report = autotune(model, SHAPE, cache_dir=str(tmp_path), timer=timer)
-    assert report["b1"] == {"inference": "frames", "training": "frames", "ms": {}, "cached": False, "explicit": True}
+    assert report["b1"] == {
+        "inference": "frames",
+        "training": "frames",
+        "ms": {},
+        "cached": False,
+        "explicit": True,
+    }
     assert len(timer.calls) == 6  # b1 is not measured
     layer = model.get_layer("b1")
     layer.set_tuned_implementations(inference="flat", training="flat")
@@ -225,11 +243,17 @@ def test_keras_file_does_not_carry_the_choice(tmp_path):
     cost.TUNED.clear()  # as in another process
     loaded = keras.models.load_model(path)
     assert loaded.get_layer("a1").tuned_implementations == {}
-    assert loaded.get_layer("a1").resolved_implementation(True) == cost.default_implementation("a", (1, 1, 1), True)
+    assert loaded.get_layer("a1").resolved_implementation(True) == cost.default_implementation(
+        "a", (1, 1, 1), True
+    )
     assert loaded.get_layer("b1").implementation == "frames"  # explicit: kept
     for training in (False, True):
-        np.testing.assert_allclose(np.asarray(loaded(x, training=training)),
-                                   np.asarray(model(x, training=training)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(loaded(x, training=training)),
+            np.asarray(model(x, training=training)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_copies_of_a_tuned_layer_run_the_choice(tmp_path):
@@ -239,7 +263,9 @@ def test_copies_of_a_tuned_layer_run_the_choice(tmp_path):
     layer = clone.get_layer("b1")
     assert layer.tuned_implementations == {}
     assert layer.resolved_implementation(True, (None, 4, 4, 4, 4)) == "flat"
-    assert layer.resolved_implementation(True, (None, 4, 8, 8, 4)) == cost.default_implementation("b", (1, 1, 1), True)
+    assert layer.resolved_implementation(True, (None, 4, 8, 8, 4)) == cost.default_implementation(
+        "b", (1, 1, 1), True
+    )
 
 
 def _tiny_tuned(tmp_path, arch, table):
@@ -254,8 +280,13 @@ def _tiny_tuned(tmp_path, arch, table):
             w.assign(rng.normal(0, 0.5, w.shape).astype("float32"))
     clip = rng.normal(size=(2, 4, 32, 32, 3)).astype("float32")
     before = np.asarray(model(clip, training=False))
-    report = autotune(model, (2, 4, 32, 32, 3), cache_dir=str(tmp_path / "cache"), timer=FakeTimer(table),
-                      modes=("inference",))
+    report = autotune(
+        model,
+        (2, 4, 32, 32, 3),
+        cache_dir=str(tmp_path / "cache"),
+        timer=FakeTimer(table),
+        modes=("inference",),
+    )
     return model, clip, before, report
 
 
@@ -272,7 +303,9 @@ def test_saved_model_and_onnx_exports_unchanged_after_autotuning(tmp_path):
     served = saved_model.run_signature(path, "logits", {"clip": clip})["logits"]
     np.testing.assert_allclose(served, before, rtol=1e-4, atol=1e-5)
     onnx_report = onnx_export.export(model, tmp_path / "m.onnx", fold=False, num_frames=4)
-    np.testing.assert_allclose(onnx_export.run_onnxruntime(onnx_report["path"], clip), before, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        onnx_export.run_onnxruntime(onnx_report["path"], clip), before, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_autotune_for_main_line(tmp_path, capsys):
@@ -289,8 +322,13 @@ def test_autotune_for_main_line(tmp_path, capsys):
     assert "(0 measured, 5 cached, 0 explicit)" in again
     assert summary({}, 0.0) == "autotune: no CoST layer to tune, 0.0 s"
     assert main_input_shape(model) == (1, 4, 8, 8, 3)
-    assert main_input_shape(keras.Model(*(lambda i: (i, i))(keras.Input((None, None, None, 3)))), 0, 64) == \
-        (1, 8, 64, 64, 3)
+    assert main_input_shape(keras.Model(*(lambda i: (i, i))(keras.Input((None, None, None, 3)))), 0, 64) == (
+        1,
+        8,
+        64,
+        64,
+        3,
+    )
 
 
 def test_default_cache_dir(monkeypatch):
@@ -311,6 +349,7 @@ def test_bad_arguments():
 
 
 # -- the mains' flags -------------------------------------------------------------------------------------------
+
 
 def test_train_and_evaluate_flags():
     from absl import flags
@@ -337,18 +376,28 @@ def test_export_mains_autotune_by_default(module, flag, tmp_path):
 
     model = build_model("cost_b_tiny", num_classes=3, num_frames=4, input_size=32)
     model.save(tmp_path / "m.keras")
-    out = ["--export_dir", str(tmp_path / "serving")] if module == "export.saved_model" else \
-        ["--output", str(tmp_path / "m.onnx")]
+    out = (
+        ["--export_dir", str(tmp_path / "serving")]
+        if module == "export.saved_model"
+        else ["--output", str(tmp_path / "m.onnx")]
+    )
     cache = tmp_path / "cache"
-    proc = subprocess.run([sys.executable, "-m", module, f"--model={tmp_path / 'm.keras'}"] + out + ([flag] if flag else []),
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=ROOT, **{CACHE_ENV: str(cache)}))
+    proc = subprocess.run(
+        [sys.executable, "-m", module, f"--model={tmp_path / 'm.keras'}"] + out + ([flag] if flag else []),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=ROOT, **{CACHE_ENV: str(cache)}),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("autotune:")]
     assert len(lines) == 1, proc.stdout
     if flag == "--noautotune":
         assert lines[0].startswith("autotune: off") and not cache.exists()
     else:
-        assert lines[0].startswith("autotune: 4 CoST layers (4 measured, 0 cached, 0 explicit) chosen inference ")
+        assert lines[0].startswith(
+            "autotune: 4 CoST layers (4 measured, 0 cached, 0 explicit) chosen inference "
+        )
         with open(cache / CACHE_FILE) as f:
             assert len(json.load(f)["entries"]) == 4  # four stages, inference only

@@ -56,7 +56,10 @@ def model():
 
 def test_only_exact_pairs_are_found(model):
     assert foldable_pairs(model) == [
-        ("a_conv", "a_bn"), ("b_conv", "b_bn"), ("f_conv", "f_bn"), ("g_conv", "g_bn"),
+        ("a_conv", "a_bn"),
+        ("b_conv", "b_bn"),
+        ("f_conv", "f_bn"),
+        ("g_conv", "g_bn"),
     ]
 
 
@@ -78,18 +81,26 @@ def test_folded_kernel_formula(model):
     """kernel * gamma / sqrt(var + eps) and (bias - mean) * gamma / sqrt(var + eps) + beta, in float64."""
     folded = fold_batchnorm(model)
     conv, bn = model.get_layer("a_conv"), model.get_layer("a_bn")
-    scale = np.asarray(bn.gamma, np.float64) / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+    scale = np.asarray(bn.gamma, np.float64) / np.sqrt(
+        np.asarray(bn.moving_variance, np.float64) + bn.epsilon
+    )
     want_kernel = np.asarray(conv.kernel, np.float64) * scale
-    want_bias = (np.asarray(conv.bias, np.float64) - np.asarray(bn.moving_mean, np.float64)) * scale + np.asarray(
-        bn.beta, np.float64)
-    np.testing.assert_allclose(np.asarray(folded.get_layer("a_conv").kernel), want_kernel, rtol=1e-6, atol=1e-7)
+    want_bias = (
+        np.asarray(conv.bias, np.float64) - np.asarray(bn.moving_mean, np.float64)
+    ) * scale + np.asarray(bn.beta, np.float64)
+    np.testing.assert_allclose(
+        np.asarray(folded.get_layer("a_conv").kernel), want_kernel, rtol=1e-6, atol=1e-7
+    )
     np.testing.assert_allclose(np.asarray(folded.get_layer("a_conv").bias), want_bias, rtol=1e-6, atol=1e-6)
     # f_bn has no gamma/beta: only the moving statistics fold.
     f_conv, f_bn = model.get_layer("f_conv"), model.get_layer("f_bn")
     f_scale = 1.0 / np.sqrt(np.asarray(f_bn.moving_variance, np.float64) + f_bn.epsilon)
-    np.testing.assert_allclose(np.asarray(folded.get_layer("f_conv").bias),
-                               (np.asarray(f_conv.bias) - np.asarray(f_bn.moving_mean)) * f_scale, rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(folded.get_layer("f_conv").bias),
+        (np.asarray(f_conv.bias) - np.asarray(f_bn.moving_mean)) * f_scale,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_cost_b_network_keeps_the_batchnorm_after_cost_b():

@@ -24,14 +24,18 @@ def test_atomic_writes_replace_whole_files(tmp_path):
 
 def test_read_backup_state(tmp_path):
     assert checkpoint.read_backup_state(str(tmp_path)) is None
-    checkpoint.write_json(str(tmp_path / checkpoint.STATE_FILE), {"epoch": 3, "step": 7, "weights": "gone.weights.h5"})
+    checkpoint.write_json(
+        str(tmp_path / checkpoint.STATE_FILE), {"epoch": 3, "step": 7, "weights": "gone.weights.h5"}
+    )
     with pytest.raises(ValueError, match="gone.weights.h5, which does not exist"):
         checkpoint.read_backup_state(str(tmp_path))
 
 
 def _model(seed):
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)]
+    )
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
     return model
 

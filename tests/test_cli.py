@@ -24,8 +24,15 @@ from tests import video_clips
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small sizes appended to a command line (absl keeps a flag's last value).
 SMALL = {
-    "cost_tf.train": ["--epochs=1", "--steps_per_epoch=1", "--batch_size=2", "--num_frames=4", "--frame_stride=2",
-                      "--crop_size=32", "--verbose=0"],
+    "cost_tf.train": [
+        "--epochs=1",
+        "--steps_per_epoch=1",
+        "--batch_size=2",
+        "--num_frames=4",
+        "--frame_stride=2",
+        "--crop_size=32",
+        "--verbose=0",
+    ],
     "pipelines.convert": ["--short_side=48"],
 }
 
@@ -33,12 +40,15 @@ SMALL = {
 def run_main(args, cwd, timeout=900):
     """`python -m args...` in `cwd` with the repository importable; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def ok(result):
-    assert result.returncode == 0, f"{result.args}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (
+        f"{result.args}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+    )
     return result
 
 
@@ -54,8 +64,12 @@ def _write(path, text):
 
 
 # Kinetics: (label, youtube_id, start, end, clip name, folder under videos/ ("" = flat)).
-KINETICS = [("talking", "aaa", 0, 10, "h264", "talking"), ("talking", "bbb", 1, 11, "vp9", "talking"),
-            ("riding bike", "ccc", 0, 10, "mjpeg", ""), ("riding bike", "ddd", 2, 12, "h264_444", "riding_bike")]
+KINETICS = [
+    ("talking", "aaa", 0, 10, "h264", "talking"),
+    ("talking", "bbb", 1, 11, "vp9", "talking"),
+    ("riding bike", "ccc", 0, 10, "mjpeg", ""),
+    ("riding bike", "ddd", 2, 12, "h264_444", "riding_bike"),
+]
 HEADER = "label,youtube_id,time_start,time_end,split\n"
 
 
@@ -74,8 +88,10 @@ def kinetics_folder(root, clips, damaged=False):
         shutil.copy(clips[clip], dest)
         rows.append(f"{label},{vid},{start},{end},train\n")
     if damaged:
-        with open(clips["h264"], "rb") as f, open(os.path.join(root, "videos", "talking",
-                                                                "eee_000000_000010.mp4"), "wb") as out:
+        with (
+            open(clips["h264"], "rb") as f,
+            open(os.path.join(root, "videos", "talking", "eee_000000_000010.mp4"), "wb") as out,
+        ):
             out.write(f.read(3000))  # the header of a clip whose data is cut off
         rows += ["talking,eee,0,10,train\n", "talking,fff,0,10,train\n", "talking,ggg,x,10,train\n"]
     _write(os.path.join(root, "train.csv"), HEADER + "".join(rows))
@@ -86,8 +102,12 @@ def kinetics_folder(root, clips, damaged=False):
 def moments_folder(root, clips):
     """Moments in Time v1 layout: training/<label>/<file>, trainingSet.csv / validationSet.csv without a
     header, moments_categories.txt (`category,index`) beside them."""
-    train = [("talking/a.mp4", "talking", "h264"), ("running/b.webm", "running", "vp9"),
-             ("running/c.avi", "running", "mjpeg"), ("talking/d.mkv", "talking", "h264_444")]
+    train = [
+        ("talking/a.mp4", "talking", "h264"),
+        ("running/b.webm", "running", "vp9"),
+        ("running/c.avi", "running", "mjpeg"),
+        ("talking/d.mkv", "talking", "h264_444"),
+    ]
     for name, _, clip in train:
         dest = os.path.join(root, "training", name)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -116,22 +136,32 @@ def _json(path):
 
 # -- the README ------------------------------------------------------------------------------------------------
 
+
 def readme_commands():
     """The `python -m` lines of the README's "Using it" shell block, in order."""
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
-    section = text[text.index("## Using it"):]
-    block = section[section.index("```bash") + len("```bash"):]
-    block = block[:block.index("```")]
+    section = text[text.index("## Using it") :]
+    block = section[section.index("```bash") + len("```bash") :]
+    block = block[: block.index("```")]
     return [line for line in block.splitlines() if line.startswith("python -m ")]
 
 
 def test_readme_command_lines_run_as_written(tmp_path, clips):
     commands = readme_commands()
     mains = [shlex.split(line)[2] for line in commands]
-    assert mains == ["pipelines.convert", "pipelines.convert", "cost_tf.train", "cost_tf.evaluate",
-                     "export.saved_model", "export.onnx", "export.tflite", "cost_tf.coefficients", "cost_tf.train",
-                     "cost_tf.evaluate"]
+    assert mains == [
+        "pipelines.convert",
+        "pipelines.convert",
+        "cost_tf.train",
+        "cost_tf.evaluate",
+        "export.saved_model",
+        "export.onnx",
+        "export.tflite",
+        "cost_tf.coefficients",
+        "cost_tf.train",
+        "cost_tf.evaluate",
+    ]
     folder = kinetics_folder(str(tmp_path), clips)
     for line in commands:
         args = shlex.split(line)[2:]
@@ -150,7 +180,10 @@ def test_readme_command_lines_run_as_written(tmp_path, clips):
         # val.csv holds only "talking": index 1 of the training classes, whatever the source.
         assert _per_class(tmp_path / "runs" / run / "per_class_10x3.csv") == {"riding bike": 0, "talking": 2}
     assert _json(tmp_path / "runs" / "raw" / "metrics.json")["skipped_videos"] == {
-        "missing": 0, "bad_rows": 0, "unreadable": 0}
+        "missing": 0,
+        "bad_rows": 0,
+        "unreadable": 0,
+    }
     assert os.path.isfile(tmp_path / "serving" / "cost" / "1" / "saved_model.pb")
     assert os.path.getsize(tmp_path / "cost.onnx") > 0 and os.path.getsize(tmp_path / "cost.tflite") > 0
     with open(tmp_path / "runs" / "x" / "coefficients" / "coefficients.csv") as f:
@@ -161,12 +194,25 @@ def test_readme_command_lines_run_as_written(tmp_path, clips):
 
 # -- train / evaluate mains on damaged video folders ---------------------------------------------------------
 
+
 def test_train_and_evaluate_mains_on_a_damaged_kinetics_folder(tmp_path, clips):
     folder = kinetics_folder(str(tmp_path), clips, damaged=True)
     # The issue's command line (sizes made small): fails with one line naming the bad row ...
-    command = ["cost_tf.train", "--dataset=kinetics", "--annotations=train.csv", "--eval_annotations=val.csv",
-               "--video_dir=videos", "--arch=cost_b_tiny", "--model_dir=run", "--epochs=2", "--batch_size=2",
-               "--crop_size=32", "--num_frames=4", "--frame_stride=2", "--verbose=0"]
+    command = [
+        "cost_tf.train",
+        "--dataset=kinetics",
+        "--annotations=train.csv",
+        "--eval_annotations=val.csv",
+        "--video_dir=videos",
+        "--arch=cost_b_tiny",
+        "--model_dir=run",
+        "--epochs=2",
+        "--batch_size=2",
+        "--crop_size=32",
+        "--num_frames=4",
+        "--frame_stride=2",
+        "--verbose=0",
+    ]
     refused = run_main(command, cwd=folder)
     assert refused.returncode != 0
     assert "error: train.csv:8: time_start/time_end must be whole seconds" in refused.stderr
@@ -178,7 +224,9 @@ def test_train_and_evaluate_mains_on_a_damaged_kinetics_folder(tmp_path, clips):
     assert report["train"]["videos"] == 5 and report["eval"]["videos"] == 2
     assert report["train"]["missing"] == ["fff_000000_000010"] and report["eval"]["missing"] == []
     assert [row["line"] for row in report["train"]["bad_rows"]] == [8] and report["eval"]["bad_rows"] == []
-    assert [u["path"] for u in report["unreadable"]] == [os.path.join("videos", "talking", "eee_000000_000010.mp4")]
+    assert [u["path"] for u in report["unreadable"]] == [
+        os.path.join("videos", "talking", "eee_000000_000010.mp4")
+    ]
     metrics = _json(tmp_path / "run" / "metrics.json")
     assert (metrics["epochs"], metrics["steps"], metrics["num_eval"]) == (2, 4, 2)  # 5 videos // 2 per step
     assert metrics["skipped_videos"] == {"missing": 1, "bad_rows": 1, "unreadable": 1}
@@ -193,14 +241,22 @@ def test_train_and_evaluate_mains_on_a_damaged_kinetics_folder(tmp_path, clips):
     assert _per_class(tmp_path / "run" / "per_class_2x2.csv") == {"riding bike": 0, "talking": 2}
     # The unreadable video as the evaluation set: counted and reported, then a clear error (nothing to score).
     _write(os.path.join(folder, "broken.csv"), HEADER + "talking,eee,0,10,val\ntalking,fff,0,10,val\n")
-    nothing = run_main(["cost_tf.evaluate", "--model=run/model.keras", "--eval_annotations=broken.csv"], cwd=folder)
+    nothing = run_main(
+        ["cost_tf.evaluate", "--model=run/model.keras", "--eval_annotations=broken.csv"], cwd=folder
+    )
     assert nothing.returncode != 0 and "Traceback" not in nothing.stderr
     assert "error: No labelled video in the evaluation data (0 videos read)" in nothing.stderr
     assert "Skipping unreadable video" in nothing.stderr
 
     # The converter on the same folder: one line naming the row, then with --skip_bad_rows every skip reported.
-    convert = ["pipelines.convert", "--dataset=kinetics", "--annotations=train.csv", "--video_dir=videos",
-               "--output_dir=shards", "--short_side=48"]
+    convert = [
+        "pipelines.convert",
+        "--dataset=kinetics",
+        "--annotations=train.csv",
+        "--video_dir=videos",
+        "--output_dir=shards",
+        "--short_side=48",
+    ]
     refused = run_main(convert, cwd=folder)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "error: train.csv:8: time_start/time_end must be whole seconds" in refused.stderr
@@ -216,10 +272,20 @@ def test_train_and_evaluate_on_moments_and_explicit_classes(tmp_path, clips):
 
     folder = moments_folder(str(tmp_path / "mit"), clips)
     config = train.TrainConfig(
-        model_dir=str(tmp_path / "run"), dataset="moments", annotations=os.path.join(folder, "trainingSet.csv"),
-        eval_annotations=os.path.join(folder, "validationSet.csv"), video_dir=os.path.join(folder, "training"),
-        arch="c2d_tiny", epochs=1, batch_size=2, num_frames=4, frame_stride=2, crop_size=32, verbose=0,
-        strategy="one_device")
+        model_dir=str(tmp_path / "run"),
+        dataset="moments",
+        annotations=os.path.join(folder, "trainingSet.csv"),
+        eval_annotations=os.path.join(folder, "validationSet.csv"),
+        video_dir=os.path.join(folder, "training"),
+        arch="c2d_tiny",
+        epochs=1,
+        batch_size=2,
+        num_frames=4,
+        frame_stride=2,
+        crop_size=32,
+        verbose=0,
+        strategy="one_device",
+    )
     metrics = train.train(config)
     assert (metrics["steps"], metrics["num_eval"]) == (2, 2)
     assert metrics["skipped_videos"] == {"missing": 0, "bad_rows": 0, "unreadable": 0}
@@ -233,15 +299,30 @@ def test_train_and_evaluate_on_moments_and_explicit_classes(tmp_path, clips):
     kinetics = kinetics_folder(str(tmp_path / "k"), clips)
     _write(os.path.join(kinetics, "classes.txt"), "talking\nriding bike\nswimming\n")
     config = train.TrainConfig(
-        model_dir=str(tmp_path / "k_run"), dataset="kinetics", annotations=os.path.join(kinetics, "train.csv"),
-        eval_annotations=os.path.join(kinetics, "val.csv"), video_dir=os.path.join(kinetics, "videos"),
-        classes=os.path.join(kinetics, "classes.txt"), arch="c2d_tiny", epochs=1, batch_size=2, num_frames=4,
-        frame_stride=2, crop_size=32, verbose=0, strategy="one_device")
+        model_dir=str(tmp_path / "k_run"),
+        dataset="kinetics",
+        annotations=os.path.join(kinetics, "train.csv"),
+        eval_annotations=os.path.join(kinetics, "val.csv"),
+        video_dir=os.path.join(kinetics, "videos"),
+        classes=os.path.join(kinetics, "classes.txt"),
+        arch="c2d_tiny",
+        epochs=1,
+        batch_size=2,
+        num_frames=4,
+        frame_stride=2,
+        crop_size=32,
+        verbose=0,
+        strategy="one_device",
+    )
     train.train(config)
     written = _json(tmp_path / "k_run" / "config.json")
     assert written["class_names"] == ["talking", "riding bike", "swimming"] and written["num_classes"] == 3
     evaluate.evaluate(evaluate.EvalConfig(model=str(tmp_path / "k_run" / "model.keras")))
-    assert _per_class(tmp_path / "k_run" / "per_class_1x1.csv") == {"talking": 2, "riding bike": 0, "swimming": 0}
+    assert _per_class(tmp_path / "k_run" / "per_class_1x1.csv") == {
+        "talking": 2,
+        "riding bike": 0,
+        "swimming": 0,
+    }
 
 
 def test_video_folders_train_mirrored_on_two_logical_cpus(tmp_path, clips):
@@ -267,8 +348,14 @@ def test_video_folders_train_mirrored_on_two_logical_cpus(tmp_path, clips):
             strategy=strategy)
         print(json.dumps(out))
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2"))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2
@@ -279,10 +366,14 @@ def test_video_folders_train_mirrored_on_two_logical_cpus(tmp_path, clips):
 
 # -- the synthetic source: demo, compare, coefficients --------------------------------------------------------
 
+
 def test_demo_compare_and_coefficients_mains(tmp_path):
     demo = ok(run_main(["cost_tf.demo", f"--output_dir={tmp_path}", "--epochs=1"], cwd=ROOT))
-    summary = dict(line.split(":", 1) for line in demo.stdout.split("== cost-tf demo ==")[1].splitlines()
-                   if ":" in line and not line.startswith(" "))
+    summary = dict(
+        line.split(":", 1)
+        for line in demo.stdout.split("== cost-tf demo ==")[1].splitlines()
+        if ":" in line and not line.startswith(" ")
+    )
     top1 = float(summary["final top-1"])
     evaluation = _json(tmp_path / "eval_1x1.json")
     assert top1 == pytest.approx(evaluation["top1"], abs=5e-5) and evaluation["num_videos"] == 240
@@ -291,16 +382,30 @@ def test_demo_compare_and_coefficients_mains(tmp_path):
     # The README's coefficient command on the demo's model (CoST(b): reads the demo's own evaluation clips).
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    ok(run_main(["cost_tf.coefficients", f"--model={tmp_path / 'model.keras'}", f"--out_dir={tmp_path / 'coef'}"],
-                cwd=str(elsewhere)))
+    ok(
+        run_main(
+            ["cost_tf.coefficients", f"--model={tmp_path / 'model.keras'}", f"--out_dir={tmp_path / 'coef'}"],
+            cwd=str(elsewhere),
+        )
+    )
     with open(tmp_path / "coef" / "coefficients.csv") as f:
         layers = list(csv.DictReader(f))
     assert [row["layer"] for row in layers] == cost_layer_names(tmp_path / "model.keras")
     assert {row["variant"] for row in layers} == {"b"}
     assert os.listdir(elsewhere) == []  # no second copy of the dataset under ./runs/synthetic
     # compare on the same data folder (written once by the demo, not again).
-    ok(run_main(["cost_tf.compare", f"--output_dir={tmp_path}", "--archs=c2d_tiny", "--epochs=1",
-                 f"--results={tmp_path / 'RESULTS.md'}"], cwd=ROOT))
+    ok(
+        run_main(
+            [
+                "cost_tf.compare",
+                f"--output_dir={tmp_path}",
+                "--archs=c2d_tiny",
+                "--epochs=1",
+                f"--results={tmp_path / 'RESULTS.md'}",
+            ],
+            cwd=ROOT,
+        )
+    )
     with open(tmp_path / "RESULTS.md") as f:
         results = f.read()
     compared = _json(tmp_path / "c2d_tiny" / "metrics.json")

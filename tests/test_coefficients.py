@@ -59,8 +59,11 @@ def test_cost_b_averages_match_numpy(tmp_path):
     names = ["left", "right", "still"]
     rows = coef.analyze(model, str(tmp_path), clips, labels, names, top_classes=3)
 
-    ref = ref_b_coefficients(ref_views(clips, np.asarray(layer.kernel), (1, 1, 1)),
-                             np.asarray(layer.view_dense, np.float64), np.asarray(layer.view_mix, np.float64))
+    ref = ref_b_coefficients(
+        ref_views(clips, np.asarray(layer.kernel), (1, 1, 1)),
+        np.asarray(layer.view_dense, np.float64),
+        np.asarray(layer.view_mix, np.float64),
+    )
     for i, view in enumerate(("hw", "tw", "th")):
         assert rows[0][f"{view}_mean"] == pytest.approx(ref[:, i].mean(), abs=1e-5)
         assert rows[0][f"{view}_std_clips"] == pytest.approx(ref[:, i].mean(axis=1).std(), abs=1e-5)
@@ -87,8 +90,9 @@ def test_errors():
 def test_analyze_model_reads_eval_clips(tmp_path):
     from pipelines.synthetic import CLASSES, write_synthetic
 
-    _, pattern = write_synthetic(str(tmp_path / "data"), num_train=8, num_eval=12, num_frames=8, size=32,
-                                 num_shards=1)
+    _, pattern = write_synthetic(
+        str(tmp_path / "data"), num_train=8, num_eval=12, num_frames=8, size=32, num_shards=1
+    )
     inp = keras.Input((4, 24, 24, 3), name="clip")
     model = keras.Model(inp, CoST(2, variant="b", name="b")(inp))
     with pytest.raises(ValueError, match="pass `pattern`"):

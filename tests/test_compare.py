@@ -11,22 +11,54 @@ from cost_tf.cost import CoST
 
 
 def _config():
-    return types.SimpleNamespace(synthetic_train=1200, synthetic_eval=240, epochs=8, batch_size=16, num_frames=8,
-                                 frame_stride=2, crop_size=56, lr=0.05, lr_schedule="cosine", warmup_epochs=0.5,
-                                 seed=0)
+    return types.SimpleNamespace(
+        synthetic_train=1200,
+        synthetic_eval=240,
+        epochs=8,
+        batch_size=16,
+        num_frames=8,
+        frame_stride=2,
+        crop_size=56,
+        lr=0.05,
+        lr_schedule="cosine",
+        warmup_epochs=0.5,
+        seed=0,
+    )
 
 
 def test_results_markdown_table():
     rows = [
-        dict(arch="c2d_tiny", top1=0.4042, top5=0.9958, params=517736, step_s=0.5, train_s=300.4, epochs=8,
-             steps=600, coefficients=None, config=_config()),
-        dict(arch="cost_a_tiny", top1=0.5, top5=1.0, params=518456, step_s=0.61234, train_s=400.0, epochs=8,
-             steps=600, coefficients=(0.668, 0.166, 0.1655), config=_config()),
+        dict(
+            arch="c2d_tiny",
+            top1=0.4042,
+            top5=0.9958,
+            params=517736,
+            step_s=0.5,
+            train_s=300.4,
+            epochs=8,
+            steps=600,
+            coefficients=None,
+            config=_config(),
+        ),
+        dict(
+            arch="cost_a_tiny",
+            top1=0.5,
+            top5=1.0,
+            params=518456,
+            step_s=0.61234,
+            train_s=400.0,
+            epochs=8,
+            steps=600,
+            coefficients=(0.668, 0.166, 0.1655),
+            config=_config(),
+        ),
     ]
     text = compare.results_markdown(rows, "python -m cost_tf.compare")
     table = [line for line in text.splitlines() if line.startswith("| c2d") or line.startswith("| cost_a")]
-    assert table == ["| c2d_tiny | 40.4 % | 99.6 % | 517,736 | 0.500 | 300 | — |",
-                     "| cost_a_tiny | 50.0 % | 100.0 % | 518,456 | 0.612 | 400 | 0.668 / 0.166 / 0.166 |"]
+    assert table == [
+        "| c2d_tiny | 40.4 % | 99.6 % | 517,736 | 0.500 | 300 | — |",
+        "| cost_a_tiny | 50.0 % | 100.0 % | 518,456 | 0.612 | 400 | 0.668 / 0.166 / 0.166 |",
+    ]
     assert "8 epochs x 75 steps of 16 clips" in text and "1200 training clips" in text
 
 

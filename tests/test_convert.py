@@ -60,8 +60,7 @@ def assert_jpegs_hold(jpegs, expected):
 def hidden_tmp_files(output_dir):
     """Temporary files in output_dir and its bookkeeping folder .convert/."""
     folders = [output_dir, os.path.join(output_dir, ".convert")]
-    return [n for d in folders if os.path.isdir(d) for n in os.listdir(d)
-            if ".tmp-" in n]
+    return [n for d in folders if os.path.isdir(d) for n in os.listdir(d) if ".tmp-" in n]
 
 
 def kinetics_layout(root, clips, extra=()):
@@ -94,8 +93,16 @@ def kinetics_layout(root, clips, extra=()):
 def test_round_trip_kinetics(tmp_path, clips):
     annotations, videos, paths = kinetics_layout(tmp_path, clips)
     out = str(tmp_path / "out")
-    report = convert.convert("kinetics", annotations, videos, out, short_side=64,
-                             num_shards=2, skip_bad_rows=True, show_progress=False)
+    report = convert.convert(
+        "kinetics",
+        annotations,
+        videos,
+        out,
+        short_side=64,
+        num_shards=2,
+        skip_bad_rows=True,
+        show_progress=False,
+    )
     names = ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     assert report["shards"] == names
     assert report["converted"] == 3
@@ -125,15 +132,36 @@ def test_round_trip_kinetics(tmp_path, clips):
 
     # A rerun finds every shard finished and leaves the files alone.
     before = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in names}
-    assert convert.convert("kinetics", annotations, videos, out, short_side=64,
-                           num_shards=2, skip_bad_rows=True,
-                           show_progress=False) == report
+    assert (
+        convert.convert(
+            "kinetics",
+            annotations,
+            videos,
+            out,
+            short_side=64,
+            num_shards=2,
+            skip_bad_rows=True,
+            show_progress=False,
+        )
+        == report
+    )
     assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in names} == before
     # Other settings in the same output_dir would mix conversions: refused.
-    with pytest.raises(ValueError, match=r"different conversion \(differs in: "
-                                         r"short_side\)"):
-        convert.convert("kinetics", annotations, videos, out, short_side=32,
-                        num_shards=2, skip_bad_rows=True, show_progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"different conversion \(differs in: "
+        r"short_side\)",
+    ):
+        convert.convert(
+            "kinetics",
+            annotations,
+            videos,
+            out,
+            short_side=32,
+            num_shards=2,
+            skip_bad_rows=True,
+            show_progress=False,
+        )
 
 
 def test_moments_resampled_to_fps(tmp_path, clips):
@@ -144,27 +172,44 @@ def test_moments_resampled_to_fps(tmp_path, clips):
     shutil.copy(clips["carphone"], videos / "asking" / "yt-2.mp4")
     (tmp_path / "moments_categories.txt").write_text("asking,0\nblocking,1\n")
     (tmp_path / "trainingSet.csv").write_text(
-        "blocking/getty-1.mp4,blocking,3,0\nasking/yt-2.mp4,asking,2,1\n")
+        "blocking/getty-1.mp4,blocking,3,0\nasking/yt-2.mp4,asking,2,1\n"
+    )
     out = str(tmp_path / "out")
-    report = convert.convert("moments", str(tmp_path / "trainingSet.csv"), str(videos),
-                             out, short_side=48, fps=10, show_progress=False)
-    assert report["converted"] == 2 and report["shards"] == [
-        "trainingSet-00000-of-00001.tfrecord"]
+    report = convert.convert(
+        "moments",
+        str(tmp_path / "trainingSet.csv"),
+        str(videos),
+        out,
+        short_side=48,
+        fps=10,
+        show_progress=False,
+    )
+    assert report["converted"] == 2 and report["shards"] == ["trainingSet-00000-of-00001.tfrecord"]
     stored = read_shards(out)
-    for vid, path, label in [("blocking/getty-1.mp4", videos / "blocking" / "getty-1.mkv", 1),
-                             ("asking/yt-2.mp4", videos / "asking" / "yt-2.mp4", 0)]:
+    for vid, path, label in [
+        ("blocking/getty-1.mp4", videos / "blocking" / "getty-1.mkv", 1),
+        ("asking/yt-2.mp4", videos / "asking" / "yt-2.mp4", 0),
+    ]:
         context, jpegs = stored[vid]
         info = decode.probe(path)
-        assert len(jpegs) == context[tfrecord.NUM_FRAMES] == math.ceil(
-            info.duration * 10 - 1e-6)
+        assert len(jpegs) == context[tfrecord.NUM_FRAMES] == math.ceil(info.duration * 10 - 1e-6)
         assert context[tfrecord.FPS] == 10.0 and context[tfrecord.LABEL_INDEX] == label
         assert_jpegs_hold(jpegs, decode.decode_all(path, short_side=48, fps=10))
 
 
 def convert_command(annotations, videos, out, *flags):
-    return [sys.executable, "-m", "pipelines.convert", "--dataset=kinetics",
-            f"--annotations={annotations}", f"--video_dir={videos}",
-            f"--output_dir={out}", "--short_side=32", "--skip_bad_rows", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.convert",
+        "--dataset=kinetics",
+        f"--annotations={annotations}",
+        f"--video_dir={videos}",
+        f"--output_dir={out}",
+        "--short_side=32",
+        "--skip_bad_rows",
+        *flags,
+    ]
 
 
 def wait_until(predicate, process, seconds=120):
@@ -176,16 +221,21 @@ def wait_until(predicate, process, seconds=120):
 
 
 def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips):
-    extra = {f"x{i}_000000_000010": (clip, os.path.join("abseiling", f"x{i}.mp4"))
-             for i, clip in enumerate(["h264_444", "mpeg4", "portrait", "h264",
-                                       "mpeg4", "mjpeg"])}
+    extra = {
+        f"x{i}_000000_000010": (clip, os.path.join("abseiling", f"x{i}.mp4"))
+        for i, clip in enumerate(["h264_444", "mpeg4", "portrait", "h264", "mpeg4", "mjpeg"])
+    }
     annotations, videos, paths = kinetics_layout(tmp_path, clips, extra)
     out = str(tmp_path / "out")
     kwargs = dict(short_side=32, num_shards=3, skip_bad_rows=True, show_progress=False)
     process = subprocess.Popen(
         convert_command(annotations, videos, out, "--num_shards=3", "--workers=2"),
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:  # SIGKILL a pool worker (OOM killer, preemption) as it writes a shard
+
         def writing():
             return [n for n in hidden_tmp_files(out) if ".tfrecord.tmp-" in n]
 
@@ -207,8 +257,7 @@ def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips):
     assert report["converted"] == 9 and len(report["skipped"]) == 1
     assert sorted(read_shards(out)) == sorted(paths)  # each exactly once
     assert hidden_tmp_files(out) == []
-    assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/*.tfrecord")) == \
-        report["shards"]
+    assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/*.tfrecord")) == report["shards"]
 
 
 # Fault injection from the test: the converter is killed right after renaming a
@@ -230,17 +279,25 @@ convert.convert("kinetics", *sys.argv[1:4], short_side=32, num_shards=2,
 def test_crash_between_rename_and_stats_redoes_that_shard(tmp_path, clips):
     annotations, videos, paths = kinetics_layout(tmp_path, clips)
     out = str(tmp_path / "out")
-    result = subprocess.run([sys.executable, "-c", _CRASH_AFTER_RENAME, annotations,
-                             videos, out], cwd=REPO, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _CRASH_AFTER_RENAME, annotations, videos, out], cwd=REPO, capture_output=True
+    )
     assert result.returncode == 17, result.stderr.decode()[-2000:]
     finished = glob.glob(os.path.join(out, "*.tfrecord"))
     assert len(finished) == 1  # renamed: a complete shard, but no stats
-    assert not os.path.exists(os.path.join(out, ".convert",
-                                           os.path.basename(finished[0]) + ".json"))
+    assert not os.path.exists(os.path.join(out, ".convert", os.path.basename(finished[0]) + ".json"))
     assert not os.path.exists(os.path.join(out, "report.json"))
     before = os.stat(finished[0]).st_mtime_ns
-    report = convert.convert("kinetics", annotations, videos, out, short_side=32,
-                             num_shards=2, skip_bad_rows=True, show_progress=False)
+    report = convert.convert(
+        "kinetics",
+        annotations,
+        videos,
+        out,
+        short_side=32,
+        num_shards=2,
+        skip_bad_rows=True,
+        show_progress=False,
+    )
     assert os.stat(finished[0]).st_mtime_ns != before  # redone, not trusted
     assert report["converted"] == 3
     assert sorted(read_shards(out)) == sorted(paths)
@@ -248,16 +305,23 @@ def test_crash_between_rename_and_stats_redoes_that_shard(tmp_path, clips):
 
 
 def test_killed_main_then_rerun(tmp_path, clips):
-    extra = {f"c{i}_000000_000010": ("mpeg4", os.path.join("abseiling", f"c{i}.avi"))
-             for i in range(9)}
+    extra = {f"c{i}_000000_000010": ("mpeg4", os.path.join("abseiling", f"c{i}.avi")) for i in range(9)}
     annotations, videos, paths = kinetics_layout(tmp_path, clips, extra)
     out = str(tmp_path / "out")
     process = subprocess.Popen(
         convert_command(annotations, videos, out, "--num_shards=6", "--workers=1"),
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:  # SIGKILL as soon as the first shard is being written
-        wait_until(lambda: os.path.isdir(out) and (hidden_tmp_files(out) or any(
-            n.endswith(".tfrecord") for n in os.listdir(out))), process)
+        wait_until(
+            lambda: (
+                os.path.isdir(out)
+                and (hidden_tmp_files(out) or any(n.endswith(".tfrecord") for n in os.listdir(out)))
+            ),
+            process,
+        )
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -269,17 +333,26 @@ def test_killed_main_then_rerun(tmp_path, clips):
     for path in finished:  # what a reader matches is a complete shard
         shard = shards[int(os.path.basename(path).split("-")[1])]
         ids = [r.video_id for r in shard if r.video_id != "ddd_000001_000011"]
-        stored = [tfrecord.parse_sequence_example(s)[0][tfrecord.VIDEO_ID].numpy()
-                  .decode() for s in tf.data.TFRecordDataset(path)]
+        stored = [
+            tfrecord.parse_sequence_example(s)[0][tfrecord.VIDEO_ID].numpy().decode()
+            for s in tf.data.TFRecordDataset(path)
+        ]
         assert stored == ids
-    report = convert.convert("kinetics", annotations, videos, out, short_side=32,
-                             num_shards=6, skip_bad_rows=True, show_progress=False)
+    report = convert.convert(
+        "kinetics",
+        annotations,
+        videos,
+        out,
+        short_side=32,
+        num_shards=6,
+        skip_bad_rows=True,
+        show_progress=False,
+    )
     assert report["converted"] == len(paths) == 12
     assert sorted(read_shards(out)) == sorted(paths)
     assert hidden_tmp_files(out) == []
     with open(os.path.join(out, "report.json")) as f:
-        assert json.load(f)["shards"] == [f"train-{i:05d}-of-00006.tfrecord"
-                                          for i in range(6)]
+        assert json.load(f)["shards"] == [f"train-{i:05d}-of-00006.tfrecord" for i in range(6)]
 
 
 def test_progress_line_has_rate_and_eta():
@@ -299,13 +372,14 @@ def test_argument_errors(tmp_path):
     for bad in ("0", "-1", "fast", "nan"):
         with pytest.raises(ValueError, match="--fps must be 'keep' or a positive"):
             convert.parse_fps(bad)
-    for kwargs, match in [({"dataset": "ucf"}, "dataset must be one of"),
-                          ({"num_shards": 0}, "num_shards must be a positive int"),
-                          ({"workers": 0}, "workers must be a positive int"),
-                          ({"fps": 0}, "fps must be a positive number"),
-                          ({"jpeg_quality": 101}, "jpeg_quality must be an int")]:
-        args = dict(dataset="kinetics", annotations="a.csv", video_dir=".",
-                    output_dir=str(tmp_path))
+    for kwargs, match in [
+        ({"dataset": "ucf"}, "dataset must be one of"),
+        ({"num_shards": 0}, "num_shards must be a positive int"),
+        ({"workers": 0}, "workers must be a positive int"),
+        ({"fps": 0}, "fps must be a positive number"),
+        ({"jpeg_quality": 101}, "jpeg_quality must be an int"),
+    ]:
+        args = dict(dataset="kinetics", annotations="a.csv", video_dir=".", output_dir=str(tmp_path))
         args.update(kwargs)
         with pytest.raises(ValueError, match=match):
             convert.convert(**args)
@@ -318,22 +392,24 @@ def short_layout(root, clips):
     cuts = os.path.join(root, "cuts")
     os.makedirs(cuts)
     sources = {
-        "cutmp4_000000_000010": video_clips.truncate(clips["faststart"],
-                                                     os.path.join(cuts, "a.mp4")),
-        "cutavi_000000_000010": video_clips.truncate(clips["mpeg4"],
-                                                     os.path.join(cuts, "b.avi")),
-        "cutweb_000000_000010": video_clips.truncate(clips["vp9"],
-                                                     os.path.join(cuts, "c.webm")),
-        "tinyav_000000_000010": video_clips.truncate(clips["mjpeg"],
-                                                     os.path.join(cuts, "d.avi"), 0.2),
+        "cutmp4_000000_000010": video_clips.truncate(clips["faststart"], os.path.join(cuts, "a.mp4")),
+        "cutavi_000000_000010": video_clips.truncate(clips["mpeg4"], os.path.join(cuts, "b.avi")),
+        "cutweb_000000_000010": video_clips.truncate(clips["vp9"], os.path.join(cuts, "c.webm")),
+        "tinyav_000000_000010": video_clips.truncate(clips["mjpeg"], os.path.join(cuts, "d.avi"), 0.2),
         "liesav_000000_000010": video_clips.declare_avi_frames(
-            clips["mpeg4"], os.path.join(cuts, "e.avi"), 400),
-        "nomoov_000000_000010": video_clips.truncate(clips["h264"],
-                                                     os.path.join(cuts, "f.mp4")),
+            clips["mpeg4"], os.path.join(cuts, "e.avi"), 400
+        ),
+        "nomoov_000000_000010": video_clips.truncate(clips["h264"], os.path.join(cuts, "f.mp4")),
         "wholev_000000_000010": clips["h264"],
     }
-    originals = {"cutmp4": "faststart", "cutavi": "mpeg4", "cutweb": "vp9",
-                 "tinyav": "mjpeg", "liesav": "mpeg4", "wholev": "h264"}
+    originals = {
+        "cutmp4": "faststart",
+        "cutavi": "mpeg4",
+        "cutweb": "vp9",
+        "tinyav": "mjpeg",
+        "liesav": "mpeg4",
+        "wholev": "h264",
+    }
     videos = os.path.join(root, "videos", "abseiling")
     os.makedirs(videos)
     rows = ["label,youtube_id,time_start,time_end,split"]
@@ -344,9 +420,11 @@ def short_layout(root, clips):
     with open(annotations, "w") as f:
         f.write("\n".join(rows) + "\n")
     # Frames a cut file still holds whole (independent of the decoder).
-    kept = {vid: video_clips.whole_packets(clips[originals[vid[:6]]],
-                                           os.path.getsize(path))
-            for vid, path in sources.items() if vid[:6] in originals}
+    kept = {
+        vid: video_clips.whole_packets(clips[originals[vid[:6]]], os.path.getsize(path))
+        for vid, path in sources.items()
+        if vid[:6] in originals
+    }
     kept["liesav_000000_000010"] = 40
     originals = {vid: clips[originals[vid[:6]]] for vid in kept}
     return annotations, os.path.join(root, "videos"), kept, originals
@@ -355,32 +433,37 @@ def short_layout(root, clips):
 def test_truncated_and_header_lying_videos_keep_the_frames_that_decode(tmp_path, clips):
     annotations, videos, kept, originals = short_layout(tmp_path, clips)
     assert 0 < kept["tinyav_000000_000010"] < 8  # below the default --min_frames
-    assert all(8 <= kept[v] < 40 for v in ["cutmp4_000000_000010",
-                                            "cutavi_000000_000010",
-                                            "cutweb_000000_000010"])
+    assert all(
+        8 <= kept[v] < 40 for v in ["cutmp4_000000_000010", "cutavi_000000_000010", "cutweb_000000_000010"]
+    )
     out = str(tmp_path / "out")
-    report = convert.convert("kinetics", annotations, videos, out, short_side=32,
-                             show_progress=False)
+    report = convert.convert("kinetics", annotations, videos, out, short_side=32, show_progress=False)
     assert report["min_frames"] == convert.MIN_FRAMES == 8
     stored = read_shards(out)
-    converted = ["cutavi_000000_000010", "cutmp4_000000_000010",
-                 "cutweb_000000_000010", "liesav_000000_000010", "wholev_000000_000010"]
+    converted = [
+        "cutavi_000000_000010",
+        "cutmp4_000000_000010",
+        "cutweb_000000_000010",
+        "liesav_000000_000010",
+        "wholev_000000_000010",
+    ]
     assert sorted(stored) == converted and report["converted"] == 5
     for vid in converted:
         context, jpegs = stored[vid]
         assert context[tfrecord.NUM_FRAMES] == len(jpegs) == kept[vid]
         # The very frames of the complete file, in order.
-        assert_jpegs_hold(jpegs, decode.decode_all(originals[vid],
-                                                   short_side=32)[:kept[vid]])
+        assert_jpegs_hold(jpegs, decode.decode_all(originals[vid], short_side=32)[: kept[vid]])
     incomplete = {e["video"]: e for e in report["incomplete"]}
     assert sorted(incomplete) == converted[:4]  # the complete clip is not listed
-    for vid, declared in [("cutavi_000000_000010", 40), ("cutmp4_000000_000010", 40),
-                          ("liesav_000000_000010", 400)]:
+    for vid, declared in [
+        ("cutavi_000000_000010", 40),
+        ("cutmp4_000000_000010", 40),
+        ("liesav_000000_000010", 400),
+    ]:
         entry = incomplete[vid]
         assert (entry["declared_frames"], entry["declared_seconds"]) == (declared, None)
         assert entry["decoded_frames"] == entry["stored_frames"] == kept[vid]
-        assert entry["reason"].startswith(f"truncated or corrupt: only {kept[vid]} of "
-                                          f"the {declared} frames")
+        assert entry["reason"].startswith(f"truncated or corrupt: only {kept[vid]} of the {declared} frames")
     web = incomplete["cutweb_000000_000010"]
     assert (web["declared_frames"], web["declared_seconds"]) == (None, 1.6)
     assert web["decoded_frames"] == kept["cutweb_000000_000010"]
@@ -390,30 +473,38 @@ def test_truncated_and_header_lying_videos_keep_the_frames_that_decode(tmp_path,
     tiny = skipped["tinyav_000000_000010"]
     assert f"too short: {kept['tinyav_000000_000010']} frames" in tiny["reason"]
     assert "fewer than min_frames=8" in tiny["reason"]
-    assert (tiny["declared_frames"], tiny["decoded_frames"]) == (
-        40, kept["tinyav_000000_000010"])
+    assert (tiny["declared_frames"], tiny["decoded_frames"]) == (40, kept["tinyav_000000_000010"])
     with open(os.path.join(out, "report.json")) as f:
         assert json.load(f) == report
 
     # --min_frames decides what is too short: 1 keeps the tiny one, 20 drops the
     # cut ones (the 40-frame videos stay).
-    low = convert.convert("kinetics", annotations, videos, str(tmp_path / "low"),
-                          short_side=32, show_progress=False, min_frames=1)
-    assert sorted(read_shards(str(tmp_path / "low"))) == sorted(
-        converted + ["tinyav_000000_000010"])
+    low = convert.convert(
+        "kinetics",
+        annotations,
+        videos,
+        str(tmp_path / "low"),
+        short_side=32,
+        show_progress=False,
+        min_frames=1,
+    )
+    assert sorted(read_shards(str(tmp_path / "low"))) == sorted(converted + ["tinyav_000000_000010"])
     assert [e["video"] for e in low["skipped"]] == ["nomoov_000000_000010"]
     high_dir = str(tmp_path / "high")
-    high = subprocess.run(convert_command(annotations, videos, high_dir,
-                                          "--min_frames=20"),
-                          cwd=REPO, capture_output=True)
+    high = subprocess.run(
+        convert_command(annotations, videos, high_dir, "--min_frames=20"), cwd=REPO, capture_output=True
+    )
     assert high.returncode == 0, high.stderr.decode()[-2000:]
-    assert sorted(read_shards(high_dir)) == ["liesav_000000_000010",
-                                             "wholev_000000_000010"]
+    assert sorted(read_shards(high_dir)) == ["liesav_000000_000010", "wholev_000000_000010"]
     with open(os.path.join(high_dir, "report.json")) as f:
         high = json.load(f)
-    assert high["min_frames"] == 20 and sorted(e["video"] for e in high["skipped"]) == \
-        ["cutavi_000000_000010", "cutmp4_000000_000010", "cutweb_000000_000010",
-         "nomoov_000000_000010", "tinyav_000000_000010"]
+    assert high["min_frames"] == 20 and sorted(e["video"] for e in high["skipped"]) == [
+        "cutavi_000000_000010",
+        "cutmp4_000000_000010",
+        "cutweb_000000_000010",
+        "nomoov_000000_000010",
+        "tinyav_000000_000010",
+    ]
     with pytest.raises(ValueError, match="min_frames must be a positive int"):
         convert.convert("kinetics", annotations, videos, high_dir, min_frames=0)
 
@@ -423,8 +514,7 @@ def test_gzip_shards_and_a_converted_folder_read_through_any_glob(tmp_path, clip
     plain, packed = str(tmp_path / "plain"), str(tmp_path / "gzip")
     kwargs = dict(short_side=32, num_shards=2, skip_bad_rows=True, show_progress=False)
     convert.convert("kinetics", annotations, videos, plain, **kwargs)
-    report = convert.convert("kinetics", annotations, videos, packed,
-                             compression="gzip", **kwargs)
+    report = convert.convert("kinetics", annotations, videos, packed, compression="gzip", **kwargs)
     names = ["train-00000-of-00002.tfrecord.gz", "train-00001-of-00002.tfrecord.gz"]
     assert report["shards"] == names and report["compression"] == "gzip"
     for name in names:
@@ -434,26 +524,25 @@ def test_gzip_shards_and_a_converted_folder_read_through_any_glob(tmp_path, clip
     # Bookkeeping is out of reach of shard globs (gfile's glob matches hidden files).
     for folder, suffix in [(plain, ""), (packed, ".gz")]:
         shards = sorted(tf.io.gfile.glob(os.path.join(folder, "*.tfrecord*")))
-        assert [os.path.basename(p) for p in shards] == [
-            n.replace(".gz", "") + suffix for n in names]
+        assert [os.path.basename(p) for p in shards] == [n.replace(".gz", "") + suffix for n in names]
         assert sorted(os.listdir(folder)) == sorted(
-            [".convert", "classes.txt", "report.json"] + [os.path.basename(p)
-                                                          for p in shards])
+            [".convert", "classes.txt", "report.json"] + [os.path.basename(p) for p in shards]
+        )
     # make_dataset reads both through `DIR/*` (report.json, classes.txt, .convert/
     # skipped), detecting GZIP: the same clips.
     clips_of = {}
     for folder in (plain, packed):
-        ds = dataset.make_dataset(os.path.join(folder, "*"), "eval", batch_size=8,
-                                  num_frames=4, frame_stride=2, crop_size=32)
+        ds = dataset.make_dataset(
+            os.path.join(folder, "*"), "eval", batch_size=8, num_frames=4, frame_stride=2, crop_size=32
+        )
         clips_of[folder] = [(x.numpy(), y.numpy()) for x, y in ds]
-    (xa, ya), = clips_of[plain]
-    (xb, yb), = clips_of[packed]
+    ((xa, ya),) = clips_of[plain]
+    ((xb, yb),) = clips_of[packed]
     assert sorted(ya.tolist()) == [0, 0, 1]
     np.testing.assert_array_equal(xa, xb)
     np.testing.assert_array_equal(ya, yb)
     with pytest.raises(ValueError, match="compression must be one of"):
-        convert.convert("kinetics", annotations, videos, plain, compression="zip",
-                        **kwargs)
+        convert.convert("kinetics", annotations, videos, plain, compression="zip", **kwargs)
 
 
 def test_rerun_resumes_a_folder_of_the_old_layout(tmp_path, clips):
@@ -485,5 +574,4 @@ def test_rerun_resumes_a_folder_of_the_old_layout(tmp_path, clips):
     assert os.stat(os.path.join(out, names[0])).st_mtime_ns == before  # reused
     assert sorted(read_shards(out)) == sorted(paths)
     assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [".convert"]
-    assert sorted(os.listdir(bookkeeping)) == sorted(
-        [n + ".json" for n in names] + ["train.manifest.json"])
+    assert sorted(os.listdir(bookkeeping)) == sorted([n + ".json" for n in names] + ["train.manifest.json"])

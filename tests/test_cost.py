@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---- the reference ----------------------------------------------------------------------------------
 
+
 def _same_pad(n, s, k=3):
     out = -(-n // s)
     total = max((out - 1) * s + k - n, 0)
@@ -36,7 +37,12 @@ def ref_views(x, w, strides):
 
     def tap(dt, dh, dw):
         # Input under the window position offset (dt, dh, dw) in {0,1,2}^3 for every output.
-        return xp[:, dt:dt + (ot - 1) * st + 1:st, dh:dh + (oh - 1) * sh + 1:sh, dw:dw + (ow - 1) * sw + 1:sw]
+        return xp[
+            :,
+            dt : dt + (ot - 1) * st + 1 : st,
+            dh : dh + (oh - 1) * sh + 1 : sh,
+            dw : dw + (ow - 1) * sw + 1 : sw,
+        ]
 
     outs = []
     for view in ("hw", "tw", "th"):
@@ -69,8 +75,9 @@ def ref_cost_params(x, params, variant, strides):
         a = np.exp(alpha) / np.exp(alpha).sum(axis=0)
         y = sum(a[i] * v for i, v in enumerate(views))
     else:
-        a = ref_b_coefficients(views, np.asarray(params["view_dense"], np.float64),
-                               np.asarray(params["view_mix"], np.float64))
+        a = ref_b_coefficients(
+            views, np.asarray(params["view_dense"], np.float64), np.asarray(params["view_mix"], np.float64)
+        )
         y = sum(a[:, i, None, None, None, :] * v for i, v in enumerate(views))
     if "bias" in params:
         y = y + np.asarray(params["bias"], np.float64)
@@ -88,8 +95,16 @@ def _rel(a, b):
 
 
 CASES = [
-    ("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("a", "flat"), ("a", "auto"),
-    ("b", "frames"), ("b", "views"), ("b", "flat"), ("b", "auto"),
+    ("a", "frames"),
+    ("a", "views"),
+    ("a", "fused"),
+    ("a", "sparse"),
+    ("a", "flat"),
+    ("a", "auto"),
+    ("b", "frames"),
+    ("b", "views"),
+    ("b", "flat"),
+    ("b", "auto"),
 ]
 
 
@@ -115,7 +130,9 @@ def test_matches_numpy_reference(variant, implementation, strides, shape, traini
 
 
 # Every candidate and stride it accepts ('sparse' rejects strides: test_matches_numpy_reference checks that).
-GRADIENT_CASES = [(v, i, s) for v, i in CASES if i != "auto" for s in (1, (1, 2, 2), 2) if i != "sparse" or s == 1]
+GRADIENT_CASES = [
+    (v, i, s) for v, i in CASES if i != "auto" for s in (1, (1, 2, 2), 2) if i != "sparse" or s == 1
+]
 
 
 @pytest.mark.parametrize("variant,implementation,strides", GRADIENT_CASES)
@@ -158,7 +175,9 @@ def test_weights_names_shapes_and_init():
     a = CoST(6, variant="a")
     a.build((None, 4, 8, 8, 3))
     assert [(w.name, tuple(w.shape)) for w in a.weights] == [("kernel", (3, 3, 3, 6)), ("alpha", (3, 6))]
-    np.testing.assert_array_equal(np.asarray(a.alpha), np.repeat(np.float32([[0.7], [-0.7], [-0.7]]), 6, axis=1))
+    np.testing.assert_array_equal(
+        np.asarray(a.alpha), np.repeat(np.float32([[0.7], [-0.7], [-0.7]]), 6, axis=1)
+    )
     coeffs = np.asarray(a.coefficients())
     assert coeffs.shape == (3, 6)
     e = np.exp([0.7, -0.7, -0.7])
@@ -182,7 +201,8 @@ def test_b_coefficients_match_reference():
     assert coeffs.shape == (3, 3, 4)
     np.testing.assert_allclose(coeffs.sum(axis=1), 1.0, rtol=1e-6)
     ref = ref_b_coefficients(
-        ref_views(x, np.asarray(layer.kernel), (1, 1, 1)), np.asarray(layer.view_dense, np.float64),
+        ref_views(x, np.asarray(layer.kernel), (1, 1, 1)),
+        np.asarray(layer.view_dense, np.float64),
         np.asarray(layer.view_mix, np.float64),
     )
     np.testing.assert_allclose(coeffs, ref, rtol=1e-5, atol=1e-7)
@@ -250,7 +270,9 @@ def test_keras_round_trip(variant, tmp_path):
 
 def test_fit_and_unknown_batch_and_time():
     model = _small_model("b")
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     rng = np.random.default_rng(4)
     x = rng.normal(size=(8, 4, 8, 8, 3)).astype("float32")
     y = rng.integers(0, 3, size=(8,))
@@ -328,8 +350,17 @@ _ONNX_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "variant,implementation", [("a", "frames"), ("a", "views"), ("a", "fused"), ("a", "sparse"), ("a", "flat"),
-                               ("b", "frames"), ("b", "views"), ("b", "flat")]
+    "variant,implementation",
+    [
+        ("a", "frames"),
+        ("a", "views"),
+        ("a", "fused"),
+        ("a", "sparse"),
+        ("a", "flat"),
+        ("b", "frames"),
+        ("b", "views"),
+        ("b", "flat"),
+    ],
 )
 def test_tf2onnx_matches_keras(variant, implementation, tmp_path):
     # In a subprocess: a converter crash (grappler CHECK failure) kills the whole process.
@@ -345,8 +376,19 @@ def test_tf2onnx_matches_keras(variant, implementation, tmp_path):
     model.save(tmp_path / "m.keras")
     np.save(tmp_path / "x.npy", clip)
     proc = subprocess.run(
-        [sys.executable, "-c", _ONNX_SCRIPT, str(tmp_path / "m.keras"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _ONNX_SCRIPT,
+            str(tmp_path / "m.keras"),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ops_used = json.loads(proc.stdout.strip().splitlines()[-1])["ops"]
@@ -355,6 +397,7 @@ def test_tf2onnx_matches_keras(variant, implementation, tmp_path):
 
 
 # ---- padding="symmetric": the authors' PyTorch padding (1, 1) on every axis --------------------------------
+
 
 def ref_views_symmetric(x, w, strides):
     """The three view outputs with (1, 1) zero padding on T, H and W, by explicit sums over 9 taps (float64)."""
@@ -368,7 +411,9 @@ def ref_views_symmetric(x, w, strides):
         for i in range(3):
             for j in range(3):
                 dt, dh, dw = {"hw": (1, i, j), "tw": (i, 1, j), "th": (i, j, 1)}[view]
-                window = xp[:, dt::strides[0], dh::strides[1], dw::strides[2]][:, :out[0], :out[1], :out[2]]
+                window = xp[:, dt :: strides[0], dh :: strides[1], dw :: strides[2]][
+                    :, : out[0], : out[1], : out[2]
+                ]
                 acc += window @ w[i, j]
         outs.append(acc)
     return outs
@@ -381,7 +426,9 @@ def ref_cost_symmetric(x, layer):
         a = np.exp(alpha) / np.exp(alpha).sum(axis=0)
         y = sum(a[i] * v for i, v in enumerate(views))
     else:
-        a = ref_b_coefficients(views, np.asarray(layer.view_dense, np.float64), np.asarray(layer.view_mix, np.float64))
+        a = ref_b_coefficients(
+            views, np.asarray(layer.view_dense, np.float64), np.asarray(layer.view_mix, np.float64)
+        )
         y = sum(a[:, i, None, None, None, :] * v for i, v in enumerate(views))
     return y + np.asarray(layer.bias) if layer.use_bias else y
 
@@ -397,8 +444,9 @@ def test_symmetric_padding_matches_numpy_reference(variant, implementation, stri
             CoST(5, variant=variant, strides=strides, implementation=implementation, padding="symmetric")
         return
     rng = np.random.default_rng(7)
-    layer = CoST(5, variant=variant, strides=strides, use_bias=True, implementation=implementation,
-                 padding="symmetric")
+    layer = CoST(
+        5, variant=variant, strides=strides, use_bias=True, implementation=implementation, padding="symmetric"
+    )
     x = rng.normal(size=shape).astype("float32")
     layer.build(x.shape)
     _randomize(layer, rng)

@@ -13,14 +13,22 @@ from tests import video_clips
 # Clips whose index reads must really seek (keyframe every GOP frames, pts on every
 # packet). MPEG-PS ("mpeg2") garbles pts after a seek, so it takes the verified
 # sequential fallback; "carphone" has a single keyframe.
-SEEKABLE = ["h264_bikes", "vp9", "mjpeg", "mpeg4", "h264", "h264_444", "offset_mkv",
-            "offset_mp4"]
-TRANSCODED = ["vp9", "mjpeg", "mpeg4", "mpeg2", "h264", "h264_444", "offset_mkv",
-              "offset_mp4", "faststart"]
+SEEKABLE = ["h264_bikes", "vp9", "mjpeg", "mpeg4", "h264", "h264_444", "offset_mkv", "offset_mp4"]
+TRANSCODED = ["vp9", "mjpeg", "mpeg4", "mpeg2", "h264", "h264_444", "offset_mkv", "offset_mp4", "faststart"]
 ALL = SEEKABLE + ["mpeg2", "carphone", "faststart"]
-CODEC = {"h264_bikes": "h264", "carphone": "h264", "vp9": "vp9", "mjpeg": "mjpeg",
-         "mpeg4": "mpeg4", "mpeg2": "mpeg2video", "h264": "h264", "h264_444": "h264",
-         "offset_mkv": "h264", "offset_mp4": "h264", "faststart": "h264"}
+CODEC = {
+    "h264_bikes": "h264",
+    "carphone": "h264",
+    "vp9": "vp9",
+    "mjpeg": "mjpeg",
+    "mpeg4": "mpeg4",
+    "mpeg2": "mpeg2video",
+    "h264": "h264",
+    "h264_444": "h264",
+    "offset_mkv": "h264",
+    "offset_mp4": "h264",
+    "faststart": "h264",
+}
 LENGTH = {"h264_bikes": 250, "carphone": 120}
 
 
@@ -69,8 +77,7 @@ def test_decoded_frame_i_is_source_frame_i(clips, source, name):
     assert frames.shape == source.shape
     assert np.abs(frames - source).mean() < 8.0
     small, small_source = frames[:, ::2, ::2], source[:, ::2, ::2]
-    nearest = [((small_source - frame) ** 2).mean(axis=(1, 2, 3)).argmin()
-               for frame in small]
+    nearest = [((small_source - frame) ** 2).mean(axis=(1, 2, 3)).argmin() for frame in small]
     np.testing.assert_array_equal(nearest, np.arange(len(source)))
 
 
@@ -108,23 +115,19 @@ def test_stream_start_offset(clips, source, name):
     first = decode.read_frames(clips[name], [0]).astype(np.float32)
     assert np.abs(first[0] - source[0]).mean() < 8
     times = [0.0, 0.039, 0.04, 0.5, 1.599]
-    np.testing.assert_array_equal(decode.read_frames(clips[name], times=times),
-                                  full[[0, 0, 1, 12, 39]])
+    np.testing.assert_array_equal(decode.read_frames(clips[name], times=times), full[[0, 0, 1, 12, 39]])
 
 
-@pytest.mark.parametrize("name,fps", [("h264", 10), ("carphone", 15), ("mpeg2", 30),
-                                      ("offset_mkv", 7.5)])
+@pytest.mark.parametrize("name,fps", [("h264", 10), ("carphone", 15), ("mpeg2", 30), ("offset_mkv", 7.5)])
 def test_resample_picks_frames_by_timestamp(clips, name, fps):
     info = decode.probe(clips[name])
     full = full_decode(clips[name])
     frames = decode.decode_all(clips[name], fps=fps)
     count = math.ceil(info.duration * fps - 1e-6)
     assert len(frames) == count
-    expected = [min(math.floor(k / fps * info.fps + 1e-6), len(full) - 1)
-                for k in range(count)]
+    expected = [min(math.floor(k / fps * info.fps + 1e-6), len(full) - 1) for k in range(count)]
     np.testing.assert_array_equal(frames, full[expected])
-    np.testing.assert_array_equal(
-        decode.read_frames(clips[name], times=np.arange(count) / fps), frames)
+    np.testing.assert_array_equal(decode.read_frames(clips[name], times=np.arange(count) / fps), frames)
 
 
 @pytest.mark.parametrize("name,size", [("h264", (64, 78)), ("portrait", (85, 64))])
@@ -134,18 +137,17 @@ def test_short_side_resize(clips, name, size):
     full = full_decode(clips[name])
     small = decode.decode_all(clips[name], short_side=64)
     assert small.shape == (len(full),) + size + (3,)
-    reference = np.stack([
-        np.asarray(Image.fromarray(frame).resize(size[::-1], Image.BILINEAR))
-        for frame in full]).astype(np.float32)
+    reference = np.stack(
+        [np.asarray(Image.fromarray(frame).resize(size[::-1], Image.BILINEAR)) for frame in full]
+    ).astype(np.float32)
     assert np.abs(small.astype(np.float32) - reference).mean() < 4.0
-    np.testing.assert_array_equal(
-        decode.read_frames(clips[name], [5, 1], short_side=64), small[[5, 1]])
+    np.testing.assert_array_equal(decode.read_frames(clips[name], [5, 1], short_side=64), small[[5, 1]])
 
 
 def _truncate(src, dst):
     data = open(src, "rb").read()
     with open(dst, "wb") as f:
-        f.write(data[:len(data) // 2])
+        f.write(data[: len(data) // 2])
     return dst
 
 
@@ -165,24 +167,35 @@ def bad_files(clips, tmp_path_factory):
         "truncated_mp4": (_truncate(clips["h264"], d / "trunc.mp4"), "cannot open"),
         # index first: the frames past the cut are missing.
         # (probe counts the packets; decoding fails at the first cut packet).
-        "truncated_faststart": (_truncate(clips["faststart"], d / "trunc_fast.mp4"),
-                                "truncated"),
-        "truncated_avi": (_truncate(clips["mpeg4"], d / "trunc.avi"),
-                          "truncated or corrupt: only"),
-        "truncated_webm": (_truncate(clips["vp9"], d / "trunc.webm"),
-                           "truncated or corrupt: video ends at"),
+        "truncated_faststart": (_truncate(clips["faststart"], d / "trunc_fast.mp4"), "truncated"),
+        "truncated_avi": (_truncate(clips["mpeg4"], d / "trunc.avi"), "truncated or corrupt: only"),
+        "truncated_webm": (_truncate(clips["vp9"], d / "trunc.webm"), "truncated or corrupt: video ends at"),
     }
     return {k: (os.fspath(p), cause) for k, (p, cause) in files.items()}
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "text", "directory", "audio_only",
-                                  "truncated_mp4", "truncated_faststart",
-                                  "truncated_avi", "truncated_webm"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing",
+        "empty",
+        "text",
+        "directory",
+        "audio_only",
+        "truncated_mp4",
+        "truncated_faststart",
+        "truncated_avi",
+        "truncated_webm",
+    ],
+)
 @pytest.mark.parametrize("reader", ["probe", "decode_all", "read_frames"])
 def test_bad_files_raise_decode_error_naming_file_and_cause(bad_files, kind, reader):
     path, cause = bad_files[kind]
-    call = {"probe": decode.probe, "decode_all": decode.decode_all,
-            "read_frames": lambda p: decode.read_frames(p, [0, 1])}[reader]
+    call = {
+        "probe": decode.probe,
+        "decode_all": decode.decode_all,
+        "read_frames": lambda p: decode.read_frames(p, [0, 1]),
+    }[reader]
     with pytest.raises(decode.DecodeError) as info:
         call(path)
     message = str(info.value)
@@ -194,8 +207,7 @@ def test_bad_files_raise_decode_error_naming_file_and_cause(bad_files, kind, rea
 def test_corrupt_data_raises_decode_error(clips, tmp_path):
     data = bytearray(open(clips["h264"], "rb").read())
     middle = len(data) // 3
-    data[middle:middle + 3000] = np.random.default_rng(0).integers(
-        0, 256, 3000, dtype=np.uint8).tobytes()
+    data[middle : middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     path = tmp_path / "garbled.mp4"
     path.write_bytes(bytes(data))
     with pytest.raises(decode.DecodeError, match="garbled.mp4: corrupt or truncated"):
@@ -204,9 +216,11 @@ def test_corrupt_data_raises_decode_error(clips, tmp_path):
 
 def test_past_the_end_and_bad_arguments(clips):
     path = clips["h264"]
-    with pytest.raises(decode.DecodeError,
-                       match=r"h264.mp4: frame index 40 is past the end of the video "
-                             r"\(40 frames\)"):
+    with pytest.raises(
+        decode.DecodeError,
+        match=r"h264.mp4: frame index 40 is past the end of the video "
+        r"\(40 frames\)",
+    ):
         decode.read_frames(path, [3, 40])
     # The MPEG-PS fallback path reports the same error.
     with pytest.raises(decode.DecodeError, match="frame index 45 is past the end"):
@@ -230,8 +244,7 @@ def test_works_on_a_copy_with_another_extension(clips, tmp_path):
     # The container is probed from the content, not the file name.
     path = tmp_path / "clip.bin"
     shutil.copy(clips["vp9"], path)
-    np.testing.assert_array_equal(decode.read_frames(path, [30]),
-                                  full_decode(clips["vp9"])[[30]])
+    np.testing.assert_array_equal(decode.read_frames(path, [30]), full_decode(clips["vp9"])[[30]])
 
 
 @pytest.fixture(scope="module")
@@ -239,20 +252,25 @@ def short_files(clips, tmp_path_factory):
     """name -> (path, original clip, whole packets kept, declared frames, seconds)."""
     d = tmp_path_factory.mktemp("short")
     out = {}
-    for name, key, ext in [("cut_faststart", "faststart", ".mp4"),
-                           ("cut_avi", "mpeg4", ".avi"), ("cut_mjpeg", "mjpeg", ".avi"),
-                           ("cut_webm", "vp9", ".webm")]:
+    for name, key, ext in [
+        ("cut_faststart", "faststart", ".mp4"),
+        ("cut_avi", "mpeg4", ".avi"),
+        ("cut_mjpeg", "mjpeg", ".avi"),
+        ("cut_webm", "vp9", ".webm"),
+    ]:
         path = video_clips.truncate(clips[key], d / (name + ext))
         declared = (None, 1.6) if ext == ".webm" else (40, None)
-        out[name] = (path, clips[key], video_clips.whole_packets(
-            clips[key], os.path.getsize(path))) + declared
+        out[name] = (
+            path,
+            clips[key],
+            video_clips.whole_packets(clips[key], os.path.getsize(path)),
+        ) + declared
     lying = video_clips.declare_avi_frames(clips["mpeg4"], d / "lying.avi", 400)
     out["lying_avi"] = (lying, clips["mpeg4"], 40, 400, None)
     return out
 
 
-@pytest.mark.parametrize("name", ["cut_faststart", "cut_avi", "cut_mjpeg", "cut_webm",
-                                  "lying_avi"])
+@pytest.mark.parametrize("name", ["cut_faststart", "cut_avi", "cut_mjpeg", "cut_webm", "lying_avi"])
 def test_decode_available_keeps_every_clean_frame_of_a_short_file(short_files, name):
     path, original, kept, frames, seconds = short_files[name]
     assert 0 < kept < 40 or name == "lying_avi"
@@ -264,36 +282,36 @@ def test_decode_available_keeps_every_clean_frame_of_a_short_file(short_files, n
     assert got.decoded_frames == kept and got.fps == 25.0
     assert (got.declared_frames, got.declared_seconds) == (frames, seconds)
     if frames:
-        assert got.shortfall.startswith(f"truncated or corrupt: only {kept} of the "
-                                        f"{frames} frames the container declares")
+        assert got.shortfall.startswith(
+            f"truncated or corrupt: only {kept} of the {frames} frames the container declares"
+        )
     else:
-        assert got.shortfall.startswith(f"truncated or corrupt: video ends at "
-                                        f"{kept / 25:.3f} s but the container "
-                                        "declares 1.600 s")
+        assert got.shortfall.startswith(
+            f"truncated or corrupt: video ends at {kept / 25:.3f} s but the container declares 1.600 s"
+        )
     # A packet cut short by the end of the file is not decoded (it would give a
     # damaged frame).
     assert ("corrupt (cut short) packet" in got.shortfall) == (
-        name in ("cut_faststart", "cut_avi", "cut_mjpeg"))
+        name in ("cut_faststart", "cut_avi", "cut_mjpeg")
+    )
     small = decode.decode_available(path, short_side=32, fps=10)
     np.testing.assert_array_equal(
-        small.frames, decode.decode_all(original, short_side=32,
-                                        fps=10)[:len(small.frames)])
+        small.frames, decode.decode_all(original, short_side=32, fps=10)[: len(small.frames)]
+    )
     assert len(small.frames) == math.ceil(kept / 25 * 10 - 1e-6)
 
 
 @pytest.mark.parametrize("name", ["h264", "vp9", "mpeg2", "offset_mkv", "portrait"])
 def test_decode_available_of_a_complete_file_is_decode_all(clips, name):
     got = decode.decode_available(clips[name], short_side=48)
-    np.testing.assert_array_equal(got.frames, decode.decode_all(clips[name],
-                                                                short_side=48))
+    np.testing.assert_array_equal(got.frames, decode.decode_all(clips[name], short_side=48))
     assert got.shortfall is None and got.decoded_frames == len(got.frames)
 
 
 def test_decode_available_stops_at_damaged_data(clips, tmp_path):
     data = bytearray(open(clips["h264"], "rb").read())
     middle = len(data) // 3
-    data[middle:middle + 3000] = np.random.default_rng(0).integers(
-        0, 256, 3000, dtype=np.uint8).tobytes()
+    data[middle : middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     path = tmp_path / "garbled.mp4"
     path.write_bytes(bytes(data))
     got = decode.decode_available(path)
@@ -303,8 +321,7 @@ def test_decode_available_stops_at_damaged_data(clips, tmp_path):
     assert f"decoding stopped after {n} frames at" in got.shortfall
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "text", "directory", "audio_only",
-                                  "truncated_mp4"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "directory", "audio_only", "truncated_mp4"])
 def test_decode_available_still_raises_when_nothing_decodes(bad_files, kind):
     path, cause = bad_files[kind]
     with pytest.raises(decode.DecodeError) as info:

@@ -40,9 +40,14 @@ class Grab(keras.callbacks.Callback):
 
 
 def _run_python(script, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-c", _PRELUDE + textwrap.dedent(script)], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", _PRELUDE + textwrap.dedent(script)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _last_json(stdout):
@@ -59,6 +64,7 @@ def data_dir(tmp_path_factory):
 
 
 # -- in-process units ---------------------------------------------------------------------------------------
+
 
 def test_check_global_batch():
     assert distribute.check_global_batch(64, 8) == 8
@@ -102,6 +108,7 @@ def test_patch_refuses_another_keras_version(monkeypatch):
 
 
 # -- mirrored on two logical CPUs (subprocess) --------------------------------------------------------------
+
 
 def test_mirrored_on_two_logical_cpus(tmp_path, data_dir):
     result = _run_python(f"""
@@ -148,6 +155,7 @@ def test_mirrored_on_two_logical_cpus(tmp_path, data_dir):
 
 # -- two workers on loopback (subprocesses) -----------------------------------------------------------------
 
+
 def _free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
@@ -189,13 +197,35 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path, data_
     script = _PRELUDE + textwrap.dedent(_WORKER)
     processes = []
     for index in range(2):
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                     "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(tf_config),
-                   TMPDIR=str(worker_tmp))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-c", script, str(index), model_dir, data_dir, str(tmp_path / f"w{index}.npz")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        env = dict(
+            os.environ,
+            PYTHONPATH=ROOT,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            TF_CONFIG=json.dumps(tf_config),
+            TMPDIR=str(worker_tmp),
+        )
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    script,
+                    str(index),
+                    model_dir,
+                    data_dir,
+                    str(tmp_path / f"w{index}.npz"),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for p in processes:
@@ -216,14 +246,28 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path, data_
     weights = [k for k in w0.files if k.startswith("w")]
     for key in weights:  # identical after training, BatchNorm statistics included
         np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
-    assert any(np.abs(w0[f"init{i}"] - w0[f"w{i}"]).max() > 0 for i in range(len(w0.files)) if f"init{i}" in w0)
+    assert any(
+        np.abs(w0[f"init{i}"] - w0[f"w{i}"]).max() > 0 for i in range(len(w0.files)) if f"init{i}" in w0
+    )
 
     # The chief finalised every file in model_dir; the other worker only in its temporary folder, now gone.
     assert chief["written"] and all(path.startswith(model_dir + os.sep) for path in chief["written"])
-    assert {os.path.basename(p) for p in chief["written"]} >= {"model.keras", "metrics.json", "best.keras",
-                                                               "config.json", checkpoint.STATE_FILE}
+    assert {os.path.basename(p) for p in chief["written"]} >= {
+        "model.keras",
+        "metrics.json",
+        "best.keras",
+        "config.json",
+        checkpoint.STATE_FILE,
+    }
     assert other["written"] and not any(path.startswith(model_dir + os.sep) for path in other["written"])
     assert all(path.startswith(str(worker_tmp)) for path in other["written"])
     assert os.listdir(worker_tmp) == []
-    assert sorted(os.listdir(model_dir)) == ["best.keras", "best.keras.json", "config.json", "metrics.json",
-                                             "model.keras", "tensorboard", "training_log.csv"]
+    assert sorted(os.listdir(model_dir)) == [
+        "best.keras",
+        "best.keras.json",
+        "config.json",
+        "metrics.json",
+        "model.keras",
+        "tensorboard",
+        "training_log.csv",
+    ]

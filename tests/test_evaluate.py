@@ -14,18 +14,27 @@ from cost_tf.resnet import build_model
 
 def test_average_views_hand_computed():
     # 2 videos x 3 views x 4 classes, video-major rows.
-    probabilities = np.array([
-        [0.70, 0.10, 0.10, 0.10],  # video 0, view 0
-        [0.10, 0.70, 0.10, 0.10],  # video 0, view 1
-        [0.40, 0.40, 0.10, 0.10],  # video 0, view 2
-        [0.00, 0.00, 0.00, 1.00],  # video 1, view 0
-        [0.25, 0.25, 0.25, 0.25],  # video 1, view 1
-        [0.05, 0.05, 0.60, 0.30],  # video 1, view 2
-    ])
-    expected = np.array([
-        [0.40, 0.40, 0.10, 0.10],  # (0.7 + 0.1 + 0.4) / 3, (0.1 + 0.7 + 0.4) / 3, ...
-        [0.10, 0.10, 0.85 / 3, 1.55 / 3],  # (0 + 0.25 + 0.05) / 3, ..., (0 + 0.25 + 0.6) / 3, (1 + 0.25 + 0.3) / 3
-    ])
+    probabilities = np.array(
+        [
+            [0.70, 0.10, 0.10, 0.10],  # video 0, view 0
+            [0.10, 0.70, 0.10, 0.10],  # video 0, view 1
+            [0.40, 0.40, 0.10, 0.10],  # video 0, view 2
+            [0.00, 0.00, 0.00, 1.00],  # video 1, view 0
+            [0.25, 0.25, 0.25, 0.25],  # video 1, view 1
+            [0.05, 0.05, 0.60, 0.30],  # video 1, view 2
+        ]
+    )
+    expected = np.array(
+        [
+            [0.40, 0.40, 0.10, 0.10],  # (0.7 + 0.1 + 0.4) / 3, (0.1 + 0.7 + 0.4) / 3, ...
+            [
+                0.10,
+                0.10,
+                0.85 / 3,
+                1.55 / 3,
+            ],  # (0 + 0.25 + 0.05) / 3, ..., (0 + 0.25 + 0.6) / 3, (1 + 0.25 + 0.3) / 3
+        ]
+    )
     np.testing.assert_allclose(evaluate.average_views(probabilities, 3), expected, atol=1e-12)
     # 30 views (10 clips x 3 crops): one video whose views each vote for class (v % 5); mean = 6/30 per class.
     thirty = np.eye(5)[np.arange(30) % 5]
@@ -72,8 +81,9 @@ def eval_setup(tmp_path_factory):
     from pipelines.synthetic import write_synthetic
 
     root = tmp_path_factory.mktemp("evaluate")
-    _, eval_pattern = write_synthetic(str(root / "data"), num_train=4, num_eval=12, num_frames=12, size=32,
-                                      num_shards=1)
+    _, eval_pattern = write_synthetic(
+        str(root / "data"), num_train=4, num_eval=12, num_frames=12, size=32, num_shards=1
+    )
     keras.utils.set_random_seed(3)
     model = build_model("c2d_tiny", num_classes=8, num_frames=4, input_size=32)
     logits = model.get_layer("logits")
@@ -89,11 +99,30 @@ def test_multi_view_evaluation_matches_a_per_view_reference(eval_setup):
 
     root, path, eval_pattern, model = eval_setup
     out = root / "out"
-    report = evaluate.evaluate(evaluate.EvalConfig(model=path, output_dir=str(out), views="2x3", batch_size=5,
-                                                   dataset="tfrecord", eval_pattern=eval_pattern, frame_stride=3,
-                                                   crop_size=32, eval_resize=32))
-    data = make_dataset(eval_pattern, mode="test", batch_size=1, num_frames=4, frame_stride=3, crop_size=32,
-                        num_clips=2, num_crops=3, eval_resize=32)
+    report = evaluate.evaluate(
+        evaluate.EvalConfig(
+            model=path,
+            output_dir=str(out),
+            views="2x3",
+            batch_size=5,
+            dataset="tfrecord",
+            eval_pattern=eval_pattern,
+            frame_stride=3,
+            crop_size=32,
+            eval_resize=32,
+        )
+    )
+    data = make_dataset(
+        eval_pattern,
+        mode="test",
+        batch_size=1,
+        num_frames=4,
+        frame_stride=3,
+        crop_size=32,
+        num_clips=2,
+        num_crops=3,
+        eval_resize=32,
+    )
     video_probabilities, labels = [], []
     for clips, label in data:
         assert clips.shape == (1, 6, 4, 32, 32, 3)

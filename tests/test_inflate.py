@@ -24,8 +24,14 @@ def resnet50(tmp_path_factory):
     for layer in net.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.normal(0, 0.1, n),
-                               rng.uniform(0.5, 1.5, n)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, n),
+                    rng.normal(0, 0.1, n),
+                    rng.normal(0, 0.1, n),
+                    rng.uniform(0.5, 1.5, n),
+                ]
+            )
         elif isinstance(layer, keras.layers.Conv2D):
             layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape))
     path = str(tmp_path_factory.mktemp("weights") / "resnet50_notop.weights.h5")
@@ -77,15 +83,20 @@ def test_c2d_on_a_static_clip_equals_the_2d_network(resnet50, tmp_path, kind):
     assert relative_error(model(x), expected) < 1e-4
 
 
-@pytest.mark.parametrize("block, temporal_layer", [("c3d", "conv2_block2_2_conv"), ("i3d", "conv2_block2_1_conv")])
+@pytest.mark.parametrize(
+    "block, temporal_layer", [("c3d", "conv2_block2_2_conv"), ("i3d", "conv2_block2_1_conv")]
+)
 def test_c3d_i3d_on_a_static_clip_equal_2d_inside(resnet50, block, temporal_layer):
     net, path = resnet50
     model = video(f"{block}_r50")
     report = inflate_imagenet(model, path)
     assert report.loaded[temporal_layer] == "repeated x3 / 3"
     assert report.loaded["conv2_block1_1_conv"] == "copied"
-    np.testing.assert_allclose(np.asarray(model.get_layer(temporal_layer).kernel[0]),
-                               np.asarray(net.get_layer(temporal_layer).kernel) / 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.get_layer(temporal_layer).kernel[0]),
+        np.asarray(net.get_layer(temporal_layer).kernel) / 3,
+        rtol=1e-6,
+    )
     image, x = clip(static=True)
     name = "conv3_block1_out"  # after 2 temporal convs: frames 2 .. T-3 see no zero padding
     got, expected = np.asarray(features(model, name, x))[0], np.asarray(features(net, name, image))[0]
@@ -125,8 +136,16 @@ def test_r2plus1d_equals_its_2d_twin_at_init(resnet50):
     net, path = resnet50
     model = video("r2plus1d_r50")
     report = inflate_imagenet(model, path)
-    inflated = ["conv2_block2", "conv3_block1", "conv3_block3", "conv4_block1", "conv4_block3", "conv4_block5",
-                "conv5_block1", "conv5_block3"]
+    inflated = [
+        "conv2_block2",
+        "conv3_block1",
+        "conv3_block3",
+        "conv4_block1",
+        "conv4_block3",
+        "conv4_block5",
+        "conv5_block1",
+        "conv5_block3",
+    ]
     assert report.identity == [b + "_2t_conv" for b in inflated]
     assert sorted(report.left_at_init) == sorted(b + "_2t_bn" for b in inflated)
     kernel = np.asarray(model.get_layer("conv2_block2_2t_conv").kernel)
@@ -144,7 +163,9 @@ def test_depth_mismatch_is_a_clear_error(resnet50, tmp_path):
     path = str(tmp_path / "resnet101_notop.weights.h5")
     keras.applications.ResNet101(weights=None, include_top=False).save_weights(path)
     model = video("c2d_r50")
-    with pytest.raises(ValueError, match=r"Depth mismatch: .*resnet101_notop.weights.h5 holds .*ResNet101.*ResNet50"):
+    with pytest.raises(
+        ValueError, match=r"Depth mismatch: .*resnet101_notop.weights.h5 holds .*ResNet101.*ResNet50"
+    ):
         inflate_imagenet(model, path)
     with pytest.raises(ValueError, match="depth must be one of"):
         load_resnet2d(resnet50[1], "tiny")
@@ -167,6 +188,8 @@ def test_bad_inputs(resnet50, tmp_path):
         x = keras.layers.Activation("relu", name=f"conv4_block{i + 1}_out")(x)
     odd = keras.Model(inputs, x, name="odd")
     kernel = np.asarray(odd.get_layer("conv1_conv").kernel)
-    with pytest.raises(ValueError, match=r"Shape mismatch at layer 'conv1_conv'.*\(1, 3, 3, 3, 64\).*\(7, 7, 3, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"Shape mismatch at layer 'conv1_conv'.*\(1, 3, 3, 3, 64\).*\(7, 7, 3, 64\)"
+    ):
         inflate_imagenet(odd, path)
     np.testing.assert_array_equal(np.asarray(odd.get_layer("conv1_conv").kernel), kernel)

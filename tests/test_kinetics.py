@@ -69,8 +69,7 @@ def test_classes_file_and_training_csv_define_the_index(layout):
     assert [r.label_index for r in records] == [1, 2, 0, 1, 1]
     # A validation CSV with only some classes still uses the training index.
     val = root / "validate.csv"
-    val.write_text('label,youtube_id,time_start,time_end,split\n'
-                   f'"{FOOTBALL}",bbb,0,10,validate\n')
+    val.write_text(f'label,youtube_id,time_start,time_end,split\n"{FOOTBALL}",bbb,0,10,validate\n')
     records, report = kinetics.read_kinetics(val, videos, train_annotations=train)
     assert report.classes == sorted(["abseiling", FOOTBALL, TEA])
     assert records[0].label_index == report.classes.index(FOOTBALL)
@@ -81,8 +80,7 @@ def test_classes_file_and_training_csv_define_the_index(layout):
 def test_test_split_without_label_column(layout):
     root, videos, _, paths = layout
     test = root / "test.csv"
-    test.write_text("youtube_id,time_start,time_end,split\n"
-                    "aaa,10,20,test\nzzz,0,10,test\n")
+    test.write_text("youtube_id,time_start,time_end,split\naaa,10,20,test\nzzz,0,10,test\n")
     records, report = kinetics.read_kinetics(test, videos)
     assert records == [ann.VideoRecord(paths["aaa"], -1, "", "aaa_000010_000020")]
     assert report.missing == ["zzz_000000_000010"]
@@ -114,9 +112,11 @@ def test_bad_row_raises_with_file_and_line(tmp_path, row, reason):
     videos = tmp_path / "videos"
     os.makedirs(videos)
     csv_path = tmp_path / "val.csv"
-    csv_path.write_text("label,youtube_id,time_start,time_end,split\n"
-                        "\n"  # blank lines are skipped but counted as lines
-                        "abseiling,bbb,0,10,train\n" + row)
+    csv_path.write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "\n"  # blank lines are skipped but counted as lines
+        "abseiling,bbb,0,10,train\n" + row
+    )
     classes = tmp_path / "classes.txt"
     classes.write_text("abseiling\n")
     with pytest.raises(ann.AnnotationError) as info:
@@ -128,19 +128,23 @@ def test_bad_row_raises_with_file_and_line(tmp_path, row, reason):
 def test_skip_bad_rows_counts_them(layout):
     root, videos, _, paths = layout
     csv_path = root / "val.csv"
-    csv_path.write_text("label,youtube_id,time_start,time_end,split\n"
-                        "abseiling,aaa,10,20,val\n"
-                        "abseiling,aaa,x,20,val\n"
-                        "abseiling,bbb\n"
-                        "zumba,ccc,5,15,val\n"
-                        "abseiling,fff,30,40,val\n")
+    csv_path.write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "abseiling,aaa,10,20,val\n"
+        "abseiling,aaa,x,20,val\n"
+        "abseiling,bbb\n"
+        "zumba,ccc,5,15,val\n"
+        "abseiling,fff,30,40,val\n"
+    )
     classes = root / "classes.txt"
     classes.write_text("abseiling\n")
-    records, report = kinetics.read_kinetics(str(csv_path), videos,
-                                             classes=str(classes), skip_bad_rows=True)
+    records, report = kinetics.read_kinetics(str(csv_path), videos, classes=str(classes), skip_bad_rows=True)
     assert [r.video_id for r in records] == ["aaa_000010_000020", "fff_000030_000040"]
     assert [(row["file"], row["line"]) for row in report.bad_rows] == [
-        (str(csv_path), 3), (str(csv_path), 4), (str(csv_path), 5)]
+        (str(csv_path), 3),
+        (str(csv_path), 4),
+        (str(csv_path), 5),
+    ]
     assert "unknown label 'zumba'" in report.bad_rows[2]["reason"]
     assert report.num_rows == 5
 
@@ -169,10 +173,12 @@ def test_unreadable_classes_file(layout, kind):
         path.write_text("\n\n")
     elif kind == "repeat":
         path.write_text("abseiling\nzumba\nabseiling\n")
-    expected = {"missing": "cannot read classes file .*classes.txt",
-                "directory": "cannot read classes file .*is a directory",
-                "binary": "cannot read classes file .*not UTF-8",
-                "empty": "classes file .*lists no classes",
-                "repeat": "classes.txt:3: class 'abseiling' repeats line 1"}[kind]
+    expected = {
+        "missing": "cannot read classes file .*classes.txt",
+        "directory": "cannot read classes file .*is a directory",
+        "binary": "cannot read classes file .*not UTF-8",
+        "empty": "classes file .*lists no classes",
+        "repeat": "classes.txt:3: class 'abseiling' repeats line 1",
+    }[kind]
     with pytest.raises(ann.AnnotationError, match=expected):
         kinetics.read_kinetics(train, videos, classes=str(path))

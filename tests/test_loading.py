@@ -41,18 +41,28 @@ def test_a_model_saved_with_the_training_optimizer_loads_in_a_fresh_process(tmp_
     process that has not imported cost_tf.optim cannot deserialise unless the loader registers them."""
     model = _small_model()
     schedule = optim.build_schedule(0.1, 10, 2, "cosine", (), 0.1, 0.5)
-    model.compile(optimizer=optim.build_optimizer(model, schedule, momentum=0.9, weight_decay=1e-4, clipnorm=40.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=optim.build_optimizer(model, schedule, momentum=0.9, weight_decay=1e-4, clipnorm=40.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = parity.random_clip(2, 4, 8)
     model.train_on_batch(x, np.array([0, 2]))
     path = str(tmp_path / "trained.keras")
     model.save(path)
     with open(os.path.join(tmp_path, "clip.npy"), "wb") as f:
         np.save(f, x)
-    script = (f"import numpy as np; from cost_tf.loading import load_model; m = load_model({path!r}); "
-              f"import json; print(json.dumps(np.asarray(m(np.load({str(tmp_path / 'clip.npy')!r}))).tolist()))")
-    result = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+    script = (
+        f"import numpy as np; from cost_tf.loading import load_model; m = load_model({path!r}); "
+        f"import json; print(json.dumps(np.asarray(m(np.load({str(tmp_path / 'clip.npy')!r}))).tolist()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2"),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(outputs, np.asarray(model(x)), rtol=1e-5, atol=1e-6)
@@ -68,7 +78,9 @@ def test_resize_model_keeps_the_model_or_rebuilds_with_the_same_weights():
     for a, b in zip(larger.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="Cannot rebuild model 'tiny'"):
-        loading.resize_model(keras.Sequential([keras.Input((4, 8, 8, 3)), keras.layers.Flatten()], name="tiny"), 8)
+        loading.resize_model(
+            keras.Sequential([keras.Input((4, 8, 8, 3)), keras.layers.Flatten()], name="tiny"), 8
+        )
 
 
 def test_training_config_beside_the_model(tmp_path):

@@ -40,8 +40,7 @@ def test_reads_released_files(layout):
     records, report = moments.read_moments(csv_path, videos)  # categories beside csv
     assert report.classes == ["bicycling", "blocking", "asking"]
     assert records == [
-        ann.VideoRecord(paths[0], 1, "blocking",
-                        "blocking/getty-blocking-a-shot-video-id1.mp4"),
+        ann.VideoRecord(paths[0], 1, "blocking", "blocking/getty-blocking-a-shot-video-id1.mp4"),
         ann.VideoRecord(paths[1], 0, "bicycling", "bicycling/yt-AbC_d-eF0_12.mp4"),
         ann.VideoRecord(paths[2], 2, "asking", "asking/flickr-0-5-6-7-asking.mp4"),
     ]
@@ -56,8 +55,7 @@ def test_categories_given_explicitly(layout, tmp_path):
     other.write_text("asking,0\nbicycling,1\nblocking,2\n")
     records, report = moments.read_moments(csv_path, videos, categories=str(other))
     assert [r.label_index for r in records] == [2, 1, 0]
-    records, report = moments.read_moments(
-        csv_path, videos, categories=["asking", "blocking", "bicycling"])
+    records, report = moments.read_moments(csv_path, videos, categories=["asking", "blocking", "bicycling"])
     assert [r.label_index for r in records] == [1, 2, 0]
 
 
@@ -76,8 +74,10 @@ BAD_ROWS = [
 def test_bad_row_raises_with_file_and_line(layout, row, reason):
     root, videos, _, _ = layout
     csv_path = root / "validationSet.csv"
-    csv_path.write_text("blocking/getty-blocking-a-shot-video-id1.mp4,blocking,3,0\n"
-                        "bicycling/yt-AbC_d-eF0_12.mp4,bicycling,2,1\n\n" + row)
+    csv_path.write_text(
+        "blocking/getty-blocking-a-shot-video-id1.mp4,blocking,3,0\n"
+        "bicycling/yt-AbC_d-eF0_12.mp4,bicycling,2,1\n\n" + row
+    )
     with pytest.raises(ann.AnnotationError) as info:
         moments.read_moments(str(csv_path), videos)
     assert str(info.value).startswith(f"{csv_path}:4: ")
@@ -87,10 +87,12 @@ def test_bad_row_raises_with_file_and_line(layout, row, reason):
 def test_skip_bad_rows_counts_them(layout):
     root, videos, _, paths = layout
     csv_path = root / "validationSet.csv"
-    csv_path.write_text("blocking/getty-blocking-a-shot-video-id1.mp4,blocking,3\n"
-                        "bicycling/yt-AbC_d-eF0_12.mp4,bicycling,2,1\n"
-                        "asking/flickr-0-5-6-7-asking.mp4,jumping,4,0\n"
-                        "asking/nope.mp4,asking,1,0\n")
+    csv_path.write_text(
+        "blocking/getty-blocking-a-shot-video-id1.mp4,blocking,3\n"
+        "bicycling/yt-AbC_d-eF0_12.mp4,bicycling,2,1\n"
+        "asking/flickr-0-5-6-7-asking.mp4,jumping,4,0\n"
+        "asking/nope.mp4,asking,1,0\n"
+    )
     records, report = moments.read_moments(str(csv_path), videos, skip_bad_rows=True)
     assert [r.video_path for r in records] == [paths[1]]
     assert [row["line"] for row in report.bad_rows] == [1, 3]
@@ -99,14 +101,17 @@ def test_skip_bad_rows_counts_them(layout):
     assert report.num_rows == 4
 
 
-@pytest.mark.parametrize("content,expected", [
-    ("bicycling,0\nblocking\n", r"cats.txt:2: expected 'category,index'"),
-    ("bicycling,0\nblocking,x\n", r"cats.txt:2: expected 'category,index'"),
-    ("bicycling,0\nblocking,0\n", r"cats.txt:2: category 'blocking' or index 0"),
-    ("bicycling,0\nbicycling,1\n", r"cats.txt:2: category 'bicycling' or index 1"),
-    ("bicycling,0\nblocking,2\n", r"indices must be 0..1; missing \[1\]"),
-    ("\n", "lists no classes"),
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        ("bicycling,0\nblocking\n", r"cats.txt:2: expected 'category,index'"),
+        ("bicycling,0\nblocking,x\n", r"cats.txt:2: expected 'category,index'"),
+        ("bicycling,0\nblocking,0\n", r"cats.txt:2: category 'blocking' or index 0"),
+        ("bicycling,0\nbicycling,1\n", r"cats.txt:2: category 'bicycling' or index 1"),
+        ("bicycling,0\nblocking,2\n", r"indices must be 0..1; missing \[1\]"),
+        ("\n", "lists no classes"),
+    ],
+)
 def test_malformed_categories_file(layout, content, expected):
     root, videos, csv_path, _ = layout
     path = root / "cats.txt"
@@ -118,8 +123,7 @@ def test_malformed_categories_file(layout, content, expected):
 def test_unreadable_categories_file(layout):
     root, videos, csv_path, _ = layout
     os.remove(root / "moments_categories.txt")
-    with pytest.raises(ann.AnnotationError,
-                       match="cannot read categories file .*moments_categories.txt"):
+    with pytest.raises(ann.AnnotationError, match="cannot read categories file .*moments_categories.txt"):
         moments.read_moments(csv_path, videos)
     (root / "bad.txt").write_bytes(b"\xff\xfe,0\n")
     with pytest.raises(ann.AnnotationError, match="bad.txt: not UTF-8"):

@@ -36,7 +36,9 @@ def _randomize(model, seed):
 def real_clips():
     """Two real clips (carphone, and the same frames mirrored and reversed in time), preprocessed, (2, T, 32, 32, 3)."""
     frames = video_clips.source_frames(T)
-    clip = preprocess.normalize(preprocess.center_crop(preprocess.resize_short_side(frames, 37), CROP)).numpy()
+    clip = preprocess.normalize(
+        preprocess.center_crop(preprocess.resize_short_side(frames, 37), CROP)
+    ).numpy()
     return np.stack([clip, clip[::-1, :, ::-1]])
 
 
@@ -50,7 +52,9 @@ def _dims(path):
 @pytest.mark.parametrize("block", BLOCKS)
 def test_keras_saved_model_and_onnxruntime_agree(block, real_clips, tmp_path):
     """Folded exports with any T: SavedModel `logits` and onnxruntime both match the unfolded Keras model."""
-    model = _randomize(build_model(f"{block}_tiny", num_classes=5, num_frames=T, input_size=CROP), seed=len(block))
+    model = _randomize(
+        build_model(f"{block}_tiny", num_classes=5, num_frames=T, input_size=CROP), seed=len(block)
+    )
     version, _ = saved_model.export(model, tmp_path / "serving", num_frames=0, validate=False)
     output = tmp_path / "model.onnx"
     if block == "cost_a":
@@ -60,7 +64,9 @@ def test_keras_saved_model_and_onnxruntime_agree(block, real_clips, tmp_path):
     else:
         report = onnx_export.convert_saved_model(version, output, signature="logits")
         assert report["opset"] == onnx_export.DEFAULT_OPSET
-    assert report["max_relative_error"] < 1e-4 and report["num_frames"] is None and report["crop_size"] == CROP
+    assert (
+        report["max_relative_error"] < 1e-4 and report["num_frames"] is None and report["crop_size"] == CROP
+    )
     assert sorted(os.listdir(tmp_path)) == ["model.onnx", "serving"]  # no temporary file left
     assert _dims(output) == ["batch", "frames", CROP, CROP, 3]
     ops_used = collections.Counter(node.op_type for node in onnx.load(output).graph.node)
@@ -79,8 +85,12 @@ def test_keras_saved_model_and_onnxruntime_agree(block, real_clips, tmp_path):
     # Another clip length and batch size through the dynamic axes.
     longer = np.concatenate([real_clips, real_clips[:, :2]], axis=1)[:1]
     any_t = parity.with_input_shape(model, num_frames=0)[0]
-    assert parity.max_relative_error(onnx_export.run_onnxruntime(str(output), longer),
-                                     any_t(longer, training=False)) < 1e-4
+    assert (
+        parity.max_relative_error(
+            onnx_export.run_onnxruntime(str(output), longer), any_t(longer, training=False)
+        )
+        < 1e-4
+    )
 
 
 def test_dynamic_frames_only_where_the_model_allows():
@@ -124,10 +134,13 @@ class _Bessel(keras.layers.Layer):
         return x + tf.math.bessel_i0e(x)
 
 
-@pytest.mark.parametrize("layer, message", [
-    (_ScaledConv(name="scaled_conv"), r"tf2onnx crashed \(SIGABRT\).*Check failed.*MulConvPushDown"),
-    (_Bessel(name="odd_layer"), r"in layer\(s\) odd_layer: unsupported TF ops \['BesselI0e'\]"),
-])
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (_ScaledConv(name="scaled_conv"), r"tf2onnx crashed \(SIGABRT\).*Check failed.*MulConvPushDown"),
+        (_Bessel(name="odd_layer"), r"in layer\(s\) odd_layer: unsupported TF ops \['BesselI0e'\]"),
+    ],
+)
 def test_converter_failures_are_clear_errors(layer, message, tmp_path):
     inp = keras.Input((2, 8, 8, 3), name="clip")
     x = keras.layers.Conv3D(3, 1, name="conv")(inp)
@@ -146,4 +159,6 @@ def test_clip_length_fixed_or_any(tmp_path):
     assert fixed["num_frames"] == T and _dims(tmp_path / "fixed.onnx") == ["batch", T, CROP, CROP, 3]
     with pytest.raises(Exception, match=rf"index: 1 Got: {2 * T} Expected: {T}"):
         onnx_export.run_onnxruntime(str(tmp_path / "fixed.onnx"), parity.random_clip(1, 2 * T, CROP))
-    assert onnx_export.run_onnxruntime(str(tmp_path / "fixed.onnx"), parity.random_clip(1, T, CROP)).shape == (1, 5)
+    assert onnx_export.run_onnxruntime(
+        str(tmp_path / "fixed.onnx"), parity.random_clip(1, T, CROP)
+    ).shape == (1, 5)

@@ -28,8 +28,9 @@ def test_step_schedule_decays_at_the_first_step_of_each_lr_step_epoch():
 
 
 def test_step_schedule_with_linear_warmup():
-    schedule = optim.build_schedule(2.0, steps_per_epoch=10, epochs=4, schedule="step", lr_steps=(3,),
-                                    warmup_epochs=1)
+    schedule = optim.build_schedule(
+        2.0, steps_per_epoch=10, epochs=4, schedule="step", lr_steps=(3,), warmup_epochs=1
+    )
     for step in (0, 3, 5, 9, 10, 29, 30):
         ramp = min(optim.WARMUP_START + (1 - optim.WARMUP_START) * step / 10, 1.0)
         base = 2.0 if step < 30 else 0.2
@@ -61,12 +62,15 @@ def test_warmup_schedule_serialization_round_trip():
         assert _lr(restored, step) == pytest.approx(_lr(schedule, step), rel=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(schedule="linear"), "schedule must be one of"),
-    (dict(lr_steps=(3, 2)), "lr_steps"),
-    (dict(lr_steps=(6,)), "lr_steps"),
-    (dict(warmup_epochs=6), "warmup_epochs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(schedule="linear"), "schedule must be one of"),
+        (dict(lr_steps=(3, 2)), "lr_steps"),
+        (dict(lr_steps=(6,)), "lr_steps"),
+        (dict(warmup_epochs=6), "warmup_epochs"),
+    ],
+)
 def test_schedule_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.build_schedule(0.1, steps_per_epoch=10, epochs=6, **kwargs)
@@ -90,8 +94,16 @@ def test_only_kernels_are_decayed():
     decayed = sorted(v.path for v in model.trainable_variables if optimizer._use_weight_decay(v))
     assert decayed == ["conv/kernel", "cost_a/kernel", "cost_b/kernel", "logits/kernel"]
     not_decayed = sorted(v.path for v in model.trainable_variables if not optimizer._use_weight_decay(v))
-    assert not_decayed == ["bn/beta", "bn/gamma", "conv/bias", "cost_a/alpha", "cost_a/bias", "cost_b/view_dense",
-                           "cost_b/view_mix", "logits/bias"]
+    assert not_decayed == [
+        "bn/beta",
+        "bn/gamma",
+        "conv/bias",
+        "cost_a/alpha",
+        "cost_a/bias",
+        "cost_b/view_dense",
+        "cost_b/view_mix",
+        "logits/bias",
+    ]
 
 
 def test_zero_gradient_steps_change_only_kernels_by_coupled_decay():
@@ -141,8 +153,9 @@ def test_optimizer_rejects_keras_decoupled_decay_and_unbuilt_models():
 
 
 def test_optimizer_config_round_trip():
-    optimizer = optim.CoupledWeightDecaySGD(coupled_weight_decay=3e-4, learning_rate=0.2, momentum=0.9,
-                                            global_clipnorm=40.0)
+    optimizer = optim.CoupledWeightDecaySGD(
+        coupled_weight_decay=3e-4, learning_rate=0.2, momentum=0.9, global_clipnorm=40.0
+    )
     restored = optim.CoupledWeightDecaySGD.from_config(optimizer.get_config())
     assert restored.coupled_weight_decay == pytest.approx(3e-4)
     assert restored.momentum == pytest.approx(0.9)

@@ -50,7 +50,10 @@ def test_archs_lists_every_block_and_depth():
     assert len(ARCHS) == 18
     # Every name build_model accepts: the ResNets and S3D-G.
     assert resnet.ARCHS == ARCHS + ("s3dg", "s3dg_tiny")
-    assert resnet.parse_arch("s3dg") == ("s3dg", "full") and resnet.parse_arch("s3dg_tiny") == ("s3dg", "tiny")
+    assert resnet.parse_arch("s3dg") == ("s3dg", "full") and resnet.parse_arch("s3dg_tiny") == (
+        "s3dg",
+        "tiny",
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -89,7 +92,9 @@ def test_parameter_arithmetic(depth):
 
 def test_c2d_r50_mirrors_keras_applications_layer_for_layer():
     video = build_model("c2d_r50", num_classes=None, num_frames=2, input_size=64)
-    image = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3), pooling="avg")
+    image = keras.applications.ResNet50(
+        weights=None, include_top=False, input_shape=(64, 64, 3), pooling="avg"
+    )
     assert video.count_params() == image.count_params() == 23587712
     assert tuple(video.output.shape) == (None, 2048)
     names = [layer.name for layer in image.layers[1:]]
@@ -220,8 +225,12 @@ def test_bad_arguments(kwargs, match):
 
 @pytest.mark.parametrize(
     "kernel, strides, padding, shape",
-    [((1, 7, 7), (1, 2, 2), "valid", (2, 3, 21, 19, 3)), ((1, 3, 3), 1, "same", (1, 4, 9, 9, 5)),
-     ((1, 1, 1), (1, 2, 2), "same", (2, 2, 7, 8, 4)), ((3, 1, 1), 1, "same", (1, 5, 4, 4, 3))],
+    [
+        ((1, 7, 7), (1, 2, 2), "valid", (2, 3, 21, 19, 3)),
+        ((1, 3, 3), 1, "same", (1, 4, 9, 9, 5)),
+        ((1, 1, 1), (1, 2, 2), "same", (2, 2, 7, 8, 4)),
+        ((3, 1, 1), 1, "same", (1, 5, 4, 4, 3)),
+    ],
 )
 def test_framewise_conv_equals_conv3d(kernel, strides, padding, shape):
     rng = np.random.default_rng(2)
@@ -243,8 +252,11 @@ def test_framewise_conv_equals_conv3d(kernel, strides, padding, shape):
 
 @pytest.mark.parametrize(
     "pool, strides, padding, shape",
-    [((1, 3, 3), (1, 2, 2), "valid", (2, 3, 15, 14, 4)), ((1, 2, 2), None, "same", (1, 4, 9, 9, 3)),
-     ((2, 3, 3), (2, 2, 2), "valid", (1, 6, 9, 9, 2))],
+    [
+        ((1, 3, 3), (1, 2, 2), "valid", (2, 3, 15, 14, 4)),
+        ((1, 2, 2), None, "same", (1, 4, 9, 9, 3)),
+        ((2, 3, 3), (2, 2, 2), "valid", (1, 6, 9, 9, 2)),
+    ],
 )
 def test_framewise_max_pool_equals_max_pool3d(pool, strides, padding, shape):
     x = np.random.default_rng(3).normal(size=shape).astype("float32")
@@ -313,8 +325,11 @@ def test_one_fit_step_of_every_tiny_arch(block):
     model = build_model(f"{block}_tiny", num_classes=5, num_frames=4, input_size=32, dropout=0.0)
     # Compiled (traced) train step for the CoST archs; the baselines are stock Keras layers, so eager
     # (4x less CPU than tracing) is enough for them. tests/test_train.py fits c2d_tiny compiled.
-    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  run_eagerly=not block.startswith("cost"))
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=not block.startswith("cost"),
+    )
     rng = np.random.default_rng(4)
     x = rng.normal(size=(4, 4, 32, 32, 3)).astype("float32")
     y = np.arange(4) % 5
@@ -329,6 +344,7 @@ def test_one_fit_step_of_every_tiny_arch(block):
 
 
 # ---- style="pytorch": the authors' ResNet3d layout -------------------------------------------------------------
+
 
 def ref_conv_symmetric(x, kernel, bias, stride):
     """1x3x3 conv, spatial stride `stride`, (1, 1) zero padding on H and W, by explicit tap sums (float64)."""
@@ -351,7 +367,9 @@ def test_pytorch_style_has_keras_style_parameters_and_shapes(block):
     names = {layer.name for layer in torch_style.layers}
     for layer in keras_style.layers:
         if layer.name.endswith("_out") or layer.name in ("pool1_pool", "avg_pool", "logits"):
-            assert tuple(torch_style.get_layer(layer.name).output.shape) == tuple(layer.output.shape), layer.name
+            assert tuple(torch_style.get_layer(layer.name).output.shape) == tuple(layer.output.shape), (
+                layer.name
+            )
     for s in (3, 4, 5):  # the strided first block of a stage: stride moved from the 1x1 conv to the 3x3 one
         prefix = f"conv{s}_block1"
         conv1, conv2 = torch_style.get_layer(prefix + "_1_conv"), torch_style.get_layer(prefix + "_2_conv")
@@ -373,10 +391,15 @@ def test_pytorch_style_strided_conv_pads_symmetrically():
     model = build_model("c2d_tiny", num_classes=3, num_frames=2, input_size=32, style="pytorch")
     rng = np.random.default_rng(5)
     for w in model.weights:
-        w.assign(rng.normal(0, 0.5, w.shape).astype("float32") if "moving_variance" not in w.path
-                 else rng.uniform(0.5, 2.0, w.shape).astype("float32"))
-    probe = keras.Model(model.input, [model.get_layer("conv3_block1_1_relu").output,
-                                      model.get_layer("conv3_block1_2_conv").output])
+        w.assign(
+            rng.normal(0, 0.5, w.shape).astype("float32")
+            if "moving_variance" not in w.path
+            else rng.uniform(0.5, 2.0, w.shape).astype("float32")
+        )
+    probe = keras.Model(
+        model.input,
+        [model.get_layer("conv3_block1_1_relu").output, model.get_layer("conv3_block1_2_conv").output],
+    )
     x, y = (np.asarray(t) for t in probe(rng.normal(size=(2, 2, 32, 32, 3)).astype("float32")))
     assert x.shape[2:4] == (8, 8)  # an even size at stride 2: where TF 'SAME' pads (0, 1)
     conv = model.get_layer("conv3_block1_2_conv")
@@ -389,7 +412,9 @@ def test_pytorch_style_strided_conv_pads_symmetrically():
 
 
 def test_pytorch_style_round_trip(tmp_path):
-    model = build_model("cost_b_tiny", num_classes=4, num_frames=4, input_size=32, dropout=0.0, style="pytorch")
+    model = build_model(
+        "cost_b_tiny", num_classes=4, num_frames=4, input_size=32, dropout=0.0, style="pytorch"
+    )
     x = np.random.default_rng(6).normal(size=(2, 4, 32, 32, 3)).astype("float32")
     path = str(tmp_path / "torch_style.keras")
     model.save(path)
@@ -398,10 +423,13 @@ def test_pytorch_style_round_trip(tmp_path):
     np.testing.assert_allclose(np.asarray(restored(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"arch": "c2d_tiny", "style": "caffe"}, "Received: style='caffe'"),
-    ({"arch": "s3dg_tiny", "style": "pytorch"}, "ResNet archs only.*Received: style='pytorch'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"arch": "c2d_tiny", "style": "caffe"}, "Received: style='caffe'"),
+        ({"arch": "s3dg_tiny", "style": "pytorch"}, "ResNet archs only.*Received: style='pytorch'"),
+    ],
+)
 def test_bad_style(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model(**kwargs)

@@ -28,8 +28,12 @@ TABLE = (
     ("Mixed_5b", (256, 160, 320, 32, 128, 128), (8, 7)),
     ("Mixed_5c", (384, 192, 384, 48, 128, 128), (8, 7)),
 )
-BRANCH_OUTPUTS = ("Branch_0_Conv2d_0a_1x1", "Branch_1_Conv2d_0b_3x3", "Branch_2_Conv2d_0b_3x3",
-                  "Branch_3_Conv2d_0b_1x1")
+BRANCH_OUTPUTS = (
+    "Branch_0_Conv2d_0a_1x1",
+    "Branch_1_Conv2d_0b_3x3",
+    "Branch_2_Conv2d_0b_3x3",
+    "Branch_3_Conv2d_0b_1x1",
+)
 
 
 def _randomize(model, seed):
@@ -54,18 +58,31 @@ def tiny():
 
 # ---- structure -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("frames", [8, 16, 32, 64])
 def test_shapes(frames):
     model = build_model("s3dg", num_classes=400, num_frames=frames, input_size=32)
     assert model.name == "s3dg" and tuple(model.input.shape) == (None, frames, 32, 32, 3)
     t2, t4, t8 = frames // 2, frames // 4, frames // 8  # stem, MaxPool_4a and MaxPool_5a halve T
     expected = {
-        "Conv2d_1a_7x7_relu": (t2, 16, 16, 64), "MaxPool_2a_3x3": (t2, 8, 8, 64), "Conv2d_2b_1x1_relu": (t2, 8, 8, 64),
-        "Conv2d_2c_3x3_self_gating": (t2, 8, 8, 192), "MaxPool_3a_3x3": (t2, 4, 4, 192),
-        "Mixed_3b": (t2, 4, 4, 256), "Mixed_3c": (t2, 4, 4, 480), "MaxPool_4a_3x3": (t4, 2, 2, 480),
-        "Mixed_4b": (t4, 2, 2, 512), "Mixed_4c": (t4, 2, 2, 512), "Mixed_4d": (t4, 2, 2, 512),
-        "Mixed_4e": (t4, 2, 2, 528), "Mixed_4f": (t4, 2, 2, 832), "MaxPool_5a_2x2": (t8, 1, 1, 832),
-        "Mixed_5b": (t8, 1, 1, 832), "Mixed_5c": (t8, 1, 1, 1024), "avg_pool": (1024,), "logits": (400,),
+        "Conv2d_1a_7x7_relu": (t2, 16, 16, 64),
+        "MaxPool_2a_3x3": (t2, 8, 8, 64),
+        "Conv2d_2b_1x1_relu": (t2, 8, 8, 64),
+        "Conv2d_2c_3x3_self_gating": (t2, 8, 8, 192),
+        "MaxPool_3a_3x3": (t2, 4, 4, 192),
+        "Mixed_3b": (t2, 4, 4, 256),
+        "Mixed_3c": (t2, 4, 4, 480),
+        "MaxPool_4a_3x3": (t4, 2, 2, 480),
+        "Mixed_4b": (t4, 2, 2, 512),
+        "Mixed_4c": (t4, 2, 2, 512),
+        "Mixed_4d": (t4, 2, 2, 512),
+        "Mixed_4e": (t4, 2, 2, 528),
+        "Mixed_4f": (t4, 2, 2, 832),
+        "MaxPool_5a_2x2": (t8, 1, 1, 832),
+        "Mixed_5b": (t8, 1, 1, 832),
+        "Mixed_5c": (t8, 1, 1, 1024),
+        "avg_pool": (1024,),
+        "logits": (400,),
     }
     for name, shape in expected.items():
         assert tuple(model.get_layer(name).output.shape) == (None,) + shape, name
@@ -83,9 +100,13 @@ def test_separable_after_the_stem_and_the_reference_layers():
     stem = model.get_layer("Conv2d_1a_7x7")
     assert convs[0] is stem and stem.kernel_size == (3, 7, 7) and stem.strides == (2, 2, 2)
     assert build_s3dg(num_frames=16, input_size=32, stem_temporal_kernel=7).get_layer(
-        "Conv2d_1a_7x7").kernel_size == (7, 7, 7)
+        "Conv2d_1a_7x7"
+    ).kernel_size == (7, 7, 7)
     for layer in convs[1:]:  # no conv after the stem extends over both time and space
-        assert not (layer.kernel_size[0] > 1 and max(layer.kernel_size[1:]) > 1), (layer.name, layer.kernel_size)
+        assert not (layer.kernel_size[0] > 1 and max(layer.kernel_size[1:]) > 1), (
+            layer.name,
+            layer.kernel_size,
+        )
     temporal = [layer for layer in convs if layer.kernel_size == (3, 1, 1)]
     spatial = [layer for layer in convs if layer.kernel_size == (1, 3, 3)]
     assert len(temporal) == len(spatial) == 1 + 2 * len(TABLE)  # Conv2d_2c and two branches per block
@@ -100,9 +121,16 @@ def test_separable_after_the_stem_and_the_reference_layers():
     # BatchNorm as slim's under s3dg_arg_scope: centre only, decay 0.999, epsilon 1e-3.
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(not b.scale and b.center and b.momentum == 0.999 and b.epsilon == 1e-3 for b in bns)
-    pools = {n: model.get_layer(n) for n in ("MaxPool_2a_3x3", "MaxPool_3a_3x3", "MaxPool_4a_3x3", "MaxPool_5a_2x2")}
+    pools = {
+        n: model.get_layer(n)
+        for n in ("MaxPool_2a_3x3", "MaxPool_3a_3x3", "MaxPool_4a_3x3", "MaxPool_5a_2x2")
+    }
     assert [(p.pool_size, p.strides) for p in pools.values()] == [
-        ((1, 3, 3), (1, 2, 2)), ((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2))]
+        ((1, 3, 3), (1, 2, 2)),
+        ((1, 3, 3), (1, 2, 2)),
+        ((3, 3, 3), (2, 2, 2)),
+        ((2, 2, 2), (2, 2, 2)),
+    ]
     assert model.get_layer("Mixed_4c_Branch_3_MaxPool_0a_3x3").pool_size == (3, 3, 3)
     # Gating on Conv2d_2c and on every branch output: a C x C 1x1x1 conv without bias, then a sigmoid.
     gated = ["Conv2d_2c_3x3"] + [f"{name}_{b}" for name, _, _ in TABLE for b in BRANCH_OUTPUTS]
@@ -121,12 +149,15 @@ def test_initialisation():
     np.testing.assert_array_equal(kernel, eye)  # the identity in time
     assert not np.any(np.asarray(temporal.bias))
     big = np.asarray(model.get_layer("Mixed_5c_Branch_1_Conv2d_0b_3x3").kernel)
-    assert big.size > 30000 and np.abs(big).max() <= 0.02 and 0.008 < big.std() < 0.0095  # N(0, .01) cut at 2 std
+    assert (
+        big.size > 30000 and np.abs(big).max() <= 0.02 and 0.008 < big.std() < 0.0095
+    )  # N(0, .01) cut at 2 std
     with pytest.raises(ValueError, match=r"Received: shape=\(3, 1, 1, 4, 5\)"):
         TemporalIdentity()((3, 1, 1, 4, 5))
 
 
 # ---- numerics ------------------------------------------------------------------------------------------------
+
 
 def _np_conv(x, kernel, bias=None):
     """Stride-1 TF 'SAME' 3D convolution (odd kernel) by explicit tap sums, float64."""
@@ -137,7 +168,7 @@ def _np_conv(x, kernel, bias=None):
     for a in range(kt):
         for b in range(kh):
             for c in range(kw):
-                out += xp[:, a:a + t, b:b + h, c:c + w] @ kernel[a, b, c]
+                out += xp[:, a : a + t, b : b + h, c : c + w] @ kernel[a, b, c]
     return out if bias is None else out + bias
 
 
@@ -145,7 +176,7 @@ def _np_max_pool_same(x):
     """3x3x3 stride-1 'SAME' max-pool (padding never wins)."""
     xp = np.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
     t, h, w = x.shape[1:4]
-    windows = [xp[:, a:a + t, b:b + h, c:c + w] for a in range(3) for b in range(3) for c in range(3)]
+    windows = [xp[:, a : a + t, b : b + h, c : c + w] for a in range(3) for b in range(3) for c in range(3)]
     return np.max(windows, axis=0)
 
 
@@ -167,9 +198,15 @@ def _np_gate(model, x, name):
 
 def test_gating_and_an_inception_block_match_numpy(tiny):
     """Mixed_4b (inference mode) from its input by an independent NumPy forward: every branch, gate, concat."""
-    probe = keras.Model(tiny.input, [tiny.get_layer("MaxPool_4a_3x3").output, tiny.get_layer("Mixed_4b").output,
-                                     tiny.get_layer("Mixed_4b_Branch_1_Conv2d_0b_3x3_temporal_relu").output,
-                                     tiny.get_layer("Mixed_4b_Branch_1_Conv2d_0b_3x3_self_gating").output])
+    probe = keras.Model(
+        tiny.input,
+        [
+            tiny.get_layer("MaxPool_4a_3x3").output,
+            tiny.get_layer("Mixed_4b").output,
+            tiny.get_layer("Mixed_4b_Branch_1_Conv2d_0b_3x3_temporal_relu").output,
+            tiny.get_layer("Mixed_4b_Branch_1_Conv2d_0b_3x3_self_gating").output,
+        ],
+    )
     clip = np.random.default_rng(2).normal(size=(2, 8, 64, 64, 3)).astype("float32")
     x, block, ungated, gated = (np.asarray(t, np.float64) for t in probe(clip, training=False))
     assert x.shape == (2, 2, 4, 4, 120) and block.shape == (2, 2, 4, 4, 132)
@@ -198,9 +235,11 @@ def test_gating_and_an_inception_block_match_numpy(tiny):
 
 # ---- size and cost -------------------------------------------------------------------------------------------
 
+
 def _expected_params(num_classes, k=3, multiplier=1.0, min_depth=16):
     """Parameters from the widths table: conv kernels, BatchNorm (beta + moving mean/variance: 3 per channel),
     temporal kernels + biases, C x C gates, the classifier."""
+
     def d(w):
         return max(int(w * multiplier), min_depth)
 
@@ -237,26 +276,38 @@ def _expected_macs(num_classes, k):
 
 @pytest.mark.parametrize("k", [3, 7])
 def test_parameters_and_macs_at_64x224(k):
-    model = build_s3dg(num_classes=400, num_frames=64, input_size=224, stem_temporal_kernel=k)  # built, never run
+    model = build_s3dg(
+        num_classes=400, num_frames=64, input_size=224, stem_temporal_kernel=k
+    )  # built, never run
     params, features = _expected_params(400, k=k)
     assert features == 1024 and model.count_params() == params
     assert count_macs(model) == _expected_macs(400, k)
     # The figures in docs/MODELS.md.
-    assert (model.count_params(), count_macs(model)) == {3: (9533408, 64182352640), 7: (9571040, 79288138496)}[k]
+    assert (model.count_params(), count_macs(model)) == {
+        3: (9533408, 64182352640),
+        7: (9571040, 79288138496),
+    }[k]
 
 
 def test_tiny_parameters_and_features():
     model = build_model("s3dg_tiny", num_classes=8, num_frames=8, input_size=32)
     params, features = _expected_params(8, multiplier=0.25)
     assert model.name == "s3dg_tiny" and model.count_params() == params and features == 256
-    assert tuple(build_model("s3dg_tiny", num_classes=None, num_frames=8, input_size=32).output.shape) == (None, 256)
+    assert tuple(build_model("s3dg_tiny", num_classes=None, num_frames=8, input_size=32).output.shape) == (
+        None,
+        256,
+    )
 
 
 def test_head_and_defaults():
     model = build_model("s3dg_tiny", num_classes=5, num_frames=8, input_size=32)
     assert model.get_layer("dropout").rate == 0.2  # the reference's keep probability 0.8
-    assert build_model("s3dg_tiny", num_classes=5, num_frames=8, input_size=32, dropout=0.5).get_layer(
-        "dropout").rate == 0.5
+    assert (
+        build_model("s3dg_tiny", num_classes=5, num_frames=8, input_size=32, dropout=0.5)
+        .get_layer("dropout")
+        .rate
+        == 0.5
+    )
     logits = model.get_layer("logits")
     assert logits.units == 5 and logits.dtype_policy.name == "float32" and logits.use_bias
     assert isinstance(model.get_layer("avg_pool"), keras.layers.GlobalAveragePooling3D)
@@ -270,20 +321,24 @@ def test_unknown_batch_frames_and_size():
         assert tuple(model(rng.normal(size=shape).astype("float32")).shape) == (shape[0], 7)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"stem_temporal_kernel": 4}, "Received: stem_temporal_kernel=4"),
-    ({"depth_multiplier": 0}, "Received: depth_multiplier=0"),
-    ({"min_depth": 0}, "Received: min_depth=0"),
-    ({"num_classes": 0}, "Received: num_classes=0"),
-    ({"num_frames": 0}, "Received: num_frames=0"),
-    ({"dropout": 1.0}, "Received: dropout=1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"stem_temporal_kernel": 4}, "Received: stem_temporal_kernel=4"),
+        ({"depth_multiplier": 0}, "Received: depth_multiplier=0"),
+        ({"min_depth": 0}, "Received: min_depth=0"),
+        ({"num_classes": 0}, "Received: num_classes=0"),
+        ({"num_frames": 0}, "Received: num_frames=0"),
+        ({"dropout": 1.0}, "Received: dropout=1.0"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_s3dg(**kwargs)
 
 
 # ---- serialisation, training, export ---------------------------------------------------------------------------
+
 
 def test_keras_round_trip(tiny, tmp_path):
     x = np.random.default_rng(4).normal(size=(2, 8, 64, 64, 3)).astype("float32")
@@ -298,8 +353,11 @@ def test_keras_round_trip(tiny, tmp_path):
 def test_one_fit_step():
     model = build_model("s3dg_tiny", num_classes=5, num_frames=8, input_size=32, dropout=0.0)
     # Eager: stock Keras layers only, and tracing ~400 layers costs more CPU than the step (export traces it).
-    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  run_eagerly=True)
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=True,
+    )
     rng = np.random.default_rng(5)
     x = rng.normal(size=(4, 8, 32, 32, 3)).astype("float32")
     y = np.arange(4) % 5
@@ -317,24 +375,33 @@ def test_train_accepts_s3dg_and_refuses_imagenet_weights(tmp_path):
     assert resolved.arch == "s3dg_tiny"
     # The architecture's own dropout unless --dropout is given: the reference's 0.2, ResNets' 0.5.
     assert train.compile_model(resolved, 8, 10).get_layer("dropout").rate == 0.2
-    resnet = train.resolve_config(train.TrainConfig(model_dir=str(tmp_path), dataset="synthetic", arch="c2d_tiny"))
+    resnet = train.resolve_config(
+        train.TrainConfig(model_dir=str(tmp_path), dataset="synthetic", arch="c2d_tiny")
+    )
     assert train.compile_model(resnet, 8, 10).get_layer("dropout").rate == 0.5
-    chosen = train.resolve_config(train.TrainConfig(model_dir=str(tmp_path), dataset="synthetic", arch="s3dg_tiny",
-                                                    dropout=0.3))
+    chosen = train.resolve_config(
+        train.TrainConfig(model_dir=str(tmp_path), dataset="synthetic", arch="s3dg_tiny", dropout=0.3)
+    )
     assert train.compile_model(chosen, 8, 10).get_layer("dropout").rate == 0.3
     weights = tmp_path / "resnet50.weights.h5"
     weights.write_bytes(b"not read")
     for arch in ("s3dg", "s3dg_tiny"):
-        bad = train.TrainConfig(model_dir=str(tmp_path), dataset="synthetic", arch=arch,
-                                imagenet_weights=str(weights))
-        with pytest.raises(ValueError, match=r"--imagenet_weights: .*S3D-G.*no Inception-v1.*Received: "
-                                             r"imagenet_weights="):
+        bad = train.TrainConfig(
+            model_dir=str(tmp_path), dataset="synthetic", arch=arch, imagenet_weights=str(weights)
+        )
+        with pytest.raises(
+            ValueError,
+            match=r"--imagenet_weights: .*S3D-G.*no Inception-v1.*Received: "
+            r"imagenet_weights=",
+        ):
             train.resolve_config(bad)
 
 
 def test_saved_model_and_onnx_parity(tiny, tmp_path):
     """Folded (BatchNorm into the convs) exports with any T: served logits and onnxruntime match Keras."""
-    version, report = saved_model.export(tiny, tmp_path / "serving", num_frames=0)  # validated before publishing
+    version, report = saved_model.export(
+        tiny, tmp_path / "serving", num_frames=0
+    )  # validated before publishing
     assert report["max_relative_error"] < 1e-4 and report["num_frames"] is None
     output = tmp_path / "s3dg.onnx"
     onnx_report = onnx_export.export(tiny, output)
@@ -364,8 +431,9 @@ def test_tflite_parity_with_builtin_ops_only(tiny, tmp_path):
     ops_used = report["ops"][tflite.CLIP_KEY]
     assert not {op for op in ops_used if "3D" in op or "FLEX" in op.upper()}, ops_used
     assert ops_used["LOGISTIC"] == 37  # one sigmoid per gate
-    interpreter = tf.lite.Interpreter(model_path=str(output),
-                                      experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    interpreter = tf.lite.Interpreter(
+        model_path=str(output), experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF
+    )
     clip = np.random.default_rng(11).normal(size=(1, 8, 64, 64, 3)).astype("float32")
     served = interpreter.get_signature_runner(tflite.CLIP_KEY)(clip=clip)
     (logits,) = served.values()

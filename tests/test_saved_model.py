@@ -30,7 +30,11 @@ def _run(args, **kwargs):
 
 def _saved_model_cli():
     script = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    return (
+        [script]
+        if os.path.exists(script)
+        else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    )
 
 
 def _bikes(num_frames):
@@ -43,10 +47,12 @@ def _reference_clip(frames):
     """Independent eval preprocessing: short side 37 (= round(32 * 8 / 7)), centre crop 32, normalise."""
     height, width = frames.shape[1:3]
     short = 37
-    size = (short, round(width * short / height)) if height <= width else (round(height * short / width), short)
+    size = (
+        (short, round(width * short / height)) if height <= width else (round(height * short / width), short)
+    )
     resized = tf.image.resize(frames.astype(np.float32), size, method="bilinear").numpy()
     y, x = (size[0] - CROP) // 2, (size[1] - CROP) // 2
-    return ((resized[:, y:y + CROP, x:x + CROP] / 255.0 - MEAN) / STD).astype(np.float32)
+    return ((resized[:, y : y + CROP, x : x + CROP] / 255.0 - MEAN) / STD).astype(np.float32)
 
 
 def _randomize(model, seed=0):
@@ -68,8 +74,16 @@ def served(tmp_path_factory):
     model = _randomize(build_model("cost_a_tiny", num_classes=len(NAMES), num_frames=T, input_size=CROP))
     model.save(root / "model.keras")
     (root / "classes.txt").write_text("\n".join(NAMES) + "\n")
-    result = _run([sys.executable, "-m", "export.saved_model", f"--model={root / 'model.keras'}",
-                   f"--export_dir={root / 'serving'}", f"--classes={root / 'classes.txt'}"])
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "export.saved_model",
+            f"--model={root / 'model.keras'}",
+            f"--export_dir={root / 'serving'}",
+            f"--classes={root / 'classes.txt'}",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"Exported .*serving/1 \(folded=True, T=4, crop=32, classes=7", result.stdout)
     return root, model, tf.saved_model.load(str(root / "serving" / "1"))
@@ -102,7 +116,10 @@ def test_serving_default_on_raw_frames(served, clips, name):
     frames = clips[name.split("_")[0]]
     if name.endswith("portrait"):
         frames = np.ascontiguousarray(frames.transpose(0, 2, 1, 3))  # 176 x 144: the short side is the width
-    out = {k: v.numpy() for k, v in loaded.signatures["serving_default"](frames=tf.constant(frames[None])).items()}
+    out = {
+        k: v.numpy()
+        for k, v in loaded.signatures["serving_default"](frames=tf.constant(frames[None])).items()
+    }
     logits = np.asarray(model(_reference_clip(frames)[None], training=False), np.float64)
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     probabilities = out["probabilities"]
@@ -131,7 +148,9 @@ def test_versions_are_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match="Version 1 already exists"):
         saved_model.export(model, tmp_path, version=1, validate=False)
     assert (tmp_path / "1" / "saved_model.pb").read_bytes() == before
-    assert saved_model.export(model, tmp_path, version=7, fold=False, validate=False)[0] == str(tmp_path / "7")
+    assert saved_model.export(model, tmp_path, version=7, fold=False, validate=False)[0] == str(
+        tmp_path / "7"
+    )
     assert saved_model.export(model, tmp_path, fold=False, validate=False)[0] == str(tmp_path / "8")
     assert saved_model.versions(tmp_path) == [1, 7, 8]
     with pytest.raises(ValueError, match="version must be a positive int"):
@@ -191,9 +210,22 @@ def test_saved_model_cli_show_and_run(served, clips, tmp_path):
 
     frames = clips["bikes"][None]
     np.save(tmp_path / "frames.npy", frames)
-    run = _run(_saved_model_cli() + ["run", "--dir", version, "--tag_set", "serve", "--signature_def",
-                                     "serving_default", "--inputs", f"frames={tmp_path / 'frames.npy'}",
-                                     "--outdir", str(tmp_path / "out")])
+    run = _run(
+        _saved_model_cli()
+        + [
+            "run",
+            "--dir",
+            version,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"frames={tmp_path / 'frames.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     probabilities = np.load(tmp_path / "out" / "probabilities.npy")
     assert probabilities.shape == (1, 7) and abs(float(probabilities.sum()) - 1.0) < 1e-5
@@ -207,8 +239,15 @@ def test_saved_model_cli_show_and_run(served, clips, tmp_path):
 def test_command_line_rejects_a_corrupt_model(tmp_path):
     corrupt = tmp_path / "model.keras"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
-    result = _run([sys.executable, "-m", "export.saved_model", f"--model={corrupt}",
-                   f"--export_dir={tmp_path / 'serving'}"])
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "export.saved_model",
+            f"--model={corrupt}",
+            f"--export_dir={tmp_path / 'serving'}",
+        ]
+    )
     assert result.returncode == 1
     assert f"export.saved_model: error: --model: cannot load the Keras model {corrupt}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -230,11 +269,15 @@ def test_wrong_clip_length_fails_before_the_model_runs(served, clips):
     root, _, _ = served
     version = str(root / "serving" / "1")
     longer = np.concatenate([clips["carphone"], clips["carphone"]])[None]  # T = 8 for a T = 4 export
-    for signature, key, value in (("serving_default", "frames", longer),
-                                  ("logits", "clip", parity.random_clip(1, 2 * T, CROP))):
-        with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=rf"{signature} input {key}: this model takes clips of T={T} frames.*"
-                                 rf"received T=\] \[{2 * T}\]"):
+    for signature, key, value in (
+        ("serving_default", "frames", longer),
+        ("logits", "clip", parity.random_clip(1, 2 * T, CROP)),
+    ):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=rf"{signature} input {key}: this model takes clips of T={T} frames.*"
+            rf"received T=\] \[{2 * T}\]",
+        ):
             _feed_unchecked(version, signature, key, value)
     # The right T (any batch, an empty one included) passes the check.
     for batch in (2, 0):

@@ -26,7 +26,7 @@ def raw_clips():
     carphone = video_clips.source_frames(T)
     bikes = _bikes(T)
     y, x = (bikes.shape[1] - 144) // 2, (bikes.shape[2] - 176) // 2
-    bikes = np.ascontiguousarray(bikes[:, y:y + 144, x:x + 176])
+    bikes = np.ascontiguousarray(bikes[:, y : y + 144, x : x + 176])
     return [c[None] for c in (carphone, bikes, np.ascontiguousarray(carphone[::-1, :, ::-1]))]
 
 
@@ -37,8 +37,9 @@ def _model(block, seed):
 
 def _interpreter(path):
     """A fresh stock interpreter with the reference kernels only: no XNNPACK, no Flex, nothing but builtins."""
-    return tf.lite.Interpreter(model_path=str(path),
-                               experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    return tf.lite.Interpreter(
+        model_path=str(path), experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF
+    )
 
 
 @pytest.mark.parametrize("block", BLOCKS)
@@ -101,9 +102,13 @@ def test_wrong_clip_length_is_a_clear_error(tmp_path):
         tflite.run_signature(interpreter, np.zeros((1, T, 37, 37, 3), np.float32), tflite.FRAMES_KEY)
     # The stock signature runner resizes its input to whatever it gets; the static graph then fails to
     # prepare (before anything runs) with a message that names neither T: hence run_signature.
-    for resolver in (tf.lite.experimental.OpResolverType.AUTO, tf.lite.experimental.OpResolverType.BUILTIN_REF):
-        runner = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"), experimental_op_resolver_type=resolver
-                                     ).get_signature_runner(tflite.CLIP_KEY)
+    for resolver in (
+        tf.lite.experimental.OpResolverType.AUTO,
+        tf.lite.experimental.OpResolverType.BUILTIN_REF,
+    ):
+        runner = tf.lite.Interpreter(
+            model_path=str(tmp_path / "m.tflite"), experimental_op_resolver_type=resolver
+        ).get_signature_runner(tflite.CLIP_KEY)
         with pytest.raises(RuntimeError, match="failed to prepare"):
             runner(clip=longer)
 
@@ -116,25 +121,32 @@ def test_frame_conv3d_and_pool_match_keras():
     plus = rng.standard_normal((3, 3, 3, 3, 4)).astype(np.float32)
     plus[0, [0, 0, 2, 2], [0, 2, 0, 2]] = 0  # CoST(a)'s merged kernel: corners of the outer frames are zero
     plus[2, [0, 0, 2, 2], [0, 2, 0, 2]] = 0
-    cases = [((3, 3, 3), (1, 1, 1), (1, 1, 1), "same", plus),
-             ((3, 3, 3), (2, 2, 1), (1, 1, 1), "same", plus),
-             ((3, 3, 3), (1, 1, 1), (1, 1, 1), "valid", plus),
-             ((3, 1, 1), (1, 1, 1), (1, 1, 1), "same", None),
-             ((3, 3, 3), (1, 1, 1), (2, 1, 2), "same", None),
-             ((1, 7, 7), (1, 2, 2), (1, 1, 1), "valid", None),
-             ((2, 3, 1), (2, 1, 2), (1, 1, 1), "same", None)]
+    cases = [
+        ((3, 3, 3), (1, 1, 1), (1, 1, 1), "same", plus),
+        ((3, 3, 3), (2, 2, 1), (1, 1, 1), "same", plus),
+        ((3, 3, 3), (1, 1, 1), (1, 1, 1), "valid", plus),
+        ((3, 1, 1), (1, 1, 1), (1, 1, 1), "same", None),
+        ((3, 3, 3), (1, 1, 1), (2, 1, 2), "same", None),
+        ((1, 7, 7), (1, 2, 2), (1, 1, 1), "valid", None),
+        ((2, 3, 1), (2, 1, 2), (1, 1, 1), "same", None),
+    ]
     for kernel_size, strides, dilation, padding, kernel in cases:
         conv = keras.layers.Conv3D(4, kernel_size, strides=strides, dilation_rate=dilation, padding=padding)
         conv.build(x.shape)
         if kernel is not None:
             conv.kernel.assign(kernel)
         conv.bias.assign(rng.standard_normal(4).astype(np.float32))
-        got = tflite.frame_conv3d(x, np.asarray(conv.kernel), np.asarray(conv.bias), strides, dilation, padding)
+        got = tflite.frame_conv3d(
+            x, np.asarray(conv.kernel), np.asarray(conv.bias), strides, dilation, padding
+        )
         np.testing.assert_allclose(got, conv(x), rtol=1e-5, atol=1e-5, err_msg=str((kernel_size, strides)))
     parts = tflite._tap_parts(plus[0])
     assert [p.shape[:2] for _, _, p in parts] == [(1, 3), (3, 1)]
-    for pool, strides, padding in [((1, 3, 3), (1, 2, 2), "valid"), ((2, 3, 3), (2, 2, 2), "valid"),
-                                   ((3, 2, 2), (2, 1, 2), "same")]:
+    for pool, strides, padding in [
+        ((1, 3, 3), (1, 2, 2), "valid"),
+        ((2, 3, 3), (2, 2, 2), "valid"),
+        ((3, 2, 2), (2, 1, 2), "same"),
+    ]:
         expected = keras.layers.MaxPooling3D(pool, strides=strides, padding=padding)(x)
         np.testing.assert_array_equal(tflite.frame_max_pool3d(x, pool, strides, padding), expected)
 
@@ -184,17 +196,41 @@ def test_command_line(tmp_path):
     model = _model("cost_a", seed=4)
     model.save(tmp_path / "model.keras")
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-m", "export.tflite", f"--model={tmp_path / 'model.keras'}",
-                             f"--output={tmp_path / 'm.tflite'}", "--quantize=float16", "--frame_size=144x176"],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.tflite",
+            f"--model={tmp_path / 'model.keras'}",
+            f"--output={tmp_path / 'm.tflite'}",
+            "--quantize=float16",
+            "--frame_size=144x176",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "quantize=float16, T=4, crop=32, frames 144x176, batch 1" in result.stdout
     assert sorted(os.listdir(tmp_path)) == ["m.tflite", "model.keras"]
     interpreter = _interpreter(tmp_path / "m.tflite")
-    assert interpreter.get_signature_runner(tflite.FRAMES_KEY).get_input_details()["frames"]["shape"].tolist() \
-        == [1, T, 144, 176, 3]
-    bad = subprocess.run([sys.executable, "-m", "export.tflite", f"--model={tmp_path / 'model.keras'}",
-                          f"--output={tmp_path / 'x.tflite'}", "--frame_size=144"],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert interpreter.get_signature_runner(tflite.FRAMES_KEY).get_input_details()["frames"][
+        "shape"
+    ].tolist() == [1, T, 144, 176, 3]
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.tflite",
+            f"--model={tmp_path / 'model.keras'}",
+            f"--output={tmp_path / 'x.tflite'}",
+            "--frame_size=144",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "export.tflite: error: --frame_size must be HxW" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -15,11 +15,11 @@ def test_shard_names():
     assert tfrecord.shard_name("val", 0, 1, "gzip") == "val-00000-of-00001.tfrecord.gz"
 
 
-@pytest.mark.parametrize("label,stored", [(5, [5]), (-1, [-1]), ([2, 0, 7], [2, 0, 7]),
-                                          ([], []), (None, None)])
+@pytest.mark.parametrize(
+    "label,stored", [(5, [5]), (-1, [-1]), ([2, 0, 7], [2, 0, 7]), ([], []), (None, None)]
+)
 def test_labels_round_trip(label, stored):
-    example = tfrecord.make_sequence_example([b"a", b"b"], label, "x", "vid", 25.0,
-                                             4, 6)
+    example = tfrecord.make_sequence_example([b"a", b"b"], label, "x", "vid", 25.0, 4, 6)
     parsed = tf.train.SequenceExample.FromString(example.SerializeToString())
     feature = parsed.context.feature
     if stored is None:
@@ -27,14 +27,13 @@ def test_labels_round_trip(label, stored):
     else:
         assert list(feature[tfrecord.LABEL_INDEX].int64_list.value) == stored
     assert feature[tfrecord.NUM_FRAMES].int64_list.value == [2]
-    assert [f.bytes_list.value[0] for f in
-            parsed.feature_lists.feature_list[tfrecord.IMAGE_ENCODED].feature] == \
-        [b"a", b"b"]
+    assert [
+        f.bytes_list.value[0] for f in parsed.feature_lists.feature_list[tfrecord.IMAGE_ENCODED].feature
+    ] == [b"a", b"b"]
 
 
 def _write(path, records, compression=""):
-    with tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(
-            compression_type=compression)) as writer:
+    with tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(compression_type=compression)) as writer:
         for record in records:
             writer.write(record)
     return path
@@ -63,8 +62,9 @@ def test_detect_compression_of_other_writers_and_bad_files(tmp_path):
     (tmp_path / "py.z").write_bytes(zlib.compress(raw, 9))
     assert tfrecord.detect_compression(str(tmp_path / "py.gz")) == "GZIP"
     assert tfrecord.detect_compression(str(tmp_path / "py.z")) == "ZLIB"
-    assert [r.numpy() for r in tf.data.TFRecordDataset(
-        str(tmp_path / "py.gz"), compression_type="GZIP")] == [b"abc"]
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "py.gz"), compression_type="GZIP")] == [
+        b"abc"
+    ]
     (tmp_path / "empty").write_bytes(b"")
     assert tfrecord.detect_compression(str(tmp_path / "empty")) == ""
     (tmp_path / "notes.txt").write_text("some notes about the data set\n")

@@ -32,16 +32,35 @@ def data_dir(tmp_path_factory):
 
 def tiny(model_dir, data_dir, **overrides):
     """The smallest real run: c2d_tiny on 4 frames x 32 px, 4 steps of 8 clips per epoch."""
-    values = dict(model_dir=str(model_dir), dataset="tfrecord", train_pattern=os.path.join(data_dir, "train-*"),
-                  eval_pattern=os.path.join(data_dir, "eval-*"), arch="c2d_tiny", num_frames=4, frame_stride=2,
-                  crop_size=32, batch_size=8, steps_per_epoch=4, epochs=1, lr=0.4, lr_schedule="cosine",
-                  warmup_epochs=0.0, backup_steps=2, validation_freq=1, dropout=0.0, verbose=0, seed=0,
-                  shuffle_buffer=32, strategy="one_device")
+    values = dict(
+        model_dir=str(model_dir),
+        dataset="tfrecord",
+        train_pattern=os.path.join(data_dir, "train-*"),
+        eval_pattern=os.path.join(data_dir, "eval-*"),
+        arch="c2d_tiny",
+        num_frames=4,
+        frame_stride=2,
+        crop_size=32,
+        batch_size=8,
+        steps_per_epoch=4,
+        epochs=1,
+        lr=0.4,
+        lr_schedule="cosine",
+        warmup_epochs=0.0,
+        backup_steps=2,
+        validation_freq=1,
+        dropout=0.0,
+        verbose=0,
+        seed=0,
+        shuffle_buffer=32,
+        strategy="one_device",
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
 
 # -- validation, before anything is built ---------------------------------------------------------------------
+
 
 def test_unknown_arch_lists_the_valid_ones(tmp_path, data_dir):
     with pytest.raises(ValueError) as error:
@@ -73,8 +92,9 @@ def test_bad_numbers_and_missing_raw_video_inputs(tmp_path, data_dir):
     with pytest.raises(ValueError, match="--batch_size: must be a positive integer"):
         train.resolve_config(tiny(tmp_path, data_dir, batch_size=0))
     with pytest.raises(ValueError, match="--annotations: cannot read"):
-        train.resolve_config(TrainConfig(model_dir=str(tmp_path), dataset="kinetics",
-                                         annotations=str(tmp_path / "train.csv")))
+        train.resolve_config(
+            TrainConfig(model_dir=str(tmp_path), dataset="kinetics", annotations=str(tmp_path / "train.csv"))
+        )
 
 
 def test_global_batch_not_divisible_by_replicas_fails_before_any_model(tmp_path, data_dir):
@@ -88,13 +108,27 @@ def test_global_batch_not_divisible_by_replicas_fails_before_any_model(tmp_path,
 
 
 def test_recipe_defaults(tmp_path, data_dir):
-    kinetics_like = train.resolve_config(TrainConfig(model_dir=str(tmp_path), dataset="tfrecord",
-                                                     train_pattern=os.path.join(data_dir, "train-*"),
-                                                     eval_pattern=os.path.join(data_dir, "eval-*")))
-    assert (kinetics_like.arch, kinetics_like.epochs, kinetics_like.lr_steps, kinetics_like.lr_schedule) == \
-        ("cost_b_r50", 160, (80, 120), "step")
-    assert (kinetics_like.batch_size, kinetics_like.lr, kinetics_like.num_frames, kinetics_like.frame_stride,
-            kinetics_like.crop_size) == (64, 0.01, 8, 8, 224)
+    kinetics_like = train.resolve_config(
+        TrainConfig(
+            model_dir=str(tmp_path),
+            dataset="tfrecord",
+            train_pattern=os.path.join(data_dir, "train-*"),
+            eval_pattern=os.path.join(data_dir, "eval-*"),
+        )
+    )
+    assert (kinetics_like.arch, kinetics_like.epochs, kinetics_like.lr_steps, kinetics_like.lr_schedule) == (
+        "cost_b_r50",
+        160,
+        (80, 120),
+        "step",
+    )
+    assert (
+        kinetics_like.batch_size,
+        kinetics_like.lr,
+        kinetics_like.num_frames,
+        kinetics_like.frame_stride,
+        kinetics_like.crop_size,
+    ) == (64, 0.01, 8, 8, 224)
     assert (kinetics_like.momentum, kinetics_like.weight_decay, kinetics_like.clipnorm) == (0.9, 1e-4, 40.0)
     # A Moments in Time folder as released: 339 categories beside the CSVs (no header), a listed video present.
     (tmp_path / "videos").mkdir()
@@ -102,10 +136,15 @@ def test_recipe_defaults(tmp_path, data_dir):
     (tmp_path / "moments_categories.txt").write_text("".join(f"category_{i},{i}\n" for i in range(339)))
     for name in ("train.csv", "val.csv"):
         (tmp_path / name).write_text("a.mp4,category_0,3,0\n")
-    moments = train.resolve_config(TrainConfig(model_dir=str(tmp_path), dataset="moments",
-                                               annotations=str(tmp_path / "train.csv"),
-                                               eval_annotations=str(tmp_path / "val.csv"),
-                                               video_dir=str(tmp_path / "videos")))
+    moments = train.resolve_config(
+        TrainConfig(
+            model_dir=str(tmp_path),
+            dataset="moments",
+            annotations=str(tmp_path / "train.csv"),
+            eval_annotations=str(tmp_path / "val.csv"),
+            video_dir=str(tmp_path / "videos"),
+        )
+    )
     assert (moments.epochs, moments.lr_steps, moments.num_classes) == (48, (24, 36), 339)
     assert moments.eval_video_dir == str(tmp_path / "videos")
     shorter = train.resolve_config(dataclasses.replace(moments, epochs=12, lr_steps=None, num_classes=None))
@@ -117,8 +156,20 @@ def test_recipe_defaults(tmp_path, data_dir):
 def test_flags_parse_into_a_config():
     holders = train.define_flags(flags.FlagValues())
     fv = holders["arch"]._flagvalues
-    fv(["train", "--model_dir=/tmp/x", "--dataset=tfrecord", "--arch=cost_a_r50", "--lr_steps=10,20",
-        "--noflip", "--batch_size=32", "--precision=mixed_bfloat16", "--strategy=mirrored", "--verbose=2"])
+    fv(
+        [
+            "train",
+            "--model_dir=/tmp/x",
+            "--dataset=tfrecord",
+            "--arch=cost_a_r50",
+            "--lr_steps=10,20",
+            "--noflip",
+            "--batch_size=32",
+            "--precision=mixed_bfloat16",
+            "--strategy=mirrored",
+            "--verbose=2",
+        ]
+    )
     config = train.config_from_flags(holders)
     assert config.arch == "cost_a_r50" and config.dataset == "tfrecord" and config.batch_size == 32
     assert config.lr_steps == ["10", "20"] and config.flip is False and config.verbose == 2
@@ -136,6 +187,7 @@ def test_fit_segments():
 
 
 # -- real training ----------------------------------------------------------------------------------------------
+
 
 class FixedBatchLoss(keras.callbacks.Callback):
     """Training-mode loss on one fixed batch of training clips, at train begin and at train end."""
@@ -164,14 +216,17 @@ def test_one_epoch_of_training_writes_the_outputs(tmp_path):
     data_dir = str(tmp_path / "data")
     write_synthetic(data_dir, num_train=8, num_eval=8, num_frames=4, size=32, num_shards=1)
     whole = dict(num_frames=4, frame_stride=1, crop_size=32, min_resize=32, max_resize=32, eval_resize=32)
-    clips, labels = next(iter(make_dataset(os.path.join(data_dir, "train-*"), mode="eval", batch_size=8,
-                                           **whole)))
+    clips, labels = next(
+        iter(make_dataset(os.path.join(data_dir, "train-*"), mode="eval", batch_size=8, **whole))
+    )
     probe = FixedBatchLoss(clips, labels)
     model_dir = tmp_path / "run"
     model_dir.mkdir()  # holding an earlier run's outputs, which a fresh run must not mix with its own
     (model_dir / "best.keras.json").write_text('{"monitor": "val_top1", "best": 2.0, "epoch": 9}')
     (model_dir / "training_log.csv").write_text("epoch,loss\n8,0.1\n")
-    metrics = train.train(tiny(model_dir, data_dir, epochs=2, lr=0.08, flip=False, **whole), callbacks=[probe])
+    metrics = train.train(
+        tiny(model_dir, data_dir, epochs=2, lr=0.08, flip=False, **whole), callbacks=[probe]
+    )
     assert probe.losses[1] < probe.losses[0] - 0.05  # training moved the model towards the labels
     tmp_path = model_dir
 
@@ -194,11 +249,27 @@ def test_one_epoch_of_training_writes_the_outputs(tmp_path):
 def test_resume_after_sigkill(tmp_path, data_dir):
     """A real process is SIGKILLed mid-epoch; the same command resumes mid-epoch and ends after 3 epochs."""
     model_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "cost_tf.train", f"--model_dir={model_dir}", "--dataset=tfrecord",
-               f"--train_pattern={os.path.join(data_dir, 'train-*')}",
-               f"--eval_pattern={os.path.join(data_dir, 'eval-*')}", "--arch=c2d_tiny", "--num_frames=4",
-               "--frame_stride=2", "--crop_size=32", "--batch_size=8", "--steps_per_epoch=4", "--epochs=3",
-               "--lr=0.1", "--backup_steps=1", "--validation_freq=3", "--strategy=one_device", "--verbose=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "cost_tf.train",
+        f"--model_dir={model_dir}",
+        "--dataset=tfrecord",
+        f"--train_pattern={os.path.join(data_dir, 'train-*')}",
+        f"--eval_pattern={os.path.join(data_dir, 'eval-*')}",
+        "--arch=c2d_tiny",
+        "--num_frames=4",
+        "--frame_stride=2",
+        "--crop_size=32",
+        "--batch_size=8",
+        "--steps_per_epoch=4",
+        "--epochs=3",
+        "--lr=0.1",
+        "--backup_steps=1",
+        "--validation_freq=3",
+        "--strategy=one_device",
+        "--verbose=2",
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     state_path = model_dir / "backup" / checkpoint.STATE_FILE
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -236,5 +307,6 @@ def test_resume_after_sigkill(tmp_path, data_dir):
     with open(model_dir / "training_log.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
     assert not (model_dir / "backup").exists()
-    np.testing.assert_array_equal(keras.models.load_model(model_dir / "model.keras", compile=False).output_shape,
-                                  (None, 8))
+    np.testing.assert_array_equal(
+        keras.models.load_model(model_dir / "model.keras", compile=False).output_shape, (None, 8)
+    )

