@@ -34,14 +34,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from cost_tf.resnet import build_model  # noqa: E402
 from export import onnx as onnx_export  # noqa: E402
-from export import parity  # noqa: E402
-from export import saved_model  # noqa: E402
+from export import (
+    parity,  # noqa: E402
+    saved_model,  # noqa: E402
+)
 
 _ARCHS = flags.DEFINE_list("archs", ["cost_a_r50", "cost_b_r50"], "Archs to time.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
@@ -430,7 +432,7 @@ def main(argv):
             f"export_bench: --runs needs one count per batch size ({len(batch_sizes)}). "
             f"Received: --runs={','.join(_RUNS.value)}"
         )
-    runs = dict(zip(batch_sizes, (int(r) for r in _RUNS.value)))
+    runs = dict(zip(batch_sizes, (int(r) for r in _RUNS.value), strict=True))
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     results = {}

@@ -18,11 +18,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
-from keras import ops  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from keras import ops  # noqa: E402
 
 from cost_tf.autotune import autotune, machine, step_function  # noqa: E402
 from cost_tf.cost import CoST, merged_kernel, valid_implementations  # noqa: E402
@@ -131,6 +131,22 @@ def merged_kernel_stacked(kernel, coefficients):
     return ops.stack(planes, axis=0)
 
 
+def _merged_kernel_step(build, kernel, alpha):
+    """A tf.function of build's forward+backward; the variables are captured by closure (never as arguments,
+    which would turn them into constants with None gradients)."""
+
+    @tf.function(autograph=False)
+    def step():
+        with tf.GradientTape() as tape:
+            k3 = build(kernel, tf.nn.softmax(alpha, axis=0))
+            loss = tf.reduce_sum(k3 * k3)
+        grads = tape.gradient(loss, [kernel, alpha])
+        assert all(g is not None for g in grads)
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    return lambda: step().numpy()
+
+
 def time_merged_kernel(channels, runs):
     """{C: (padded planes ms, stacked taps ms)} of merged_kernel forward+backward (kernel and coefficients)."""
     out = {}
@@ -138,19 +154,10 @@ def time_merged_kernel(channels, runs):
     for c in channels:
         kernel = tf.Variable(rng.normal(size=(3, 3, c, c)).astype("float32"))
         alpha = tf.Variable(rng.normal(size=(3, c)).astype("float32"))
-        fns = {}
-        for name, build in (("planes", merged_kernel), ("stacked", merged_kernel_stacked)):
-
-            @tf.function(autograph=False)
-            def step(build=build):
-                with tf.GradientTape() as tape:
-                    k3 = build(kernel, tf.nn.softmax(alpha, axis=0))
-                    loss = tf.reduce_sum(k3 * k3)
-                grads = tape.gradient(loss, [kernel, alpha])
-                assert all(g is not None for g in grads)
-                return tf.add_n([tf.reduce_sum(g) for g in grads])
-
-            fns[name] = lambda step=step: step().numpy()
+        fns = {
+            name: _merged_kernel_step(build, kernel, alpha)
+            for name, build in (("planes", merged_kernel), ("stacked", merged_kernel_stacked))
+        }
         ms = interleaved_medians_ms(fns, runs)
         out[c] = (ms["planes"], ms["stacked"])
     return out

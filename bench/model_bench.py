@@ -28,13 +28,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from cost_tf.fold import fold  # noqa: E402
-from cost_tf.resnet import ARCHS, count_macs, build_model  # noqa: E402
+from cost_tf.resnet import ARCHS, build_model, count_macs  # noqa: E402
 
 FOLDED = {
     "cost_a_r50 folded (merged)": "merged",
@@ -125,9 +125,9 @@ def train_step_fn(model, batch, size, seed=0):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
         grads = tape.gradient(loss, variables)
-        missing = [v.path for v, g in zip(variables, grads) if g is None]
+        missing = [v.path for v, g in zip(variables, grads, strict=True) if g is None]
         assert not missing, f"no gradient for {missing}"
-        optimizer.apply_gradients(zip(grads, variables))
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
 
     return lambda: step().numpy()

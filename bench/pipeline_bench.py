@@ -21,15 +21,17 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
-from pipelines import convert  # noqa: E402
-from pipelines import dataset  # noqa: E402
-from pipelines import decode  # noqa: E402
-from pipelines import preprocess  # noqa: E402
+from pipelines import (
+    convert,  # noqa: E402
+    dataset,  # noqa: E402
+    decode,  # noqa: E402
+    preprocess,  # noqa: E402
+)
 
 _BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches per source.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first (fills buffers).")

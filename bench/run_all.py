@@ -80,7 +80,7 @@ def ceiling():
         layer(x)
         fn = tf.function(lambda layer=layer: layer(x, training=False))
         flops = 2 * n * t * h * w * c * c * taps
-        gflops = flops / _median_s(lambda: fn().numpy()) / 1e9
+        gflops = flops / _median_s(lambda fn=fn: fn().numpy()) / 1e9
         lines.append(
             f"| CoST({variant}) {impl} forward, res3, {taps} taps counted | {gflops:.1f} | "
             f"{gflops / matmul_gflops:.2f} |"

@@ -192,7 +192,9 @@ def _read_cache(path):
     except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError, AttributeError) as e:
-        warnings.warn(f"autotune: ignoring the unreadable cache {path} ({e}); measuring instead.")
+        warnings.warn(
+            f"autotune: ignoring the unreadable cache {path} ({e}); measuring instead.", stacklevel=2
+        )
         return {}
 
 
@@ -215,7 +217,8 @@ def _write_cache(path, new_entries):
             raise
     except OSError as e:
         warnings.warn(
-            f"autotune: could not write the cache {path} ({e}); the choices hold for this process only."
+            f"autotune: could not write the cache {path} ({e}); the choices hold for this process only.",
+            stacklevel=2,
         )
 
 
@@ -274,18 +277,18 @@ def input_shapes(model_or_layer, input_shape):
     inputs = getattr(model_or_layer, "inputs", None)
     if inputs and len(inputs) == 1 and tuple(inputs[0].shape[1:]) == input_shape[1:]:
         try:
-            static = {id(l): (input_shape[0],) + tuple(l.input.shape[1:]) for l in layers}
+            static = {id(layer): (input_shape[0],) + tuple(layer.input.shape[1:]) for layer in layers}
         except (AttributeError, ValueError):
             static = None
         if static and any(s is None for shape in static.values() for s in shape):
             static = None
     shapes = static or _traced_input_shapes(model_or_layer, input_shape)
-    missing = [l.name for l in layers if id(l) not in shapes]
+    missing = [layer.name for layer in layers if id(layer) not in shapes]
     if missing:
         raise ValueError(
             f"autotune: these CoST layers were not reached by an input of shape {input_shape}: {missing}"
         )
-    return [(l, tuple(int(s) for s in shapes[id(l)])) for l in layers]
+    return [(layer, tuple(int(s) for s in shapes[id(layer)])) for layer in layers]
 
 
 # -- autotune -----------------------------------------------------------------------------------------------
@@ -345,7 +348,7 @@ def _autotune(model_or_layer, input_shape, modes, path, use_cache, timer, verbos
     for layer, shape in input_shapes(model_or_layer, input_shape):
         if layer.implementation != "auto":
             report[layer.name] = dict(
-                {m: layer.implementation for m in modes}, ms={}, cached=False, explicit=True
+                dict.fromkeys(modes, layer.implementation), ms={}, cached=False, explicit=True
             )
             continue
         entry = {"ms": {}, "cached": True, "explicit": False}

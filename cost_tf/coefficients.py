@@ -14,9 +14,9 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from cost_tf.cost import VIEWS, CoST  # noqa: E402
 
@@ -73,7 +73,7 @@ def layer_coefficients(model, clips=None, batch_size=8):
         for start in range(0, len(clips), batch_size):
             inputs = probe([clips[start : start + batch_size]], training=False)
             inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-            for layer, x in zip(b_layers, inputs):
+            for layer, x in zip(b_layers, inputs, strict=True):
                 chunks[layer.name].append(np.asarray(layer.coefficients(x), np.float32))
         out.update({name: np.concatenate(c) for name, c in chunks.items()})
     return {layer.name: out[layer.name] for layer in layers}
@@ -153,7 +153,7 @@ def plot_layers(path, rows):
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 2), 4))
     x = np.arange(len(rows))
     bottom = np.zeros(len(rows))
-    for view, color in zip(VIEWS, ("#4c72b0", "#dd8452", "#55a868")):
+    for view, color in zip(VIEWS, ("#4c72b0", "#dd8452", "#55a868"), strict=True):
         values = np.array([r[f"{view}_mean"] for r in rows])
         ax.bar(x, values, bottom=bottom, color=color, label=_VIEW_LABELS[view])
         bottom += values

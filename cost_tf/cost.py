@@ -267,7 +267,7 @@ class CoST(keras.layers.Layer):
             return ops.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
         shape = ops.shape(x)
         pads = [(0, 0)]
-        for axis, stride in zip((1, 2, 3), self.strides):
+        for axis, stride in zip((1, 2, 3), self.strides, strict=True):
             # Stride 1 always pads (1, 1); a strided axis of unknown size gets its padding at run time.
             pads.append((1, 1) if stride == 1 else _same_pads(shape[axis], stride))
         pads.append((0, 0))
@@ -366,11 +366,11 @@ class CoST(keras.layers.Layer):
                     strides=self.strides,
                     padding="valid",
                 )
-                for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th))
+                for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th), strict=True)
             )
         shape = ops.shape(x)
         outputs = []
-        for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th)):
+        for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th), strict=True):
             stride = self.strides[axis - 1]
             if stride != 1:
                 shift = 1 - _same_pads(shape[axis], stride)[0]
@@ -452,7 +452,7 @@ class CoST(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         out = [input_shape[0]]
-        for size, stride in zip(input_shape[1:4], self.strides):
+        for size, stride in zip(input_shape[1:4], self.strides, strict=True):
             out.append(None if size is None else (size + stride - 1) // stride)
         return tuple(out) + (self.filters,)
 

@@ -155,7 +155,8 @@ def patch_keras_for_multi_worker():
         warnings.warn(
             f"cost_tf.distribute: the multi-worker fix for {UPSTREAM_ISSUE} targets keras=="
             f"{PATCHED_KERAS_VERSION}; found keras=={keras.__version__}, so it is NOT applied. "
-            "model.fit under MultiWorkerMirroredStrategy may fail if that Keras still has the bug."
+            "model.fit under MultiWorkerMirroredStrategy may fail if that Keras still has the bug.",
+            stacklevel=2,
         )
         return False
     if _ORIGINALS:
@@ -244,7 +245,7 @@ def average_batchnorm_statistics(model, strategy):
             def replica_fn():
                 context = tf.distribute.get_replica_context()
                 means = context.all_reduce("MEAN", [tf.identity(v.value) for v in variables])
-                for variable, mean in zip(variables, means):
+                for variable, mean in zip(variables, means, strict=True):
                     variable.value.assign(mean)
                 return means
 

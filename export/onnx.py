@@ -21,17 +21,14 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app
-from absl import flags
-from absl import logging
 import numpy as np
 import onnx
 import tensorflow as tf
+from absl import app, flags, logging
 
-from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main, main_input_shape
 from cost_tf import loading
-from export import parity
-from export import saved_model
+from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main, main_input_shape
+from export import parity, saved_model
 
 OPSETS = tuple(range(13, 19))  # the ONNX opsets tf2onnx 1.17 supports
 DEFAULT_OPSET = 17

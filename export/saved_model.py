@@ -20,14 +20,12 @@ import shutil
 import sys
 import tempfile
 
-from absl import app
-from absl import flags
-from absl import logging
 import numpy as np
 import tensorflow as tf
+from absl import app, flags, logging
 
-from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main, main_input_shape
 from cost_tf import loading
+from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main, main_input_shape
 from export import parity
 from pipelines import preprocess
 

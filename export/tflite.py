@@ -33,18 +33,15 @@ import os
 import sys
 import tempfile
 
-from absl import app
-from absl import flags
-from absl import logging
 import keras
-from keras import ops
 import numpy as np
 import tensorflow as tf
+from absl import app, flags, logging
+from keras import ops
 
 from cost_tf import loading
 from cost_tf.cost import CoST
-from export import parity
-from export import saved_model
+from export import parity, saved_model
 from pipelines import preprocess
 
 QUANTIZE = ("none", "float16", "dynamic")
@@ -126,11 +123,12 @@ def frame_conv3d(x, kernel, bias, strides, dilation, padding):
     pads = [(0, 0), (0, 0), (0, 0)]
     if padding == "same":
         pads = [
-            _same_pads(s, k, stride, d) for s, k, stride, d in zip((t, h, w), (kt, kh, kw), strides, dilation)
+            _same_pads(s, k, stride, d)
+            for s, k, stride, d in zip((t, h, w), (kt, kh, kw), strides, dilation, strict=True)
         ]
     out_t, out_h, out_w = (
         _out_size(s + sum(p), k, stride, d)
-        for s, p, k, stride, d in zip((t, h, w), pads, (kt, kh, kw), strides, dilation)
+        for s, p, k, stride, d in zip((t, h, w), pads, (kt, kh, kw), strides, dilation, strict=True)
     )
     if min(out_t, out_h, out_w) < 1:
         raise ValueError(f"Conv3D kernel {(kt, kh, kw)} does not fit the input {x.shape}.")
@@ -312,7 +310,7 @@ def frames_to_clip(frames, crop_size):
     y, x = (new_h - crop_size) // 2, (new_w - crop_size) // 2
     images = images[:, y : y + crop_size, x : x + crop_size]
     scale = np.array([1.0 / (255.0 * s) for s in preprocess.STD], np.float32)
-    offset = np.array([m / s for m, s in zip(preprocess.MEAN, preprocess.STD)], np.float32)
+    offset = np.array([m / s for m, s in zip(preprocess.MEAN, preprocess.STD, strict=True)], np.float32)
     return tf.reshape(images * scale - offset, (n, t, crop_size, crop_size, 3))
 
 

@@ -41,12 +41,9 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
-from pipelines import shard_writer
-from pipelines import tfrecord
+from pipelines import shard_writer, tfrecord
 from pipelines.readers import DATASETS, read_annotations
 
 VIDEOS_PER_SHARD = 100  # for num_shards=None
@@ -303,7 +300,7 @@ def convert(
     _remove_stale_tmp(output_dir)
 
     stats, jobs = {}, []
-    for name, shard in zip(names, shards):
+    for name, shard in zip(names, shards, strict=True):
         previous = _finished_stats(output_dir, name)
         if previous is not None:
             stats[name] = previous

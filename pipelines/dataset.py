@@ -24,14 +24,11 @@ import os
 import random
 import threading
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from pipelines import decode
-from pipelines import preprocess
-from pipelines import readers
-from pipelines import tfrecord
+from pipelines import decode, preprocess, readers, tfrecord
 
 MODES = ("train", "eval", "test")
 COMPRESSIONS = {"auto": None, "none": "", "gzip": "GZIP", "zlib": "ZLIB"}
@@ -117,7 +114,7 @@ def _list_shards(file_pattern, compression="auto"):
     # One stat (and 12 bytes) per file; threads hide remote file systems' latency.
     with concurrent.futures.ThreadPoolExecutor(min(16, len(matched))) as pool:
         kinds = list(pool.map(inspect, matched))
-    shards = [(path, kind) for path, kind in zip(matched, kinds) if kind is not None]
+    shards = [(path, kind) for path, kind in zip(matched, kinds, strict=True) if kind is not None]
     if not shards:
         raise ValueError(
             f"No TFRecord shard in file_pattern={file_pattern!r}: it matches only "

@@ -93,7 +93,7 @@ def _find(videos_by_stem, vid, youtube_id, label):
     if not candidates:
         return None
     folders = {label, label.replace(" ", "_")}
-    for rel, path in candidates:
+    for _rel, path in candidates:
         if os.path.basename(os.path.dirname(path)) in folders:
             return path
     return candidates[0][1]

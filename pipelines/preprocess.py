@@ -18,7 +18,7 @@ def normalize(frames):
     if frames.shape.rank is not None and frames.shape[-1] not in (None, 3):
         raise ValueError(f"normalize expects 3 channels last. Received: shape={frames.shape}")
     scale = tf.constant([1.0 / (255.0 * s) for s in STD], tf.float32)
-    offset = tf.constant([m / s for m, s in zip(MEAN, STD)], tf.float32)
+    offset = tf.constant([m / s for m, s in zip(MEAN, STD, strict=True)], tf.float32)
     # x * scale - offset on rows of W * 3 values: broadcasting a length-3 vector over
     # the channel axis is ~4x slower on CPU than broadcasting one long row.
     shape = tf.shape(frames)

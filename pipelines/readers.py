@@ -4,8 +4,7 @@ The converter, the raw-video tf.data source and the training main all read Kinet
 annotations through this function, so a split's class indices and skipped rows are the same everywhere.
 """
 
-from pipelines import kinetics
-from pipelines import moments
+from pipelines import kinetics, moments
 
 DATASETS = ("kinetics", "moments")
 

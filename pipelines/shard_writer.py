@@ -15,8 +15,7 @@ import os
 
 import tensorflow as tf
 
-from pipelines import decode
-from pipelines import tfrecord
+from pipelines import decode, tfrecord
 
 BOOKKEEPING = ".convert"  # subfolder of the output folder
 COMPRESSIONS = {"none": "", "gzip": "GZIP"}  # --compression -> TFRecordOptions

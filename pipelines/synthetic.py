@@ -195,7 +195,10 @@ def _render(p, pair, num_frames, size, clutter):
             m = _mask(d["shape"], d["angle"], d["cx"], d["cy"], d["radius"], grid_x, grid_y)
             background += m[..., None] * (d["color"].astype(np.float32) - background)
     traj = {k: None if v is None else v.astype(np.float32) for k, v in p["pairs"][pair].items()}
-    col = lambda a: a[:, None, None]  # (T,) -> (T, 1, 1)
+
+    def col(a):  # (T,) -> (T, 1, 1)
+        return a[:, None, None]
+
     gx, gy = grid_x[None], grid_y[None]
     if traj["dx"] is None:
         m = _mask(p["shape"], p["angle"], col(traj["cx"]), col(traj["cy"]), col(traj["radius"]), gx, gy)

@@ -65,12 +65,14 @@ def test_backup_saves_consistent_pairs_and_restores_them(tmp_path):
     (tmp_path / ".tmp-999.weights.h5").write_bytes(b"\x89HDF\r\n half")
     (tmp_path / "ckpt-e00009-s00000001.weights.h5").write_bytes(b"garbage")
     restored = _model(1)
-    assert not all(np.array_equal(a, b) for a, b in zip(restored.get_weights(), model.get_weights()))
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(restored.get_weights(), model.get_weights(), strict=True)
+    )
     resume = checkpoint.AtomicBackupAndRestore(str(tmp_path), save_freq=2)
     resume.set_model(restored)
     resume.on_train_begin()
     assert resume.restored == (2, 0) and restored._initial_epoch == 2
-    for a, b in zip(restored.get_weights(), model.get_weights()):
+    for a, b in zip(restored.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert int(restored.optimizer.iterations.numpy()) == 10  # optimizer state travels with the weights
 

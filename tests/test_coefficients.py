@@ -31,7 +31,7 @@ def test_hand_set_alpha_gives_exact_table(tmp_path):
     model.get_layer("late").alpha.assign(late)
     rows = coef.analyze(model, str(tmp_path))
     assert [r["layer"] for r in rows] == ["early", "late"]
-    for row, alpha in zip(rows, (early, late)):
+    for row, alpha in zip(rows, (early, late), strict=True):
         a = _softmax0(alpha.astype(np.float64))  # (3, C)
         for i, view in enumerate(("hw", "tw", "th")):
             assert row[f"{view}_mean"] == pytest.approx(a[i].mean(), abs=1e-6)
@@ -74,7 +74,7 @@ def test_cost_b_averages_match_numpy(tmp_path):
     expect = sorted(((temporal[labels == k].mean(), names[k]) for k in range(3)), reverse=True)
     assert expect[0][0] - expect[-1][0] > 1e-3  # the ordering is meaningful
     assert [c["class"] for c in classes] == [name for _, name in expect]
-    for c, (value, _) in zip(classes, expect):
+    for c, (value, _) in zip(classes, expect, strict=True):
         assert float(c["temporal_mean"]) == pytest.approx(value, abs=1e-5)
     assert (tmp_path / "classes.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -105,5 +105,5 @@ def test_analyze_model_reads_eval_clips(tmp_path):
     assert sum(int(c["clips"]) for c in classes) == 10
     assert {c["class"] for c in classes} == {CLASSES[k] for k in labels}
     expect = coef.analyze(model, str(tmp_path / "ref"), clips, labels, list(CLASSES))
-    for row, ref in zip(rows, expect):
+    for row, ref in zip(rows, expect, strict=True):
         assert row == pytest.approx(ref, abs=1e-6)

@@ -16,11 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import convert
-from pipelines import dataset
-from pipelines import decode
-from pipelines import kinetics
-from pipelines import tfrecord
+from pipelines import convert, dataset, decode, kinetics, tfrecord
 from tests import video_clips
 
 FOOTBALL = "passing American football (in game)"
@@ -50,7 +46,7 @@ def assert_jpegs_hold(jpegs, expected):
     """The stored JPEGs are exactly `expected` frames encoded at quality 90 (so
     order and content are right) and decode to within JPEG error of them."""
     assert len(jpegs) == len(expected)
-    for jpeg, frame in zip(jpegs, expected):
+    for jpeg, frame in zip(jpegs, expected, strict=True):
         assert jpeg == tf.io.encode_jpeg(frame, quality=90).numpy()
     frames = np.stack([tf.io.decode_jpeg(j).numpy() for j in jpegs])
     assert frames.shape == expected.shape

@@ -30,7 +30,7 @@ def ref_views(x, w, strides):
     x = x.astype(np.float64)
     w = w.astype(np.float64)
     n, t, h, wd, _ = x.shape
-    dims = [_same_pad(size, s) for size, s in zip((t, h, wd), strides)]
+    dims = [_same_pad(size, s) for size, s in zip((t, h, wd), strides, strict=True)]
     xp = np.pad(x, [(0, 0)] + [(b, a) for _, b, a in dims] + [(0, 0)])
     (ot, _, _), (oh, _, _), (ow, _, _) = dims
     st, sh, sw = strides
@@ -153,7 +153,7 @@ def test_gradients_match_numpy_reference(variant, implementation, strides, shape
     assert all(g is not None for g in grads)
     params = {w.name: np.asarray(w, np.float64) for w in layer.weights}
     values = dict(params, x=x.astype(np.float64))
-    for name, grad in zip(["x"] + [w.name for w in layer.trainable_weights], grads):
+    for name, grad in zip(["x"] + [w.name for w in layer.trainable_weights], grads, strict=True):
         g = np.asarray(grad, np.float64)
         # The largest-gradient entry and two random ones; float64 central differences of the reference.
         flat = [int(np.abs(g).argmax())] + list(rng.integers(0, g.size, 2))
@@ -223,7 +223,7 @@ def test_gradients_flow_and_match_finite_differences(variant, implementation):
     with tf.GradientTape() as tape:
         value = loss()
     grads = tape.gradient(value, layer.trainable_weights)
-    for weight, grad in zip(layer.trainable_weights, grads):
+    for weight, grad in zip(layer.trainable_weights, grads, strict=True):
         g = np.asarray(grad)
         assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, weight.name
         # Central difference on the largest-gradient entry of each weight.
@@ -279,7 +279,9 @@ def test_fit_and_unknown_batch_and_time():
     before = [np.asarray(w).copy() for w in model.trainable_weights]
     history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
-    changed = [not np.array_equal(b, np.asarray(w)) for b, w in zip(before, model.trainable_weights)]
+    changed = [
+        not np.array_equal(b, np.asarray(w)) for b, w in zip(before, model.trainable_weights, strict=True)
+    ]
     assert all(changed)
     fn = tf.function(model, input_signature=[tf.TensorSpec((None, None, 8, 8, 3), tf.float32)])
     for n, t in ((1, 3), (3, 6)):
@@ -404,7 +406,9 @@ def ref_views_symmetric(x, w, strides):
     x = x.astype(np.float64)
     w = w.astype(np.float64)
     xp = np.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
-    out = [(size - 1) // s + 1 for size, s in zip(x.shape[1:4], strides)]  # floor((size + 2 - 3) / s) + 1
+    out = [
+        (size - 1) // s + 1 for size, s in zip(x.shape[1:4], strides, strict=True)
+    ]  # floor((size + 2 - 3) / s) + 1
     outs = []
     for view in ("hw", "tw", "th"):
         acc = np.zeros((x.shape[0], *out, w.shape[-1]))

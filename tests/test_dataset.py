@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import dataset
-from pipelines import decode
-from pipelines import preprocess
-from pipelines import tfrecord
+from pipelines import dataset, decode, preprocess, tfrecord
 from tests.test_preprocess import np_resize_bilinear
 from tests.video_clips import CARPHONE
 
@@ -30,7 +27,7 @@ def indexed_video(num_frames=N, height=H, width=W, seed=0):
 
 def write_records(path, videos, labels, quality=100):
     with tf.io.TFRecordWriter(path) as writer:
-        for i, (frames, label) in enumerate(zip(videos, labels)):
+        for i, (frames, label) in enumerate(zip(videos, labels, strict=True)):
             jpegs = [tf.io.encode_jpeg(f, quality=quality, chroma_downsampling=False).numpy() for f in frames]
             writer.write(
                 tfrecord.make_sequence_example(
@@ -145,7 +142,7 @@ def test_eval_reads_centre_clip_with_exact_frames(records):
     # span 10 of 30 frames: start 10.
     np.testing.assert_array_equal(frame_ids(clips), [[10, 13, 16, 19]] * 3)
     seed = {0: 1, 3: 2, 5: 3}
-    for clip, label in zip(clips, labels):
+    for clip, label in zip(clips, labels, strict=True):
         ref = np_resize_bilinear(indexed_video(seed=seed[label])[[10, 13, 16, 19]], 20, 33)
         # JPEG at quality 100: a few levels.
         np.testing.assert_allclose(unnormalize(clip), ref[:, 2:18, 8:24], atol=6)
@@ -213,7 +210,7 @@ def test_train_clips_are_random_resized_crops_with_flips(records):
     assert clips.dtype == tf.float32 and labels.dtype == tf.int32
     seed = {0: 1, 3: 2, 5: 3}
     flips = []
-    for clip, label in zip(unnormalize(clips), labels.numpy()):
+    for clip, label in zip(unnormalize(clips), labels.numpy(), strict=True):
         ids = np.round((clip[..., 0].mean(axis=(1, 2)) - 10) / 8).astype(int)
         assert 0 <= ids[0] <= N - 10 and np.all(np.diff(ids) == 3)
         err, flipped = _match_train_crop(clip, indexed_video(seed=seed[label])[ids], 18, 21, 16)
@@ -241,10 +238,10 @@ def test_same_seed_same_batches_other_seed_differs(records):
         return [(x.numpy(), y.numpy()) for x, y in ds.take(3)]
 
     a, b, c = first(7), first(7), first(8)
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+    assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c, strict=True))
 
 
 def test_input_context_shards_by_file(records):
@@ -356,7 +353,7 @@ def write_variant(path, videos, labels, image_format="jpeg", compression=""):
 
     options = tf.io.TFRecordOptions(compression_type=compression)
     with tf.io.TFRecordWriter(path, options=options) as writer:
-        for i, (frames, label) in enumerate(zip(videos, labels)):
+        for i, (frames, label) in enumerate(zip(videos, labels, strict=True)):
             writer.write(
                 tfrecord.make_sequence_example(
                     [encode(f, t) for t, f in enumerate(frames)],

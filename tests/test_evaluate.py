@@ -137,7 +137,9 @@ def test_multi_view_evaluation_matches_a_per_view_reference(eval_setup):
     predictions = video_probabilities.argmax(1)
     assert len(labels) == 12 and report["num_videos"] == 12  # each video counted once, not once per view
     assert report["top1"] == pytest.approx(np.mean(predictions == labels))
-    top5 = np.mean([label in np.argsort(-p)[:5] for p, label in zip(video_probabilities, labels)])
+    top5 = np.mean(
+        [label in np.argsort(-p)[:5] for p, label in zip(video_probabilities, labels, strict=True)]
+    )
     assert report["top5"] == pytest.approx(top5)
     assert 0 < report["top1"] < 1  # the comparison is not vacuous (spread-out random logits)
 
@@ -159,5 +161,5 @@ def test_model_is_rebuilt_at_a_larger_crop_with_the_same_weights(eval_setup):
     _, path, _, model = eval_setup
     larger = loading.load_model(path, input_size=48)
     assert larger.input_shape == (None, 4, 48, 48, 3)
-    for a, b in zip(larger.get_weights(), model.get_weights()):
+    for a, b in zip(larger.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -46,7 +46,7 @@ def _free_models():
     video.cache_clear()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def video(arch, num_classes=None):
     return build_model(arch, num_classes=num_classes, num_frames=T, input_size=SIZE)
 

@@ -75,7 +75,7 @@ def test_resize_model_keeps_the_model_or_rebuilds_with_the_same_weights():
     assert loading.resize_model(model) is model and loading.resize_model(model, 4, 32) is model
     larger = loading.resize_model(model, num_frames=8, input_size=40)
     assert larger.input_shape == (None, 8, 40, 40, 3)
-    for a, b in zip(larger.get_weights(), model.get_weights()):
+    for a, b in zip(larger.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="Cannot rebuild model 'tiny'"):
         loading.resize_model(

@@ -4,16 +4,15 @@ import collections
 import os
 
 import keras
-from keras import ops
 import numpy as np
 import onnx
 import pytest
 import tensorflow as tf
+from keras import ops
 
 from cost_tf.resnet import BLOCKS, build_model
 from export import onnx as onnx_export
-from export import parity
-from export import saved_model
+from export import parity, saved_model
 from pipelines import preprocess
 from tests import video_clips
 

@@ -114,11 +114,11 @@ def test_zero_gradient_steps_change_only_kernels_by_coupled_decay():
     variables = model.trainable_variables
     w0 = [v.numpy().astype(np.float64) for v in variables]
     zeros = [np.zeros(v.shape, "float32") for v in variables]
-    optimizer.apply_gradients(zip(zeros, variables))
+    optimizer.apply_gradients(zip(zeros, variables, strict=True))
     w1 = [v.numpy().astype(np.float64) for v in variables]
-    optimizer.apply_gradients(zip(zeros, variables))
+    optimizer.apply_gradients(zip(zeros, variables, strict=True))
     w2 = [v.numpy().astype(np.float64) for v in variables]
-    for v, a0, a1, a2 in zip(variables, w0, w1, w2):
+    for v, a0, a1, a2 in zip(variables, w0, w1, w2, strict=True):
         if v.path.endswith("/kernel"):
             # torch SGD: buf = momentum * buf + (g + wd * w); w -= lr * buf.
             buf1 = wd * a0

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cost_tf import resnet
 from cost_tf.cost import CoST
 from cost_tf.resnet import BLOCKS, FramewiseConv3D, FramewiseMaxPooling3D, build_model, count_macs
 from cost_tf.resnet import RESNET_ARCHS as ARCHS  # the ResNets; tests/test_s3dg.py has S3D-G
-from cost_tf import resnet
 
 # The spec (shared/CoST.md section 2), written out independently of cost_tf.resnet.
 SPEC = {
@@ -29,7 +29,7 @@ def _free_models():
     cached.cache_clear()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached(arch, num_classes=400, num_frames=4, input_size=32):
     return build_model(arch, num_classes=num_classes, num_frames=num_frames, input_size=input_size)
 
@@ -37,7 +37,7 @@ def cached(arch, num_classes=400, num_frames=4, input_size=32):
 def inflated_blocks(depth):
     """(stage index, block index, width, input channels of the block) of every inflated block."""
     out, channels = [], 64
-    for s, (pattern, width) in enumerate(zip(SPEC[depth], WIDTHS)):
+    for s, (pattern, width) in enumerate(zip(SPEC[depth], WIDTHS, strict=True)):
         for b, inflated in enumerate(pattern):
             if inflated:
                 out.append((s, b, width, channels))
@@ -284,15 +284,15 @@ def test_count_macs_arithmetic():
     macs = {b: count_macs(m) for b, m in models.items()}
     blocks = inflated_blocks("r50")
     elements = [4 * (8 // 2**s) ** 2 * w for s, _, w, _ in blocks]  # outputs of each inflated 3x3 conv
-    extra_c3d = sum(e * 18 * w for e, (_, _, w, _) in zip(elements, blocks))  # 27 - 9 taps, w in
+    extra_c3d = sum(e * 18 * w for e, (_, _, w, _) in zip(elements, blocks, strict=True))  # 27 - 9 taps, w in
     assert macs["c3d"] - macs["c2d"] == extra_c3d
     assert macs["cost_a"] == macs["c3d"]
     assert macs["cost_b"] - macs["cost_a"] == sum(3 * w * w + 9 * w for _, _, w, _ in blocks)
     sparse = count_macs(models["cost_a"], cost_taps=19)
-    assert macs["c3d"] - sparse == sum(e * 8 * w for e, (_, _, w, _) in zip(elements, blocks))
+    assert macs["c3d"] - sparse == sum(e * 8 * w for e, (_, _, w, _) in zip(elements, blocks, strict=True))
     # C2D = 4 frames of ResNet-50: stem, bottlenecks (1x1, 3x3, 1x1 and the projection), head.
     resnet50, channels = 16 * 16 * 64 * 7 * 7 * 3, 64
-    for s, (pattern, w) in enumerate(zip(SPEC["r50"], WIDTHS)):
+    for s, (pattern, w) in enumerate(zip(SPEC["r50"], WIDTHS, strict=True)):
         area = (8 // 2**s) ** 2
         for b in range(len(pattern)):
             resnet50 += area * (channels * w + 9 * w * w + 4 * w * w + (4 * w * channels if b == 0 else 0))

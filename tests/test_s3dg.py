@@ -12,8 +12,7 @@ from cost_tf import train
 from cost_tf.resnet import build_model, count_macs
 from cost_tf.s3dg import TemporalIdentity, build_s3dg
 from export import onnx as onnx_export
-from export import parity
-from export import saved_model
+from export import parity, saved_model
 
 # Branch widths (1x1; 3x3 reduce, 3x3; 3x3 reduce, 3x3; pool projection), written out from the issue / the
 # reference independently of cost_tf.s3dg, with the (T', H') of each block's input at 64 x 224^2.

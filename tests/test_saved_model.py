@@ -13,8 +13,7 @@ import tensorflow as tf
 
 from cost_tf.cost import CoST
 from cost_tf.resnet import build_model
-from export import parity
-from export import saved_model
+from export import parity, saved_model
 from tests import video_clips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +38,10 @@ def _saved_model_cli():
 
 def _bikes(num_frames):
     with av.open(video_clips.BIKES) as container:
-        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(num_frames), container.decode(video=0))]
+        frames = [
+            f.to_ndarray(format="rgb24")
+            for _, f in zip(range(num_frames), container.decode(video=0), strict=True)
+        ]
     return np.stack(frames)
 
 

@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import dataset
-from pipelines import preprocess
-from pipelines import synthetic
+from pipelines import dataset, preprocess, synthetic
 
 
 def test_same_seed_same_clips_other_seed_differs():

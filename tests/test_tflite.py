@@ -10,8 +10,7 @@ import pytest
 import tensorflow as tf
 
 from cost_tf.resnet import BLOCKS, build_model
-from export import parity
-from export import tflite
+from export import parity, tflite
 from tests import video_clips
 from tests.test_saved_model import _bikes, _randomize, _reference_clip
 
@@ -84,7 +83,7 @@ def test_quantized_within_tolerance_and_same_top1_on_real_clips(block, raw_clips
         assert report["max_relative_error"] <= tflite.QUANTIZED_TOLERANCE[quantize]
         assert float_size / report["bytes"] > smaller, (quantize, float_size, report["bytes"])
         interpreter = _interpreter(tmp_path / f"{quantize}.tflite")
-        for clip, reference in zip(clips, expected):
+        for clip, reference in zip(clips, expected, strict=True):
             got = tflite.run_signature(interpreter, clip)
             assert parity.max_relative_error(got, reference) <= tflite.QUANTIZED_TOLERANCE[quantize], quantize
             assert np.argmax(got) == np.argmax(reference), (quantize, got, reference)

@@ -81,7 +81,7 @@ def make_clips(directory):
     """
     os.makedirs(directory, exist_ok=True)
     paths = {"h264_bikes": BIKES, "carphone": CARPHONE}
-    for name, (fmt, ext, *_rest) in TRANSCODES.items():
+    for name, (_fmt, ext, *_rest) in TRANSCODES.items():
         paths[name] = os.path.join(directory, name + ext)
     paths["offset_mkv"] = os.path.join(directory, "offset.mkv")
     paths["offset_mp4"] = os.path.join(directory, "offset.mp4")
@@ -92,7 +92,7 @@ def make_clips(directory):
     if os.path.exists(stamp):
         return paths
     frames = source_frames()
-    for name, (fmt, ext, codec, pix_fmt, options) in TRANSCODES.items():
+    for name, (fmt, _ext, codec, pix_fmt, options) in TRANSCODES.items():
         write_video(paths[name], frames, fmt, codec, pix_fmt, options)
     write_video(
         paths["offset_mkv"],
