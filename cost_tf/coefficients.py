@@ -1,6 +1,6 @@
 """How much each CoST layer relies on spatial (H-W) versus temporal (T-W, T-H) views.
 
-    python -m cost_tf.coefficients --model=runs/demo/model.keras --out_dir=runs/demo/coefficients \
+    python -m cost_tf.coefficients --model=runs/demo/model.keras --out_dir=runs/demo/coefficients \\
         [--dataset=synthetic | --pattern='eval-*.tfrecord'] [--num_clips=64]
 
 Writes `coefficients.csv` (one row per CoST layer, in order of depth: mean and spread over channels, and
@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from cost_tf.cost import VIEWS, CoST  # noqa: E402
+from pipelines import readers  # noqa: E402
 
 
 def define_flags():
@@ -280,7 +281,7 @@ def main(argv):
         pattern = _PATTERN.value
         classes_txt = os.path.join(os.path.dirname(pattern), "classes.txt")
         if os.path.isfile(classes_txt):
-            class_names = [line.strip() for line in open(classes_txt) if line.strip()]
+            class_names = readers.read_class_names(classes_txt)
     rows = analyze_model(
         model,
         _OUT_DIR.value,

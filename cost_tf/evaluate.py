@@ -25,6 +25,7 @@ import tensorflow as tf
 from cost_tf import checkpoint
 from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.loading import load_model, resize_model, training_config
+from pipelines import readers
 
 
 @dataclasses.dataclass
@@ -134,8 +135,7 @@ def _eval_source(config, train_config):
     dataset = config.dataset or train_config.get("dataset", "synthetic")
     names = train_config.get("class_names")
     if config.classes:
-        with tf.io.gfile.GFile(config.classes) as f:
-            names = [line.split(",")[0].strip() for line in f if line.strip()]
+        names = readers.read_class_names(config.classes)
     if dataset in ("synthetic", "tfrecord"):
         pattern = config.eval_pattern or train_config.get("eval_pattern")
         if pattern is None and dataset == "synthetic":

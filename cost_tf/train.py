@@ -27,7 +27,7 @@ import tensorflow as tf
 from cost_tf import checkpoint, distribute, optim
 from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.resnet import ARCHS, build_model, parse_arch
-from pipelines import synthetic
+from pipelines import readers, synthetic
 
 DATASETS = ("synthetic", "tfrecord", "kinetics", "moments")
 # What a run writes in model_dir (besides config.json, backup/ and the synthetic data/); a fresh run (no
@@ -285,9 +285,7 @@ def _class_names(c, train_files=None):
         path = beside if tf.io.gfile.exists(beside) else None
     if path is None:
         return None
-    with tf.io.gfile.GFile(path) as f:
-        names = [line.split(",")[0].strip() for line in f if line.strip()]
-    return names
+    return readers.read_class_names(path)
 
 
 def _count_records(files):
@@ -318,10 +316,9 @@ def read_split(c, split):
     Raises ValueError naming the flag when no listed video is found (AnnotationError, a ValueError naming
     file:line, for a bad row without --skip_bad_rows).
     """
-    from pipelines.readers import read_annotations
 
     source = _raw_source(c, split)
-    records, report = read_annotations(
+    records, report = readers.read_annotations(
         source["dataset"],
         source["annotations"],
         source["video_dir"],

@@ -1,6 +1,6 @@
 """Export a video model to ONNX with tf2onnx, validated against Keras with onnxruntime.
 
-    python -m export.onnx --model=runs/x/model.keras --output=cost.onnx [--opset=17] [--nofold] \
+    python -m export.onnx --model=runs/x/model.keras --output=cost.onnx [--opset=17] [--nofold] \\
         [--num_frames=8] [--crop_size=224]
     python -m export.onnx --saved_model=serving/cost/1 --output=cost.onnx   # its `logits` signature
 

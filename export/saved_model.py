@@ -1,6 +1,6 @@
 """Export a video model as a versioned TF Serving SavedModel: raw frames in, class probabilities out.
 
-    python -m export.saved_model --model=runs/x/model.keras --export_dir=serving/cost [--version=N] \
+    python -m export.saved_model --model=runs/x/model.keras --export_dir=serving/cost [--version=N] \\
         [--nofold] [--classes=classes.txt] [--num_frames=8] [--crop_size=224]
 
 writes serving/cost/{version}/ (saved_model.pb, variables/, assets/classes.txt). Signatures:

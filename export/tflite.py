@@ -1,6 +1,6 @@
 """Export a video model to a TFLite file of builtin ops only, validated with the stock interpreter.
 
-    python -m export.tflite --model=runs/x/model.keras --output=cost.tflite [--quantize=none|float16|dynamic] \
+    python -m export.tflite --model=runs/x/model.keras --output=cost.tflite [--quantize=none|float16|dynamic] \\
         [--num_frames=8] [--crop_size=224] [--frame_size=256x340]
 
 TFLite has no 3D pooling and its CONV_3D is no XNNPACK op, so the model is rewritten for it first (`lower`,

@@ -117,17 +117,34 @@ def csv_rows(path, what, bad_rows):
                 yield reader.line_num, [field.strip() for field in row]
 
 
+def read_lines(path, what):
+    """The lines of a UTF-8 text file (BOM tolerated), local or on any filesystem tf.io.gfile knows (gs://...).
+
+    Raises AnnotationError naming `what` and the file if it cannot be read or is not UTF-8.
+    """
+    try:
+        if "://" in os.fspath(path):
+            import tensorflow as tf  # only for remote paths: local class lists stay TensorFlow-free
+
+            try:
+                with tf.io.gfile.GFile(path, "rb") as f:
+                    data = f.read()
+            except tf.errors.OpError as e:
+                raise AnnotationError(f"cannot read {what} {os.fspath(path)}: {e.message}") from e
+            return data.decode("utf-8-sig").splitlines()
+        with open_text(path, what) as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"cannot read {what} {os.fspath(path)}: not UTF-8 text ({e})") from e
+
+
 def load_classes(path):
     """Reads class names, one per line (blank lines ignored); index = position.
 
     Raises AnnotationError if the file cannot be read, is empty, or repeats a name.
     """
     names, seen = [], {}
-    with open_text(path, "classes file") as f:
-        try:
-            lines = f.read().splitlines()
-        except UnicodeDecodeError as e:
-            raise AnnotationError(f"cannot read classes file {os.fspath(path)}: not UTF-8 text ({e})") from e
+    lines = read_lines(path, "classes file")
     for line_number, line in enumerate(lines, start=1):
         name = line.strip()
         if not name:

@@ -1,8 +1,8 @@
 r"""Converts Kinetics / Moments in Time videos to SequenceExample TFRecord shards.
 
-  python -m pipelines.convert --dataset=kinetics --annotations=train.csv \
-      --video_dir=videos/train --output_dir=tfrecords/train [--classes=FILE] \
-      [--short_side=256] [--fps=keep|N] [--num_shards=N] [--workers=N] \
+  python -m pipelines.convert --dataset=kinetics --annotations=train.csv \\
+      --video_dir=videos/train --output_dir=tfrecords/train [--classes=FILE] \\
+      [--short_side=256] [--fps=keep|N] [--num_shards=N] [--workers=N] \\
       [--skip_bad_rows] [--min_frames=8] [--compression=none|gzip]
 
 Each annotated video becomes one SequenceExample (pipelines/tfrecord.py): every

@@ -20,13 +20,7 @@ def load_categories(path):
     index, or indices that are not exactly 0..n-1.
     """
     by_index, names = {}, {}
-    with ann.open_text(path, "categories file") as f:
-        try:
-            lines = f.read().splitlines()
-        except UnicodeDecodeError as e:
-            raise ann.AnnotationError(
-                f"cannot read categories file {os.fspath(path)}: not UTF-8 text ({e})"
-            ) from e
+    lines = ann.read_lines(path, "categories file")
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

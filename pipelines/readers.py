@@ -4,9 +4,25 @@ The converter, the raw-video tf.data source and the training main all read Kinet
 annotations through this function, so a split's class indices and skipped rows are the same everywhere.
 """
 
-from pipelines import kinetics, moments
+import re
+
+from pipelines import annotations, kinetics, moments
 
 DATASETS = ("kinetics", "moments")
+_CATEGORY_LINE = re.compile(r"^.*\S\s*,\s*\d+\s*$")
+
+
+def read_class_names(path):
+    """Class names of a class-list file, index = position, whichever of the two layouts it has.
+
+    A Moments in Time categories file (every line `category,index`) is ordered by its indices; anything else
+    is one name per line, as `classes.txt` beside converted shards (Kinetics names may hold commas).
+    Local or remote (gs://...) paths. Raises AnnotationError (a ValueError) naming the file and line.
+    """
+    lines = [line for line in annotations.read_lines(path, "classes file") if line.strip()]
+    if lines and all(_CATEGORY_LINE.match(line) for line in lines):
+        return moments.load_categories(path)
+    return annotations.load_classes(path)
 
 
 def read_annotations(
