@@ -1,5 +1,9 @@
 """cost-tf: CoST (Collaborative Spatio-Temporal feature learning, CVPR 2019) in TensorFlow/Keras."""
 
+from pipelines.quiet import quiet_startup
+
+quiet_startup()  # a `python -m cost_tf.<main>` run: before TensorFlow loads
+
 from cost_tf.autotune import autotune
 from cost_tf.cost import CoST
 from cost_tf.fold import fold

@@ -12,14 +12,12 @@ import csv
 import os
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+from absl import app, flags
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from cost_tf.cost import VIEWS, CoST  # noqa: E402
-from pipelines import readers  # noqa: E402
+from cost_tf.cost import VIEWS, CoST
+from pipelines import readers
 
 
 def define_flags():
