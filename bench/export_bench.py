@@ -44,6 +44,7 @@ from export import (
     parity,  # noqa: E402
     saved_model,  # noqa: E402
 )
+from pipelines import files  # noqa: E402
 
 _ARCHS = flags.DEFINE_list("archs", ["cost_a_r50", "cost_b_r50"], "Archs to time.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
@@ -457,10 +458,7 @@ def main(argv):
 
 def _write(table):
     if _OUT.value:
-        tmp = f"{_OUT.value}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(table + "\n")
-        os.replace(tmp, _OUT.value)
+        files.write_atomic(_OUT.value, table + "\n")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ of --train_runs after one warm-up step; CoST models run implementation="auto" af
 its own subprocess, two SGD steps at batch --rss_batch, ru_maxrss of that process.
 """
 
-import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,6 +33,7 @@ from absl import app, flags  # noqa: E402
 
 from cost_tf.fold import fold  # noqa: E402
 from cost_tf.resnet import ARCHS, build_model, count_macs  # noqa: E402
+from pipelines import files  # noqa: E402
 
 FOLDED = {
     "cost_a_r50 folded (merged)": "merged",
@@ -286,10 +285,7 @@ def main(argv):
         print(training_table(train_rows, rss))
         out.update(train_rows=train_rows, rss_gb=rss)
     if _OUTPUT_JSON.value:
-        directory = os.path.dirname(os.path.abspath(_OUTPUT_JSON.value))
-        with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-            json.dump(out, f, indent=1)
-        os.replace(f.name, _OUTPUT_JSON.value)
+        files.write_json(_OUTPUT_JSON.value, out, indent=1)
 
 
 if __name__ == "__main__":

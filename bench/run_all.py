@@ -13,12 +13,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+
+from pipelines import files  # noqa: E402
 
 BENCHES = {
     "layer": ["-m", "bench.layer_bench"],
@@ -131,11 +132,7 @@ def main(argv):
     notes = kept_notes(_OUT.value)
     if notes:
         sections.append(notes)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(_OUT.value)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(sections))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, _OUT.value)
+    files.write_atomic(_OUT.value, "\n".join(sections))
     print(f"Wrote {_OUT.value}")
 
 

@@ -11,18 +11,17 @@ or GPU name), TensorFlow version, shape, dtype, variant, strides and mode, so a 
 nothing. A broken or unwritable cache gives a warning and a measurement, never an error.
 """
 
-import contextlib
 import gc
 import json
 import os
 import platform
-import tempfile
 import time
 import warnings
 
 import tensorflow as tf
 
 from cost_tf.cost import MODES, TUNED, CoST, default_implementation, tuned_key, valid_implementations
+from pipelines import files
 
 AUTOTUNE_HELP = (
     "Before the first step, time every CoST implementation per layer on this device and run the "
@@ -206,15 +205,7 @@ def _write_cache(path, new_entries):
             warnings.simplefilter("ignore")  # a broken file was reported when it was read
             entries = _read_cache(path)
         entries.update(new_entries)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".autotune-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": _CACHE_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        files.write_json(path, {"version": _CACHE_VERSION, "entries": entries}, indent=1)
     except OSError as e:
         warnings.warn(
             f"autotune: could not write the cache {path} ({e}); the choices hold for this process only.",

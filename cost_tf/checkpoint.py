@@ -16,49 +16,17 @@ import re
 import keras
 import tensorflow as tf
 
+from pipelines import files
+
 STATE_FILE = "training_metadata.json"
 _WEIGHTS_RE = re.compile(r"^ckpt-e(\d+)-s(\d+)\.weights\.h5$")
-_TMP_PREFIX = ".tmp-"
-
-
-def _tmp_path(path, suffix=""):
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f"{_TMP_PREFIX}{os.getpid()}-{name}{suffix}")
-
-
-def _fsync(path):
-    if "://" in path:
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace(src, dst):
-    """Atomic rename over `dst` (fsyncs `src` first, so the rename never exposes unwritten data)."""
-    _fsync(src)
-    tf.io.gfile.rename(src, dst, overwrite=True)
-
-
-def write_text(path, text, mode="w"):
-    """Writes `text` (or bytes with mode="wb") to `path` through a temporary file + rename."""
-    tmp = _tmp_path(path)
-    with tf.io.gfile.GFile(tmp, mode) as f:
-        f.write(text)
-    replace(tmp, path)
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+_TMP_PREFIX = files.TMP_PREFIX
 
 
 def save_model(model, path):
     """model.save to `path` (a .keras file) atomically."""
-    tmp = _tmp_path(path)  # keeps the .keras suffix Keras requires
-    model.save(tmp)
-    replace(tmp, path)
+    with files.atomic_path(path) as tmp:  # keeps the .keras suffix Keras requires
+        model.save(tmp)
 
 
 def _finite(logs):
@@ -150,8 +118,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         final = os.path.join(self.write_dir, name)
         tmp = os.path.join(self.write_dir, f"{_TMP_PREFIX}{os.getpid()}.weights.h5")
         self.model.save_weights(tmp, overwrite=True)
-        replace(tmp, final)
-        write_json(os.path.join(self.write_dir, STATE_FILE), {"epoch": epoch, "step": step, "weights": name})
+        files.replace(tmp, final)
+        files.write_json(
+            os.path.join(self.write_dir, STATE_FILE), {"epoch": epoch, "step": step, "weights": name}
+        )
         for other in tf.io.gfile.listdir(self.write_dir):
             if (_WEIGHTS_RE.match(other) and other != name) or other.startswith(_TMP_PREFIX):
                 tf.io.gfile.remove(os.path.join(self.write_dir, other))
@@ -179,15 +149,15 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def _save_model(self, epoch, batch, logs):
         final = self._get_file_path(epoch, batch, logs)
-        template, self.filepath = self.filepath, _tmp_path(final)
+        tmp = files.tmp_path(final)
+        template, self.filepath = self.filepath, tmp
         try:
             super()._save_model(epoch, batch, logs)
         finally:
             self.filepath = template
-        tmp = _tmp_path(final)
         if tf.io.gfile.exists(tmp):
-            replace(tmp, final)
+            files.replace(tmp, final)
             if self.save_best_only:
-                write_json(
+                files.write_json(
                     self.best_path, {"monitor": self.monitor, "best": float(self.best), "epoch": epoch + 1}
                 )

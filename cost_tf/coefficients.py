@@ -10,14 +10,13 @@ figure) and, for CoST(b), `classes.csv` + `classes.png` (per-class temporal weig
 
 import csv
 import os
-import tempfile
 
 import keras
 import numpy as np
 from absl import app, flags
 
 from cost_tf.cost import VIEWS, CoST
-from pipelines import readers
+from pipelines import files, readers
 
 
 def define_flags():
@@ -120,18 +119,6 @@ def per_class_temporal(coefficients, labels, class_names):
     return sorted(rows, key=lambda r: -r["temporal_mean"])
 
 
-def _write_atomic(path, write):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the outputs are for everyone who reads the run
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_csv(path, rows, columns):
     def write(tmp):
         with open(tmp, "w", newline="") as f:
@@ -139,7 +126,8 @@ def write_csv(path, rows, columns):
             writer.writeheader()
             writer.writerows(rows)
 
-    _write_atomic(path, write)
+    with files.atomic_path(path) as tmp:
+        write(tmp)
 
 
 def plot_layers(path, rows):
@@ -162,7 +150,8 @@ def plot_layers(path, rows):
     ax.set_title("CoST view coefficients by layer (shallow → deep)")
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
@@ -180,7 +169,8 @@ def plot_classes(path, rows, top):
     ax.set_xlabel("mean temporal coefficient (T-W + T-H), CoST(b) layers")
     ax.set_title(f"Most temporal classes (top {len(rows)})")
     fig.tight_layout()
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -16,7 +16,8 @@ import time
 
 import keras
 
-from cost_tf import checkpoint, cost
+from cost_tf import cost
+from pipelines import files
 
 ARCHS = ("c2d_tiny", "c3d_tiny", "cost_a_tiny", "cost_b_tiny", "s3dg_tiny")
 
@@ -151,7 +152,7 @@ def main(argv):
     command = "python -m cost_tf.compare" + (f" --epochs={_EPOCHS.value}" if _EPOCHS.value else "")
     text = results_markdown(rows, command)
     os.makedirs(os.path.dirname(os.path.abspath(_RESULTS.value)), exist_ok=True)
-    checkpoint.write_text(_RESULTS.value, text)
+    files.write_atomic(_RESULTS.value, text)
     print(text)
     print(f"Wrote {_RESULTS.value}")
 

@@ -22,10 +22,9 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from cost_tf import checkpoint
 from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.loading import load_model, resize_model, training_config
-from pipelines import readers
+from pipelines import files, readers
 
 
 @dataclasses.dataclass
@@ -127,7 +126,7 @@ def plot_confusion(matrix, class_names, path, title):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    checkpoint.write_text(path, buffer.getvalue(), mode="wb")
+    files.write_atomic(path, buffer.getvalue())
 
 
 def _eval_source(config, train_config):
@@ -273,7 +272,7 @@ def evaluate(config):
     for i, name in enumerate(names):
         total = int(matrix[i].sum())
         writer.writerow([i, name, total, int(matrix[i, i]), f"{matrix[i, i] / total:.6f}" if total else ""])
-    checkpoint.write_text(csv_path, rows.getvalue())
+    files.write_atomic(csv_path, rows.getvalue())
     top1 = float(np.mean(predictions == labels))
     top5 = float(np.mean(topk_correct(probabilities, labels, min(5, num_classes))))
     plot_confusion(
@@ -308,7 +307,7 @@ def evaluate(config):
                 f"rows, {counts['unreadable']} unreadable (listed in eval_{tag}.json).",
                 flush=True,
             )
-    checkpoint.write_json(os.path.join(output_dir, f"eval_{tag}.json"), report)
+    files.write_json(os.path.join(output_dir, f"eval_{tag}.json"), report)
     print(
         f"{tag} views on {report['num_videos']} videos: top-1 {top1:.4f}, top-5 {top5:.4f}; wrote "
         f"{csv_path}, {png_path}",

@@ -27,7 +27,7 @@ import tensorflow as tf
 from cost_tf import checkpoint, distribute, optim
 from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.resnet import ARCHS, build_model, parse_arch
-from pipelines import readers, synthetic
+from pipelines import files, readers, synthetic
 
 DATASETS = ("synthetic", "tfrecord", "kinetics", "moments")
 # What a run writes in model_dir (besides config.json, backup/ and the synthetic data/); a fresh run (no
@@ -573,7 +573,7 @@ def _train(c, strategy, out, extra_callbacks):
                 tf.io.gfile.rmtree(path)
             elif tf.io.gfile.exists(path):
                 tf.io.gfile.remove(path)
-    checkpoint.write_json(
+    files.write_json(
         os.path.join(out.path, "config.json"),
         dict(
             dataclasses.asdict(c),
@@ -655,7 +655,7 @@ def _train(c, strategy, out, extra_callbacks):
         skips_before,
     )
     if skipped is not None:
-        checkpoint.write_json(os.path.join(out.path, "data_report.json"), skipped)
+        files.write_json(os.path.join(out.path, "data_report.json"), skipped)
         metrics["skipped_videos"] = counts = {
             "missing": sum(len(skipped[s]["missing"]) for s in ("train", "eval")),
             "bad_rows": sum(len(skipped[s]["bad_rows"]) for s in ("train", "eval")),
@@ -667,7 +667,7 @@ def _train(c, strategy, out, extra_callbacks):
                 f"{counts['unreadable']} unreadable; listed in {os.path.join(c.model_dir, 'data_report.json')}.",
                 flush=True,
             )
-    checkpoint.write_json(os.path.join(out.path, "metrics.json"), metrics)
+    files.write_json(os.path.join(out.path, "metrics.json"), metrics)
     if out.chief and tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)
     print(

@@ -24,12 +24,11 @@ Usage: python -m pipelines.synthetic --output_dir=/tmp/synthetic
 
 import json
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from pipelines import tfrecord
+from pipelines import files, tfrecord
 
 CLASSES = (
     "moving_up",
@@ -281,8 +280,7 @@ def _write_split(output_dir, prefix, num, seed, num_frames, size, num_shards):
     names = []
     for shard in range(num_shards):
         name = tfrecord.shard_name(prefix, shard, num_shards)
-        tmp = os.path.join(output_dir, f".{name}.tmp-{os.getpid()}")
-        with tf.io.TFRecordWriter(tmp) as writer:
+        with files.atomic_path(os.path.join(output_dir, name)) as tmp, tf.io.TFRecordWriter(tmp) as writer:
             for start in range(bounds[shard], bounds[shard + 1], _CHUNK):
                 stop = min(start + _CHUNK, bounds[shard + 1])
                 clips = generate_clips(
@@ -303,17 +301,8 @@ def _write_split(output_dir, prefix, num, seed, num_frames, size, num_shards):
                             size,
                         ).SerializeToString()
                     )
-        os.replace(tmp, os.path.join(output_dir, name))
         names.append(name)
     return names
-
-
-def _atomic_write_text(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
 
 
 def write_synthetic(
@@ -383,8 +372,8 @@ def write_synthetic(
                 os.remove(path)  # left by a crashed run
     _write_split(output_dir, "train", num_train, seed, num_frames, size, num_shards)
     _write_split(output_dir, "eval", num_eval, seed, num_frames, size, 1)
-    _atomic_write_text(os.path.join(output_dir, "classes.txt"), "\n".join(CLASSES) + "\n")
-    _atomic_write_text(marker, json.dumps(config, sort_keys=True))
+    files.write_atomic(os.path.join(output_dir, "classes.txt"), "\n".join(CLASSES) + "\n")
+    files.write_atomic(marker, json.dumps(config, sort_keys=True))
     return patterns
 
 

@@ -1,4 +1,4 @@
-"""cost_tf.checkpoint: atomic writes, crash-safe BackupAndRestore (consistent pair, mid-epoch offsets, no NaN
+"""cost_tf.checkpoint: crash-safe BackupAndRestore (consistent pair, mid-epoch offsets, no NaN
 backups) and a ModelCheckpoint that keeps its best value across restarts."""
 
 import json
@@ -9,22 +9,12 @@ import numpy as np
 import pytest
 
 from cost_tf import checkpoint
-
-
-def test_atomic_writes_replace_whole_files(tmp_path):
-    path = str(tmp_path / "report.json")
-    checkpoint.write_json(path, {"a": 1})
-    checkpoint.write_json(path, {"a": 2, "b": [1, 2]})
-    with open(path) as f:
-        assert json.load(f) == {"a": 2, "b": [1, 2]}
-    checkpoint.write_text(str(tmp_path / "blob.bin"), b"\x00\x01", mode="wb")
-    assert (tmp_path / "blob.bin").read_bytes() == b"\x00\x01"
-    assert sorted(os.listdir(tmp_path)) == ["blob.bin", "report.json"]  # no temporary file left
+from pipelines import files
 
 
 def test_read_backup_state(tmp_path):
     assert checkpoint.read_backup_state(str(tmp_path)) is None
-    checkpoint.write_json(
+    files.write_json(
         str(tmp_path / checkpoint.STATE_FILE), {"epoch": 3, "step": 7, "weights": "gone.weights.h5"}
     )
     with pytest.raises(ValueError, match="gone.weights.h5, which does not exist"):

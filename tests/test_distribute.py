@@ -23,6 +23,7 @@ import json, os, sys
 import numpy as np
 from cost_tf import checkpoint, distribute, train
 from cost_tf.train import TrainConfig
+from pipelines import files
 
 def tiny(model_dir, data_dir, strategy):
     return TrainConfig(model_dir=model_dir, dataset="tfrecord", train_pattern=os.path.join(data_dir, "train-*"),
@@ -171,11 +172,11 @@ _WORKER = """
     config = tiny(model_dir, data_dir, "multi_worker")
     c, strategy = train.setup(config)
     written = []
-    original_replace = checkpoint.replace
+    original_replace = files.replace  # every atomic write of the run (checkpoints, json, model) ends here
     def logged_replace(src, dst):
         written.append(os.path.abspath(dst))
         original_replace(src, dst)
-    checkpoint.replace = logged_replace
+    files.replace = logged_replace
     source, _, _ = train.prepare_data(c, data_dir=None)
     batch = next(iter(train.distributed_dataset(strategy, source, "train", 8, seed=0)))
     local_clips = strategy.experimental_local_results(batch[0])[0].numpy()

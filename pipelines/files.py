@@ -1,0 +1,85 @@
+"""Atomic file writes, the one way every package writes a file a reader may be watching.
+
+A file is written under a hidden temporary name in its own folder (so `DIR/*` and `DIR/*.tfrecord*` globs
+never match it), flushed to disk, then renamed over the final name: a crash leaves either the old file or
+the new one, never a partial one. Local paths use os.replace (rename(2)); remote ones (gs://, ...) go through
+tf.io.gfile (imported only for them, so this module stays TensorFlow-free).
+"""
+
+import contextlib
+import json
+import os
+import secrets
+
+TMP_PREFIX = ".tmp-"
+
+
+def _remote(path):
+    return "://" in os.fspath(path)
+
+
+def tmp_path(path, suffix=""):
+    """A hidden temporary name beside `path` that keeps its extension (Keras and matplotlib want it)."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{name}{suffix}")
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace(src, dst):
+    """Renames `src` over `dst` atomically (locally fsyncing `src` first, so no unwritten data shows)."""
+    if _remote(src) or _remote(dst):
+        import tensorflow as tf
+
+        tf.io.gfile.rename(src, dst, overwrite=True)
+        return
+    _fsync(src)
+    os.replace(src, dst)
+
+
+def _remove(path):
+    with contextlib.suppress(OSError):
+        if _remote(path):
+            import tensorflow as tf
+
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.remove(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` for a writer that takes a file name (savefig, model.save, ...);
+    renames it to `path` when the block ends normally and removes it when the block raises."""
+    tmp = tmp_path(path)
+    try:
+        yield tmp
+        replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def write_atomic(path, data):
+    """Writes `data` (str: UTF-8 text, or bytes) to `path` atomically."""
+    mode = "wb" if isinstance(data, bytes | bytearray) else "w"
+    with atomic_path(path) as tmp:
+        if _remote(tmp):
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(tmp, mode) as f:
+                f.write(data)
+        else:
+            with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+                f.write(data)
+
+
+def write_json(path, obj, indent=2):
+    """`obj` as JSON (sorted keys, trailing newline) to `path` atomically."""
+    write_atomic(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
