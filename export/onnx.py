@@ -29,6 +29,7 @@ from absl import app, flags, logging
 from cost_tf import loading
 from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main, main_input_shape
 from export import parity, saved_model
+from pipelines import files
 
 OPSETS = tuple(range(13, 19))  # the ONNX opsets tf2onnx 1.17 supports
 DEFAULT_OPSET = 17
@@ -203,14 +204,13 @@ def convert_saved_model(
     saved_model_dir = os.fspath(saved_model_dir)
     if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
         raise ValueError(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
-    # Same folder as the final name, so the rename is atomic; ends in .tmp, never mistaken for a model.
-    tmp_onnx = f"{output}.{os.getpid()}.tmp"
     # tf2onnx deep-copies the whole ONNX graph, weights included, before each of its optimizer passes (to
     # restore it if a pass fails), and those copies pile up: cost_a_r50 peaked over 7 GB in that phase here,
     # 4.7 GB without them (cost_b_r50 the other way, 4.1 vs 5.9 GB: docs/DEPLOY.md, Export memory). Any value of this variable turns the copies off (tf2onnx 1.17 compares the
     # variable's name, not its value, with "TRUE"); a failing pass then fails the conversion, reported below.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1", **{CATCH_ERRORS_ENV: "FALSE"})
-    try:
+    # A hidden temporary beside the final name, validated, then renamed (removed on any failure).
+    with files.atomic_path(output) as tmp_onnx:
         try:
             result = subprocess.run(
                 converter_command(saved_model_dir, tmp_onnx, opset, signature),
@@ -241,11 +241,6 @@ def convert_saved_model(
         error = parity.check_parity(
             run_onnxruntime(tmp_onnx, clip), expected, f"onnxruntime on {output} vs {what}", tolerance
         )
-        os.replace(tmp_onnx, output)
-    except BaseException:
-        if os.path.exists(tmp_onnx):
-            os.remove(tmp_onnx)
-        raise
     return {
         "path": output,
         "opset": opset,

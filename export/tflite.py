@@ -42,7 +42,7 @@ from keras import ops
 from cost_tf import loading
 from cost_tf.cost import CoST
 from export import parity, saved_model
-from pipelines import preprocess
+from pipelines import files, preprocess
 
 QUANTIZE = ("none", "float16", "dynamic")
 CLIP_KEY = "serving_default"
@@ -552,8 +552,8 @@ def export(
         content = convert(
             lower(parity.fold_for_inference(reference, "merged"), batch_size), frame_size, crop_size, quantize
         )
-    tmp = f"{output}.{os.getpid()}.tmp"  # same folder: the rename is atomic; never mistaken for a model
-    try:
+    # A hidden temporary beside the final name, validated, then renamed (removed on any failure).
+    with files.atomic_path(output) as tmp:
         with open(tmp, "wb") as f:
             f.write(content)
         ops_used = builtin_only_ops(content)
@@ -575,11 +575,6 @@ def export(
             f"tf.lite.Interpreter on {output} '{FRAMES_KEY}' ({quantize})",
             tolerance,
         )
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return {
         "path": output,
         "quantize": quantize,
