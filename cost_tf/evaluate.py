@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.loading import load_model, resize_model, training_config
-from pipelines import files, readers
+from pipelines import files, preprocess, readers
 
 
 @dataclasses.dataclass
@@ -212,7 +212,7 @@ def evaluate(config):
     model = load_model(config.model)
     _, model_frames, model_size, _, _ = model.input_shape
     trained_crop = trained_crop or model_size
-    eval_resize = eval_resize or round(trained_crop * 8 / 7)
+    eval_resize = eval_resize or preprocess.eval_short_side(trained_crop)
     # The spec's multi-crop views are crops of the full short side; one view is the training crop size.
     crop_size = config.crop_size or (eval_resize if num_crops > 1 else trained_crop)
     num_frames = config.num_frames or model_frames

@@ -35,11 +35,6 @@ CLASSES_ASSET = "classes.txt"
 TOP_K = 5
 
 
-def resize_size(crop_size):
-    """Short side the frames are resized to before the centre crop: 256 for 224 (crop * 8 / 7)."""
-    return int(round(crop_size * 8 / 7))
-
-
 def _check_classes(class_names, num_classes):
     if class_names is None:
         return [str(i) for i in range(num_classes)]
@@ -69,7 +64,7 @@ def tracked_variables(concrete_functions):
 
 def preprocess_frames(frames, crop_size):
     """uint8 (N, T, H, W, 3) -> normalised float32 (N, T, crop, crop, 3): the eval view, inside the graph."""
-    clip = preprocess.resize_short_side(frames, resize_size(crop_size))
+    clip = preprocess.resize_short_side(frames, preprocess.eval_short_side(crop_size))
     clip = preprocess.normalize(preprocess.center_crop(clip, crop_size))
     return tf.ensure_shape(clip, [None, frames.shape[1], crop_size, crop_size, 3])
 

@@ -294,7 +294,7 @@ def lower(model, batch_size=1):
 
 def default_frame_size(crop_size):
     """(H, W) of the `frames` signature by default: the eval resize's short side, squared (256x256 for 224)."""
-    side = saved_model.resize_size(crop_size)
+    side = preprocess.eval_short_side(crop_size)
     return side, side
 
 
@@ -303,7 +303,7 @@ def frames_to_clip(frames, crop_size):
     export.saved_model's serving_default computes it (resize short side to round(crop * 8 / 7), bilinear,
     half-pixel centres, centre crop, ImageNet normalisation), with every size a Python int."""
     n, t, h, w, _ = frames.shape
-    short = saved_model.resize_size(crop_size)
+    short = preprocess.eval_short_side(crop_size)
     new_h, new_w = (short, round(w * short / h)) if h <= w else (round(h * short / w), short)
     images = tf.reshape(tf.cast(frames, tf.float32), (n * t, h, w, 3))
     images = tf.image.resize(images, (new_h, new_w), method="bilinear")

@@ -168,9 +168,12 @@ class _Config:
         self.num_clips = int(num_clips) if mode == "test" else 1
         self.num_crops = int(num_crops) if mode == "test" else 1
         self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31)
-        self.min_resize = int(min_resize) if min_resize is not None else round(crop_size * 8 / 7)
-        self.max_resize = int(max_resize) if max_resize is not None else round(crop_size * 10 / 7)
-        self.eval_resize = int(eval_resize) if eval_resize is not None else round(crop_size * 8 / 7)
+        low, high = preprocess.train_short_side_range(crop_size)
+        self.min_resize = int(min_resize) if min_resize is not None else low
+        self.max_resize = int(max_resize) if max_resize is not None else high
+        self.eval_resize = (
+            int(eval_resize) if eval_resize is not None else preprocess.eval_short_side(crop_size)
+        )
         self.flip = bool(flip)
         if not crop_size <= self.min_resize <= self.max_resize:
             raise ValueError(

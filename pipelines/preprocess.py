@@ -12,6 +12,16 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def eval_short_side(crop_size):
+    """Short side frames are resized to before an evaluation crop: 256 for 224 (crop * 8 / 7)."""
+    return round(crop_size * 8 / 7)
+
+
+def train_short_side_range(crop_size):
+    """Default (min, max) of the training scale jitter's short side: (256, 320) for 224 (crop * 8/7, * 10/7)."""
+    return round(crop_size * 8 / 7), round(crop_size * 10 / 7)
+
+
 def normalize(frames):
     """uint8 or float frames in [0, 255] -> float32 (x / 255 - MEAN) / STD."""
     frames = tf.cast(frames, tf.float32)

@@ -131,3 +131,12 @@ def test_resized_crop_from_source_window_equals_resize_then_crop(h, w, short, cr
         # Whole frames (window offset 0) give the same crop.
         whole = preprocess.resized_crop(x, h, w, new_h, new_w, crop, oy, ox).numpy()
         np.testing.assert_allclose(whole, got, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "crop, short, low, high", [(224, 256, 256, 320), (160, 183, 183, 229), (112, 128, 128, 160)]
+)
+def test_short_side_rules(crop, short, low, high):
+    # The one home of the crop * 8/7 (eval) and crop * 8/7 .. 10/7 (train jitter) rules.
+    assert preprocess.eval_short_side(crop) == short
+    assert preprocess.train_short_side_range(crop) == (low, high)
