@@ -98,10 +98,30 @@ def fold(model, form="auto"):
             return _call_folded(layer, args[0], form)
         return layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(model, clone_function=clone_layer, call_function=call_layer)
+    return clone_with_weights(
+        model,
+        clone_layer,
+        call_layer,
+        weights=lambda source, layer: None if _is_foldable(source) else source.get_weights(),
+    )
+
+
+def clone_with_weights(model, clone_function, call_function=None, weights=None):
+    """keras.models.clone_model(model, clone_function, call_function=...), then each new layer with weights
+    gets those of the same-named layer of `model`: the one clone-and-copy of every model rewrite.
+
+    Args:
+      weights: (source layer, new layer) -> list of arrays, or None to leave the new layer as it is
+        (default: source.get_weights()). Layers the clone shares with `model`, and layers without weights
+        or without a same-named source, are left alone.
+    """
+    clone = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
     originals = {layer.name: layer for layer in model.layers}
-    for layer in folded.layers:
+    for layer in clone.layers:
         source = originals.get(layer.name)
-        if source is not None and source is not layer and not _is_foldable(source) and source.weights:
-            layer.set_weights(source.get_weights())
-    return folded
+        if source is None or source is layer or not source.weights:
+            continue
+        values = source.get_weights() if weights is None else weights(source, layer)
+        if values is not None:
+            layer.set_weights(list(values))
+    return clone

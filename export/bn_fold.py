@@ -13,6 +13,8 @@ so the exported graph has no BatchNorm multiply after the convolution.
 import keras
 import numpy as np
 
+from cost_tf.fold import clone_with_weights
+
 # Convolutions whose kernel's last axis is the output channel (grouped convs included); transposed, depthwise
 # and separable convolutions are not subclasses of these.
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -120,14 +122,11 @@ def fold_batchnorm(model):
             return args[0]  # the BatchNorm is now inside the conv before it
         return layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(model, clone_function=clone_layer, call_function=call_layer)
     originals = {layer.name: layer for layer in model.layers}
-    for layer in folded.layers:
-        source = originals.get(layer.name)
-        if source is None or source is layer or not source.weights:
-            continue
+
+    def weights(source, layer):
         if layer.name in pairs:
-            layer.set_weights(list(_folded_weights(source, originals[pairs[layer.name]])))
-        else:
-            layer.set_weights(source.get_weights())
-    return folded
+            return _folded_weights(source, originals[pairs[layer.name]])
+        return source.get_weights()
+
+    return clone_with_weights(model, clone_layer, call_layer, weights=weights)

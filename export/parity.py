@@ -9,6 +9,7 @@ import os
 import keras
 import numpy as np
 
+from cost_tf.fold import clone_with_weights
 from cost_tf.fold import fold as fold_cost
 from export.bn_fold import fold_batchnorm
 
@@ -113,12 +114,7 @@ def plain_convolutions(model):
     def clone_layer(layer):
         return plain_class.get(layer.name, layer.__class__).from_config(layer.get_config())
 
-    plain = keras.models.clone_model(model, clone_function=clone_layer)
-    originals = {layer.name: layer for layer in model.layers}
-    for layer in plain.layers:
-        if layer.weights:
-            layer.set_weights(originals[layer.name].get_weights())
-    return plain
+    return clone_with_weights(model, clone_layer)
 
 
 def fold_for_inference(model, form="merged"):
