@@ -38,6 +38,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from bench import timing  # noqa: E402
 from cost_tf.resnet import build_model  # noqa: E402
 from export import onnx as onnx_export  # noqa: E402
 from export import (
@@ -127,16 +128,8 @@ def time_runners(runners, clip, runs):
     CPU time is this process's (all threads): on a machine shared with other jobs it varies far less than
     wall time, which grows with the load.
     """
-    for run in runners.values():
-        run(clip)
-    wall, cpu = {key: [] for key in runners}, {key: [] for key in runners}
-    for _ in range(runs):
-        for key, run in runners.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run(clip)
-            wall[key].append(time.perf_counter() - start)
-            cpu[key].append(time.process_time() - start_cpu)
-    return {key: (statistics.median(wall[key]), statistics.median(cpu[key])) for key in runners}
+    times = timing.interleaved({key: lambda run=run: run(clip) for key, run in runners.items()}, runs)
+    return {key: (statistics.median(t["wall"]), statistics.median(t["cpu"])) for key, t in times.items()}
 
 
 def _table(results, column, title):

@@ -12,7 +12,6 @@ padded planes against the former 27 stacked taps, and with --onnx the folded CoS
 """
 
 import os
-import statistics
 import tempfile
 import time
 
@@ -24,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from keras import ops  # noqa: E402
 
+from bench import timing  # noqa: E402
 from cost_tf.autotune import autotune, machine, step_function  # noqa: E402
 from cost_tf.cost import CoST, merged_kernel, valid_implementations  # noqa: E402
 from cost_tf.resnet import FramewiseConv3D  # noqa: E402
@@ -74,16 +74,8 @@ def layer_fns(layer, x):
 
 
 def interleaved_medians_ms(fns, runs, warmup=2):
-    """Median ms of each fn in `fns` (a dict), timed in rounds that run every fn once, so a change of load
-    during the run hits every case alike; `warmup` untimed rounds first."""
-    times = {name: [] for name in fns}
-    for round_ in range(runs + warmup):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if round_ >= warmup:
-                times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median wall ms of each fn in `fns` (a dict), in interleaved rounds (bench.timing)."""
+    return {name: 1000 * s for name, s in timing.medians(fns, runs, warmup).items()}
 
 
 def time_shape(shape, runs, dtype, modes):

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from bench import timing  # noqa: E402
 from cost_tf.fold import fold  # noqa: E402
 from cost_tf.resnet import ARCHS, build_model, count_macs  # noqa: E402
 from pipelines import files  # noqa: E402
@@ -90,22 +91,13 @@ def measure(archs, timed, runs):
                 models[name] = folded
     x = tf.constant(np.random.default_rng(0).normal(size=(1, NUM_FRAMES, SIZE, SIZE, 3)).astype("float32"))
     forwards = {name: tf.function(lambda clip, m=m: m(clip, training=False)) for name, m in models.items()}
-    for fn in forwards.values():
-        fn(x).numpy()  # trace + warm-up
-    wall = {name: [] for name in forwards}
-    cpu = {name: [] for name in forwards}
-    for _ in range(runs):
-        for name, fn in forwards.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn(x).numpy()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    for name in forwards:
+    times = timing.interleaved({name: lambda fn=fn: fn(x).numpy() for name, fn in forwards.items()}, runs)
+    for name, t in times.items():
         rows[name].update(
-            clips_per_s=1.0 / min(wall[name]),
-            cpu_s_per_clip=statistics.median(cpu[name]),
-            wall_s=wall[name],
-            cpu_s=cpu[name],
+            clips_per_s=1.0 / min(t["wall"]),
+            cpu_s_per_clip=statistics.median(t["cpu"]),
+            wall_s=t["wall"],
+            cpu_s=t["cpu"],
         )
     return rows
 

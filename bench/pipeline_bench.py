@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from bench import timing  # noqa: E402
 from pipelines import (
     convert,  # noqa: E402
     dataset,  # noqa: E402
@@ -95,11 +96,7 @@ def throughput(ds, cores, warmup, batches):
 
 def _time_per_call(fn, runs=40):
     """CPU seconds (all threads) per call: robust to other load on the machine."""
-    fn()
-    start = time.process_time()
-    for _ in range(runs):
-        fn()
-    return (time.process_time() - start) / runs
+    return timing.median(fn, runs, clock="cpu")
 
 
 def profile(pattern, raw):

@@ -10,7 +10,6 @@ The hand-written analysis at the end of the old report (from NOTES_MARKER on) is
 
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from bench import timing  # noqa: E402
 from pipelines import files  # noqa: E402
 
 BENCHES = {
@@ -54,13 +54,7 @@ def machine_description():
 
 
 def _median_s(fn, runs=10):
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timing.median(fn, runs)
 
 
 def ceiling():
