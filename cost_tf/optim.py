@@ -7,9 +7,21 @@ Weight decay is the *coupled* L2 of torch.optim.SGD (the public code's optimizer
 clipped gradient and so goes through the momentum buffer. Keras' own `SGD(weight_decay=...)` is decoupled
 (`w -= lr * wd * w`, outside the momentum), which with momentum 0.9 regularises about 10x less for the same
 number; `CoupledWeightDecaySGD` keeps the recipe's 1e-4 meaningful.
+
+Gradient accumulation (`accumulate_steps=K`, train's --accumulate_steps): Keras' own
+`gradient_accumulation_steps` (accumulator variables, `iterations` counting updates), with two changes in
+`CoupledWeightDecaySGD`: (1) the learning-rate schedule is evaluated at the UPDATE count (Keras evaluates it
+at the micro-batch count), so a schedule built for `steps_per_epoch / K` updates per epoch runs exactly as on
+the K-times batch; (2) Keras 3.15 runs the update inside `ops.cond` in the replica context, where
+tf.distribute refuses the update's `merge_call` (MirroredStrategy: "`merge_call` called while defining a new
+graph"); here the micro-batch gradients are all-reduced first and the cond runs per variable inside the
+cross-replica update, so every replica holds the same accumulators (a checkpoint saves them exactly). The
+update uses the mean of the K micro-batch gradients, clipped to the global norm, plus the coupled decay: one
+step on the K-times batch. BatchNorm still normalises each micro-batch (as each GPU of the recipe's 8 does).
 """
 
 import keras
+import tensorflow as tf
 
 REFERENCE_BATCH = 64  # the recipe's lr is given for 64 clips (8 GPUs x 8)
 WARMUP_START = 0.1  # warmup starts at this fraction of the peak lr (MMAction's warmup_ratio)
@@ -122,6 +134,51 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
             )
         self.coupled_weight_decay = float(coupled_weight_decay)
 
+    def _get_current_learning_rate(self):
+        # Keras calls the schedule with the micro-batch count; with accumulation the schedule counts updates.
+        if self.gradient_accumulation_steps and isinstance(
+            self._learning_rate, keras.optimizers.schedules.LearningRateSchedule
+        ):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if not self.gradient_accumulation_steps:
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        steps = self.gradient_accumulation_steps
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        accumulators = [self._accumulated_gradients[self._get_variable_index(v)] for v in trainable_variables]
+        # Replica context: sum the micro-batch gradients over replicas now (identity without a strategy), so
+        # the accumulators, the clip norm and the update are the same on every replica.
+        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
+        grads = [g for g, _ in grads_and_vars]
+        is_update = keras.ops.equal((self._iterations + 1) % steps, 0)
+        means = self._clip_gradients([(g + a) / steps for g, a in zip(grads, accumulators, strict=True)])
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._accumulate_or_update,
+            self._distribution_strategy,
+            list(zip(grads, means, variables, [a.value for a in accumulators], strict=True)),
+            is_update,
+        )
+
+    def _accumulate_or_update(self, distribution, items, is_update):
+        learning_rate = self.learning_rate
+
+        def update_variable(variable, mean, is_update, learning_rate):
+            def apply():
+                self.update_step(mean, variable, learning_rate)
+
+            keras.ops.cond(is_update, apply, lambda: None)
+
+        def update_accumulator(accumulator, grad, is_update):
+            accumulator.assign(tf.where(is_update, tf.zeros_like(accumulator), accumulator + grad))
+
+        for grad, mean, variable, accumulator in items:
+            distribution.extended.update(
+                variable, update_variable, args=(mean, is_update, learning_rate), group=False
+            )
+            distribution.extended.update(accumulator, update_accumulator, args=(grad, is_update), group=False)
+
     def update_step(self, gradient, variable, learning_rate):
         if self.coupled_weight_decay and self._use_weight_decay(variable):
             gradient = (
@@ -142,7 +199,7 @@ def is_decayed(variable):
     return variable.path.rsplit("/", 1)[-1] == "kernel"
 
 
-def build_optimizer(model, learning_rate, momentum=0.9, weight_decay=1e-4, clipnorm=40.0):
+def build_optimizer(model, learning_rate, momentum=0.9, weight_decay=1e-4, clipnorm=40.0, accumulate_steps=1):
     """CoupledWeightDecaySGD for `model`, decaying only `is_decayed` variables.
 
     Args:
@@ -151,7 +208,13 @@ def build_optimizer(model, learning_rate, momentum=0.9, weight_decay=1e-4, clipn
       momentum: SGD momentum.
       weight_decay: L2 coefficient (torch semantics, see module docstring); 0 disables.
       clipnorm: clip the gradients to this global norm (keras `global_clipnorm`); 0/None disables.
+      accumulate_steps: update once every this many batches with their mean gradient (see module docstring);
+        a schedule must then count updates (steps_per_epoch / accumulate_steps per epoch).
     """
+    if isinstance(accumulate_steps, bool) or not isinstance(accumulate_steps, int) or accumulate_steps < 1:
+        raise ValueError(
+            f"accumulate_steps must be an int >= 1. Received: accumulate_steps={accumulate_steps!r}"
+        )
     if not model.built:
         raise ValueError(f"Build the model before the optimizer. Received: model={model.name!r} (not built)")
     optimizer = CoupledWeightDecaySGD(
@@ -159,6 +222,7 @@ def build_optimizer(model, learning_rate, momentum=0.9, weight_decay=1e-4, clipn
         learning_rate=learning_rate,
         momentum=float(momentum),
         global_clipnorm=clipnorm or None,
+        gradient_accumulation_steps=accumulate_steps if accumulate_steps > 1 else None,
     )
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if not is_decayed(v)])
     return optimizer

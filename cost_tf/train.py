@@ -16,6 +16,7 @@ afresh and first removes an earlier run's outputs from --model_dir.
 
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -107,6 +108,7 @@ class TrainConfig:
     epochs: int = None
     steps_per_epoch: int = None
     batch_size: int = None
+    accumulate_steps: int = 1  # update once every this many batches: effective batch batch_size x this
     lr: float = None
     lr_schedule: str = None
     lr_steps: tuple = None
@@ -214,6 +216,7 @@ def resolve_config(config):
         "synthetic_train",
         "synthetic_eval",
         "shuffle_buffer",
+        "accumulate_steps",
     ):
         _positive_int(name, getattr(c, name))
     for name in (
@@ -227,6 +230,12 @@ def resolve_config(config):
     ):
         if getattr(c, name) is not None:
             _positive_int(name, getattr(c, name))
+    if c.steps_per_epoch is not None and c.steps_per_epoch % c.accumulate_steps:
+        raise _flag_error(
+            "steps_per_epoch",
+            c.steps_per_epoch,
+            f"must be a multiple of --accumulate_steps={c.accumulate_steps} (every epoch ends on an update)",
+        )
     if not c.lr > 0:
         raise _flag_error("lr", c.lr, "must be > 0")
     c.lr_steps = tuple(int(e) for e in (c.lr_steps or ()))
@@ -466,12 +475,19 @@ def compile_model(c, num_classes, steps_per_epoch):
         from cost_tf.inflate import inflate_imagenet
 
         inflate_imagenet(model, c.imagenet_weights)
-    learning_rate = optim.scaled_learning_rate(c.lr, c.batch_size)
+    # The lr scales with the effective batch; with accumulation the schedule counts optimizer updates.
+    k = c.accumulate_steps
+    learning_rate = optim.scaled_learning_rate(c.lr, c.batch_size * k)
     schedule = optim.build_schedule(
-        learning_rate, steps_per_epoch, c.epochs, c.lr_schedule, c.lr_steps, c.lr_decay, c.warmup_epochs
+        learning_rate, steps_per_epoch // k, c.epochs, c.lr_schedule, c.lr_steps, c.lr_decay, c.warmup_epochs
     )
     optimizer = optim.build_optimizer(
-        model, schedule, momentum=c.momentum, weight_decay=c.weight_decay, clipnorm=c.clipnorm
+        model,
+        schedule,
+        momentum=c.momentum,
+        weight_decay=c.weight_decay,
+        clipnorm=c.clipnorm,
+        accumulate_steps=k,
     )
     model.compile(
         optimizer=optimizer,
@@ -482,6 +498,22 @@ def compile_model(c, num_classes, steps_per_epoch):
         ],
     )
     return model
+
+
+def _check_resumable(c, state, config_path):
+    """A backup holds the optimizer state of its run's accumulate_steps (accumulators or none): resuming it
+    with another value would silently drop them, so that is an error naming the flag."""
+    if state is None or not tf.io.gfile.exists(config_path):
+        return
+    with tf.io.gfile.GFile(config_path) as f:
+        before = json.load(f).get("accumulate_steps", 1)
+    if before != c.accumulate_steps:
+        raise _flag_error(
+            "accumulate_steps",
+            c.accumulate_steps,
+            f"the backup in {os.path.dirname(config_path)}/backup was written with --accumulate_steps="
+            f"{before}; resume with that value or remove the backup folder to start over",
+        )
 
 
 def _fit_segments(state, epochs, steps):
@@ -555,11 +587,17 @@ def _train(c, strategy, out, extra_callbacks):
     num_classes = c.num_classes
     if names and len(names) != num_classes:
         names = None  # --num_classes overrides the list; report indices
-    steps = c.steps_per_epoch or train_source.count // c.batch_size
+    # Batches per epoch: whole accumulated updates of batch_size x accumulate_steps clips.
+    k = c.accumulate_steps
+    steps = c.steps_per_epoch or train_source.count // (c.batch_size * k) * k
     if steps < 1:
-        raise ValueError(f"{train_source.count} training clips make no batch of batch_size={c.batch_size}.")
+        raise ValueError(
+            f"{train_source.count} training clips make no batch of batch_size={c.batch_size}"
+            + (f" x accumulate_steps={k}." if k > 1 else ".")
+        )
     backup_dir = os.path.join(c.model_dir, "backup")
     state = checkpoint.read_backup_state(backup_dir)
+    _check_resumable(c, state, os.path.join(out.path, "config.json"))
     if state is not None:
         print(
             f"Resuming from {backup_dir}: epoch {state['epoch']} done, step {state['step']}/{steps} of the "
@@ -730,6 +768,14 @@ def define_flags(flag_values=None):
         ("validation_freq", f"Validate every this many epochs ({recipe})."),
     ):
         h[name] = flags.DEFINE_integer(name, None, help_, flag_values=fv)
+    h["accumulate_steps"] = flags.DEFINE_integer(
+        "accumulate_steps",
+        defaults.accumulate_steps,
+        "Gradient accumulation: one optimizer update every this many batches, with their mean gradient, "
+        "as one step on batch_size x accumulate_steps clips (the lr scales with that effective batch; "
+        "steps_per_epoch counts batches and must be a multiple of it).",
+        flag_values=fv,
+    )
     h["synthetic_train"] = flags.DEFINE_integer(
         "synthetic_train", defaults.synthetic_train, "Synthetic training clips.", flag_values=fv
     )
@@ -742,7 +788,7 @@ def define_flags(flag_values=None):
     h["lr"] = flags.DEFINE_float(
         "lr",
         None,
-        f"Learning rate per 64 clips, scaled linearly with --batch_size "
+        f"Learning rate per 64 clips, scaled linearly with --batch_size x --accumulate_steps "
         f"({recipe}: 0.01 for Kinetics/Moments).",
         flag_values=fv,
     )

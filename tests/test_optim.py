@@ -160,3 +160,157 @@ def test_optimizer_config_round_trip():
     assert restored.coupled_weight_decay == pytest.approx(3e-4)
     assert restored.momentum == pytest.approx(0.9)
     assert restored.global_clipnorm == pytest.approx(40.0)
+
+
+# -- gradient accumulation ------------------------------------------------------------------------------------
+
+
+def _no_bn_model():
+    """Conv3D -> CoST(b) -> pool -> Dense, no BatchNorm: a step depends only on the batch's mean gradient."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((2, 4, 4, 2))
+    x = keras.layers.Conv3D(3, (1, 3, 3), padding="same", activation="relu", name="conv")(inputs)
+    x = CoST(3, variant="b", name="cost_b")(x)
+    x = keras.layers.GlobalAveragePooling3D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+
+
+def _fit(accumulate_steps, x, y, batch_size, momentum=0.0, model=None, callbacks=()):
+    """Trains a fresh (or the given) _no_bn_model on (x, y) in order: lr 0.3 per 64 clips at the effective
+    batch, a 2-update-per-epoch step schedule x0.5 after epoch 1, coupled decay, an active clip."""
+    model = model or _no_bn_model()
+    effective = batch_size * accumulate_steps
+    schedule = optim.build_schedule(
+        optim.scaled_learning_rate(0.3 * 64, effective), 2, 2, "step", lr_steps=(1,), lr_decay=0.5
+    )
+    model.compile(
+        optimizer=optim.build_optimizer(
+            model,
+            schedule,
+            momentum=momentum,
+            weight_decay=0.05,
+            clipnorm=0.5,
+            accumulate_steps=accumulate_steps,
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0, callbacks=list(callbacks))
+    return model
+
+
+def _data(n):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 2, 4, 4, 2)).astype("float32"), rng.integers(0, 3, n)
+
+
+def test_accumulating_k_batches_is_one_step_on_the_k_times_batch():
+    """SGD without momentum, 3 updates of 8 clips (the lr schedule decays before the 3rd): 4 batches of 2
+    accumulated per update give the weights and the learning rate of 1 batch of 8 per update."""
+    x, y = _data(24)
+    big = _fit(1, x, y, batch_size=8)
+    small = _fit(4, x, y, batch_size=2)
+    assert small.optimizer.gradient_accumulation_steps == 4
+    assert int(small.optimizer.iterations) == int(big.optimizer.iterations) == 3  # updates, not batches
+    assert float(small.optimizer.learning_rate) == pytest.approx(float(big.optimizer.learning_rate))
+    assert float(big.optimizer.learning_rate) == pytest.approx(0.3 * 8 * 0.5)  # decayed at update 2
+    moved = max(
+        float(np.abs(a - b).max())
+        for a, b in zip(big.get_weights(), _no_bn_model().get_weights(), strict=True)
+    )
+    assert moved > 0.05
+    for a, b in zip(small.get_weights(), big.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_resumes_exactly_from_a_backup_between_micro_batches(tmp_path):
+    """With momentum 0.9: a backup (cost_tf.checkpoint) after 6 batches of 2 (1 update + 2 accumulated
+    batches) restored into a fresh model and optimizer, then the last 6 batches: the same weights and
+    momentum as 3 updates of 8 without interruption."""
+    from cost_tf.checkpoint import AtomicBackupAndRestore
+
+    x, y = _data(24)
+    big = _fit(1, x, y, batch_size=8, momentum=0.9)
+    backup_dir = str(tmp_path / "backup")
+    first = _fit(
+        4, x[:12], y[:12], batch_size=2, momentum=0.9, callbacks=[AtomicBackupAndRestore(backup_dir)]
+    )
+    assert int(first.optimizer._iterations) == 6 and int(first.optimizer.iterations) == 1
+    accumulated = [a.numpy() for a in first.optimizer._accumulated_gradients]
+    assert max(float(np.abs(a).max()) for a in accumulated) > 0  # killed with gradients pending
+
+    model = _no_bn_model()
+    restore = AtomicBackupAndRestore(backup_dir)
+    model.compile(
+        optimizer=optim.build_optimizer(
+            model,
+            optim.build_schedule(
+                optim.scaled_learning_rate(0.3 * 64, 8), 2, 2, "step", lr_steps=(1,), lr_decay=0.5
+            ),
+            momentum=0.9,
+            weight_decay=0.05,
+            clipnorm=0.5,
+            accumulate_steps=4,
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    restore.set_model(model)
+    restore.on_train_begin()
+    assert int(model.optimizer._iterations) == 6
+    for a, b in zip(model.optimizer._accumulated_gradients, accumulated, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b)
+    model.fit(x[12:], y[12:], batch_size=2, initial_epoch=1, epochs=2, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations) == 3
+    for a, b in zip(model.get_weights(), big.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(model.optimizer.momentums, big.optimizer.momentums, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+_MIRRORED = """
+import json, sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tests import test_optim as t
+x, y = t._data(16)
+big = t._fit(1, x, y, batch_size=8, momentum=0.9)
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    small = t._fit(2, x, y, batch_size=4, momentum=0.9)
+copies = [[c.numpy() for c in a.value.values] for a in small.optimizer._accumulated_gradients]
+print(json.dumps({
+    "diff": max(float(np.abs(a - b).max()) for a, b in zip(small.get_weights(), big.get_weights())),
+    "moved": max(float(np.abs(a - b).max()) for a, b in zip(big.get_weights(), t._no_bn_model().get_weights())),
+    "replicas": len(copies[0]), "copies_equal": all(np.array_equal(c[0], c[1]) for c in copies),
+    "updates": int(small.optimizer.iterations.numpy()),
+}))
+"""
+
+
+def test_accumulation_under_mirrored_strategy_on_two_logical_cpus():
+    """Keras 3.15's own accumulation fails under MirroredStrategy (merge_call inside a cond); ours: 2 batches
+    of 4 split over 2 replicas per update = one step on 8 clips on one device; replicas' accumulators agree."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="2")
+    run = subprocess.run(
+        [sys.executable, "-c", _MIRRORED], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2 and out["copies_equal"] and out["updates"] == 2
+    assert out["moved"] > 0.05 and out["diff"] < 1e-5
+
+
+def test_accumulate_steps_validation_and_config_round_trip():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="accumulate_steps"):
+            optim.build_optimizer(model, 0.1, accumulate_steps=bad)
+    assert optim.build_optimizer(model, 0.1).gradient_accumulation_steps is None
+    optimizer = optim.build_optimizer(model, 0.1, accumulate_steps=3)
+    restored = optim.CoupledWeightDecaySGD.from_config(optimizer.get_config())
+    assert restored.gradient_accumulation_steps == 3

@@ -310,3 +310,46 @@ def test_resume_after_sigkill(tmp_path, data_dir):
     np.testing.assert_array_equal(
         keras.models.load_model(model_dir / "model.keras", compile=False).output_shape, (None, 8)
     )
+
+
+# -- gradient accumulation ------------------------------------------------------------------------------------
+
+
+def test_accumulate_steps_validation_and_lr_of_the_effective_batch(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="--accumulate_steps: must be a positive integer"):
+        train.resolve_config(tiny(tmp_path, data_dir, accumulate_steps=0))
+    with pytest.raises(ValueError, match="--steps_per_epoch: must be a multiple of --accumulate_steps=3"):
+        train.resolve_config(tiny(tmp_path, data_dir, accumulate_steps=3))  # 4 batches per epoch
+    c = train.resolve_config(
+        tiny(tmp_path, data_dir, accumulate_steps=2, epochs=2, lr=0.64, lr_schedule="step", lr_steps=(1,))
+    )
+    optimizer = train.compile_model(c, 8, c.steps_per_epoch).optimizer
+    assert optimizer.gradient_accumulation_steps == 2
+    # lr 0.64 per 64 clips at 8 x 2 clips per update: 0.16; 4 batches = 2 updates per epoch, x0.1 at epoch 1.
+    lrs = {}
+    for batch in range(8):
+        optimizer._iterations.assign(batch)
+        lrs[batch] = float(optimizer.learning_rate)
+    assert lrs == pytest.approx({0: 0.16, 1: 0.16, 2: 0.16, 3: 0.16, 4: 0.016, 5: 0.016, 6: 0.016, 7: 0.016})
+
+
+def test_training_with_accumulation_counts_updates_and_records_it(tmp_path, data_dir):
+    """4 batches of 8 per epoch with --accumulate_steps=2: 2 updates; config.json records the value, and a
+    backup written with it refuses to resume under another value."""
+    model_dir = tmp_path / "run"
+    metrics = train.train(tiny(model_dir, data_dir, accumulate_steps=2))
+    assert metrics["epochs"] == 1 and metrics["steps"] == 2
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["accumulate_steps"] == 2 and config["steps_per_epoch"] == 4 and config["batch_size"] == 8
+    state = {"epoch": 0, "step": 3, "weights": "x"}
+    train._check_resumable(
+        train.resolve_config(tiny(model_dir, data_dir, accumulate_steps=2)),
+        state,
+        str(model_dir / "config.json"),
+    )
+    with pytest.raises(
+        ValueError, match="--accumulate_steps: the backup .* was written with --accumulate_steps=2"
+    ):
+        train._check_resumable(
+            train.resolve_config(tiny(model_dir, data_dir)), state, str(model_dir / "config.json")
+        )
