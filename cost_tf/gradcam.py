@@ -26,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cost_tf import checkpoint
 from cost_tf.loading import load_model, training_config
+from pipelines import files
 
 
 @dataclasses.dataclass
@@ -247,7 +247,7 @@ def write_outputs(out_dir, clip, heatmap, title=""):
         fig.savefig(buffer, format="png", dpi=100)
         plt.close(fig)
         path = os.path.join(out_dir, f"frame_{t:03d}.png")
-        checkpoint.write_text(path, buffer.getvalue(), mode="wb")
+        files.write_atomic(path, buffer.getvalue())
         written.append(path)
         frames.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
     gif = io.BytesIO()
@@ -258,7 +258,7 @@ def write_outputs(out_dir, clip, heatmap, title=""):
         ("clip.npy", _npy_bytes(np.asarray(clip, np.float32))),
     ):
         path = os.path.join(out_dir, name)
-        checkpoint.write_text(path, data, mode="wb")
+        files.write_atomic(path, data)
         written.append(path)
     return written
 
@@ -298,7 +298,7 @@ def run(config):
         "eval_resize": resize,
         "files": [os.path.basename(p) for p in written],
     }
-    checkpoint.write_json(os.path.join(config.out_dir, "gradcam.json"), summary)
+    files.write_json(os.path.join(config.out_dir, "gradcam.json"), summary)
     print(
         f"Grad-CAM of class {chosen} ({name}, p={summary['probability']:.3f}) at {result['layer']} "
         f"{tuple(result['feature_shape'])}: wrote {len(written)} files to {config.out_dir}",
