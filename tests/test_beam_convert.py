@@ -114,12 +114,13 @@ def test_a_bundle_that_dies_mid_shard_is_retried_and_each_video_is_stored_once(t
     records, _ = convert.read_annotations("kinetics", annotations, videos, skip_bad_rows=True)
     victim_shard = convert.assign_shards(records, 2)[1]
     victim = victim_shard[1].video_id  # the second video of shard 1: the first is in its file
+    victim_name = "train-00001-of-00002.tfrecord"
     real = shard_writer.video_example
     attempts = []
 
     def dies_once(record, *args, **kwargs):
         if record.video_id == victim:
-            attempts.append([n for n in hidden_tmp_files(out) if ".tfrecord.tmp-beam-" in n])
+            attempts.append([n for n in hidden_tmp_files(out) if n.startswith(f"{victim_name}.tmp-beam-")])
             if not marker.exists():
                 marker.write_text("died")
                 raise _DiesOnce(f"worker died while writing {victim}")
