@@ -33,6 +33,7 @@ output_dir per split.
 """
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import math
@@ -49,6 +50,7 @@ from pipelines.readers import DATASETS, read_annotations
 VIDEOS_PER_SHARD = 100  # for num_shards=None
 MIN_FRAMES = 8  # default --min_frames: enough for one 8-frame clip
 COMPRESSIONS = tuple(shard_writer.COMPRESSIONS)  # "none", "gzip"
+ENGINES = ("local", "beam")  # --engine
 
 
 def assign_shards(records, num_shards):
@@ -203,7 +205,33 @@ def _run_jobs(jobs, workers, progress):
     return results
 
 
-def convert(
+@dataclasses.dataclass
+class Plan:
+    """What both engines convert, built by `prepare` where the conversion is launched.
+
+    The local engine (`convert`) and the Beam engine (pipelines/beam_convert.py) run
+    `jobs` through shard_writer.write_shard and hand the results to `finish`.
+
+    Attributes:
+      output_dir: the output folder.
+      names: every shard's file name, in shard order.
+      jobs: write_shard jobs of the shards still to write.
+      finished: {name: stats} of the shards an earlier run finished.
+      annotation_report: annotations.AnnotationReport (classes, missing, bad rows).
+      settings: the conversion's settings (as in the manifest).
+      annotations: the annotation file.
+    """
+
+    output_dir: str
+    names: list
+    jobs: list
+    finished: dict
+    annotation_report: object
+    settings: dict
+    annotations: str
+
+
+def prepare(
     dataset,
     annotations,
     video_dir,
@@ -217,35 +245,14 @@ def convert(
     skip_bad_rows=False,
     prefix=None,
     jpeg_quality=90,
-    show_progress=True,
     min_frames=MIN_FRAMES,
     compression="none",
 ):
-    """Converts annotated videos to `{prefix}-{i:05d}-of-{n:05d}.tfrecord` shards.
-
-    Args:
-      dataset: "kinetics" or "moments".
-      annotations: the split's CSV as released.
-      video_dir: folder of the videos (see pipelines/kinetics.py, moments.py).
-      output_dir: where shards, `classes.txt` and `report.json` go.
-      classes: kinetics classes file (one name per line) / moments categories file
-        (default for moments: moments_categories.txt next to `annotations`).
-      train_annotations: kinetics training CSV defining the classes (sorted).
-      short_side: resize frames so the short side has this many pixels; None keeps.
-      fps: None keeps every frame; a number resamples to that rate by timestamp.
-      num_shards: shard count (default ceil(videos / 100)).
-      workers: processes writing shards in parallel (1 = this process).
-      skip_bad_rows: count malformed rows in the report instead of raising.
-      prefix: shard name prefix (default: the annotation file's stem).
-      jpeg_quality: JPEG quality 1..100.
-      show_progress: print a progress line (rate, ETA) to stderr.
-      min_frames: skip (and report) a video that would store fewer frames (after
-        --fps resampling); every video with at least this many is kept, including
-        truncated ones (listed under "incomplete").
-      compression: "none" (`*.tfrecord`) or "gzip" (`*.tfrecord.gz`).
+    """Validates the arguments (see `convert`), reads the annotations, assigns the
+    shards, checks / writes the manifest and removes dead writers' temporary files.
 
     Returns:
-      The report dict, also written to `output_dir/report.json`.
+      A `Plan`.
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
@@ -299,11 +306,11 @@ def convert(
     _check_manifest(output_dir, prefix, settings, shards)
     _remove_stale_tmp(output_dir)
 
-    stats, jobs = {}, []
+    finished, jobs = {}, []
     for name, shard in zip(names, shards, strict=True):
         previous = _finished_stats(output_dir, name)
         if previous is not None:
-            stats[name] = previous
+            finished[name] = previous
         else:
             jobs.append(
                 {
@@ -324,32 +331,116 @@ def convert(
         num_shards - len(jobs),
         len(annotation_report.missing),
     )
-    progress = _Progress(sum(len(job["records"]) for job in jobs), show_progress)
-    for result in _run_jobs(jobs, workers, progress):
-        stats[result["shard"]] = result
-    progress.update(0, final=True)
+    return Plan(output_dir, names, jobs, finished, annotation_report, settings, annotations)
 
-    report = {
+
+def build_report(plan, stats):
+    """The report of a conversion from every shard's stats ({name: write_shard result})."""
+    names, settings, annotation_report = plan.names, plan.settings, plan.annotation_report
+    return {
         "converted": sum(stats[name]["converted"] for name in names),
         "skipped": [item for name in names for item in stats[name]["skipped"]],
         "incomplete": [item for name in names for item in stats[name]["incomplete"]],
         "missing": annotation_report.missing,
         "bad_rows": annotation_report.bad_rows,
         "shards": names,
-        "dataset": dataset,
-        "annotations": os.fspath(annotations),
+        "dataset": settings["dataset"],
+        "annotations": os.fspath(plan.annotations),
         "num_rows": annotation_report.num_rows,
         "num_classes": len(annotation_report.classes),
-        "short_side": short_side,
-        "fps": fps,
-        "min_frames": min_frames,
-        "compression": compression,
+        "short_side": settings["short_side"],
+        "fps": settings["fps"],
+        "min_frames": settings["min_frames"],
+        "compression": settings["compression"],
     }
+
+
+def finish(plan, stats):
+    """Writes `classes.txt` and `report.json` (atomically) once every shard is done.
+
+    Args:
+      plan: the `Plan`.
+      stats: write_shard results of the shards written now (any order); the shards
+        an earlier run finished come from `plan.finished`.
+
+    Returns:
+      The report dict.
+    """
+    stats = dict(plan.finished, **{s["shard"]: s for s in stats})
+    report = build_report(plan, stats)
     shard_writer.atomic_write_text(
-        os.path.join(output_dir, "classes.txt"), "".join(f"{name}\n" for name in annotation_report.classes)
+        os.path.join(plan.output_dir, "classes.txt"),
+        "".join(f"{name}\n" for name in plan.annotation_report.classes),
     )
-    shard_writer.atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=1))
+    shard_writer.atomic_write_text(os.path.join(plan.output_dir, "report.json"), json.dumps(report, indent=1))
     return report
+
+
+def convert(
+    dataset,
+    annotations,
+    video_dir,
+    output_dir,
+    classes=None,
+    train_annotations=None,
+    short_side=256,
+    fps=None,
+    num_shards=None,
+    workers=1,
+    skip_bad_rows=False,
+    prefix=None,
+    jpeg_quality=90,
+    show_progress=True,
+    min_frames=MIN_FRAMES,
+    compression="none",
+):
+    """Converts annotated videos to `{prefix}-{i:05d}-of-{n:05d}.tfrecord` shards.
+
+    Args:
+      dataset: "kinetics" or "moments".
+      annotations: the split's CSV as released.
+      video_dir: folder of the videos (see pipelines/kinetics.py, moments.py).
+      output_dir: where shards, `classes.txt` and `report.json` go.
+      classes: kinetics classes file (one name per line) / moments categories file
+        (default for moments: moments_categories.txt next to `annotations`).
+      train_annotations: kinetics training CSV defining the classes (sorted).
+      short_side: resize frames so the short side has this many pixels; None keeps.
+      fps: None keeps every frame; a number resamples to that rate by timestamp.
+      num_shards: shard count (default ceil(videos / 100)).
+      workers: processes writing shards in parallel (1 = this process).
+      skip_bad_rows: count malformed rows in the report instead of raising.
+      prefix: shard name prefix (default: the annotation file's stem).
+      jpeg_quality: JPEG quality 1..100.
+      show_progress: print a progress line (rate, ETA) to stderr.
+      min_frames: skip (and report) a video that would store fewer frames (after
+        --fps resampling); every video with at least this many is kept, including
+        truncated ones (listed under "incomplete").
+      compression: "none" (`*.tfrecord`) or "gzip" (`*.tfrecord.gz`).
+
+    Returns:
+      The report dict, also written to `output_dir/report.json`.
+    """
+    plan = prepare(
+        dataset,
+        annotations,
+        video_dir,
+        output_dir,
+        classes=classes,
+        train_annotations=train_annotations,
+        short_side=short_side,
+        fps=fps,
+        num_shards=num_shards,
+        workers=workers,
+        skip_bad_rows=skip_bad_rows,
+        prefix=prefix,
+        jpeg_quality=jpeg_quality,
+        min_frames=min_frames,
+        compression=compression,
+    )
+    progress = _Progress(sum(len(job["records"]) for job in plan.jobs), show_progress)
+    results = _run_jobs(plan.jobs, workers, progress)
+    progress.update(0, final=True)
+    return finish(plan, results)
 
 
 def parse_fps(text):
@@ -377,7 +468,7 @@ def define_flags():
     """Defines the command-line flags (only when run as a main: tests import this module beside others)."""
     global _DATASET, _ANNOTATIONS, _VIDEO_DIR, _OUTPUT_DIR, _CLASSES, _TRAIN_ANNOTATIONS
     global _SHORT_SIDE, _FPS, _NUM_SHARDS, _WORKERS, _SKIP_BAD_ROWS, _PREFIX, _JPEG_QUALITY
-    global _MIN_FRAMES, _COMPRESSION
+    global _MIN_FRAMES, _COMPRESSION, _ENGINE
     _DATASET = flags.DEFINE_enum("dataset", None, list(DATASETS), "Annotation format.")
     _ANNOTATIONS = flags.DEFINE_string("annotations", None, "Split CSV as released.")
     _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of the videos.")
@@ -420,14 +511,39 @@ def define_flags():
         list(COMPRESSIONS),
         "TFRecord compression; gzip shards are named *.tfrecord.gz.",
     )
+    _ENGINE = flags.DEFINE_enum(
+        "engine",
+        "local",
+        list(ENGINES),
+        "local: a process pool on this machine (--workers). beam: an Apache Beam pipeline "
+        "(pipelines/beam_convert.py); flags this main does not define are Beam pipeline options "
+        "(--runner=DataflowRunner, --direct_num_workers=N, ...).",
+    )
     flags.register_validator("fps", _valid_fps, "--fps must be 'keep' or a positive number")
 
 
+def parse_flags(argv):
+    """absl flags; with --engine=beam the flags left over are Beam pipeline options."""
+    return flags.FLAGS(argv, known_only=True)
+
+
 def main(argv):
-    if len(argv) > 1:
+    beam = _ENGINE.value == "beam"
+    if len(argv) > 1 and not beam:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if beam and _WORKERS.value != 1:
+        raise app.UsageError(
+            "--workers is the local engine's; with --engine=beam the runner's options set the "
+            "parallelism (--direct_num_workers, --num_workers / --max_num_workers, --parallelism)"
+        )
     try:
-        report = convert(
+        if beam:
+            from pipelines import beam_convert  # Beam only for this engine
+
+            run, extra = beam_convert.convert, {"pipeline_args": argv[1:]}
+        else:
+            run, extra = convert, {"workers": _WORKERS.value}
+        report = run(
             _DATASET.value,
             _ANNOTATIONS.value,
             _VIDEO_DIR.value,
@@ -437,12 +553,12 @@ def main(argv):
             short_side=_SHORT_SIDE.value or None,
             fps=parse_fps(_FPS.value),
             num_shards=_NUM_SHARDS.value or None,
-            workers=_WORKERS.value,
             skip_bad_rows=_SKIP_BAD_ROWS.value,
             prefix=_PREFIX.value,
             jpeg_quality=_JPEG_QUALITY.value,
             min_frames=_MIN_FRAMES.value,
             compression=_COMPRESSION.value,
+            **extra,
         )
     except (ValueError, OSError) as e:  # bad flags, annotation rows (file:line), folders: one line
         sys.exit(f"error: {e}")
@@ -460,4 +576,4 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     flags.mark_flags_as_required(["dataset", "annotations", "video_dir", "output_dir"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

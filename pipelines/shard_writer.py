@@ -55,7 +55,8 @@ def old_sidecar(shard_path):
 
 
 def tmp_name(shard_path, pid=None):
-    """Temporary name a shard is written under: `.convert/{shard}.tmp-{pid}`."""
+    """Temporary name a shard is written under: `.convert/{shard}.tmp-{pid}` (pid: this
+    process's id, or another tag)."""
     return os.path.join(
         bookkeeping_dir(os.path.dirname(shard_path)),
         f"{os.path.basename(shard_path)}.tmp-{pid or os.getpid()}",
@@ -96,7 +97,9 @@ def video_example(record, short_side, fps, jpeg_quality, min_frames=1):
         height=frames.shape[1],
         width=frames.shape[2],
     )
-    return example.SerializeToString(), decoded
+    # deterministic: the context map in key order, so every process (pool worker, Beam worker)
+    # writes the same bytes for a video.
+    return example.SerializeToString(deterministic=True), decoded
 
 
 def _incomplete_entry(record, decoded, stored):
@@ -115,7 +118,9 @@ def write_shard(job, progress=None):
 
     Args:
       job: dict with output_dir, name, records (VideoRecord list), short_side, fps,
-        jpeg_quality, min_frames and compression ("none" | "gzip").
+        jpeg_quality, min_frames and compression ("none" | "gzip"); optional
+        tmp_tag: the temporary name's suffix instead of the pid (the Beam engine's
+        attempts need names unique across machines).
       progress: callable(count) when run in-process; pool workers use the queue
         given to `init_worker`.
 
@@ -126,7 +131,7 @@ def write_shard(job, progress=None):
        "decoded_frames", "stored_frames", "reason"}]}.
     """
     final = os.path.join(job["output_dir"], job["name"])
-    tmp = tmp_name(final)
+    tmp = tmp_name(final, job.get("tmp_tag"))
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
     stats = {"shard": job["name"], "converted": 0, "skipped": [], "incomplete": []}
     options = tf.io.TFRecordOptions(compression_type=COMPRESSIONS[job.get("compression", "none")])
