@@ -19,7 +19,6 @@ replica's batch is mixed on its own) -> prefetch.
 
 import keras
 import tensorflow as tf
-from keras.src.random.seed_generator import SeedGenerator
 
 # keras.layers.RandAugment's ops, in its order (its attributes of the same names).
 RAND_AUGMENT_OPS = tuple(keras.layers.RandAugment._AUGMENT_LAYERS)
@@ -27,7 +26,7 @@ RAND_AUGMENT_OPS = tuple(keras.layers.RandAugment._AUGMENT_LAYERS)
 MAX_MAGNITUDE = 10
 
 
-class StatelessSeeds(SeedGenerator):
+class StatelessSeeds(keras.random.SeedGenerator):
     """A keras SeedGenerator whose `next()` derives seeds from a (2,) seed tensor (no state variable).
 
     Each call folds in a counter, so the draws of one traced function differ from each other but are a
@@ -37,7 +36,6 @@ class StatelessSeeds(SeedGenerator):
     def __init__(self, seed):  # no super().__init__: it would create the state variable
         self._seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
         self._count = 0
-        self.backend = keras.src.backend
 
     def next(self, ordered=True):
         self._count += 1
