@@ -3,7 +3,8 @@
 Each video is read as C clips x K crops (pipelines.dataset "test" mode), the model's softmax is averaged over
 the C*K views, and the video counts once. Writes, next to the model unless --output_dir is given:
 eval_{views}.json (top-1, top-5, counts), per_class_{views}.csv (accuracy per class) and
-confusion_{views}.png (row-normalised confusion matrix).
+confusion_{views}.png (row-normalised confusion matrix). A model trained with --multilabel is scored by mAP
+(sigmoid scores averaged over the views; eval_{views}.json and per_class_{views}.csv with each class's AP).
 
 Spec (section 3): 1x1 = centre clip, short side 256, centre crop 224; 10x3 = 10 clips evenly spaced x 3 crops
 of the full short side (256) along the long side. A model trained at 224 runs on 256 crops by rebuilding it
@@ -22,6 +23,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from cost_tf import metrics
 from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.loading import load_model, resize_model, training_config
 from pipelines import files, preprocess, readers
@@ -226,6 +228,9 @@ def evaluate(config):
             modes=("inference",),
         )
     names = names if names and len(names) == num_classes else [str(i) for i in range(num_classes)]
+    multilabel = bool(train_config.get("multilabel", False))
+    if multilabel:
+        source = dict(source, multilabel=True, num_classes=num_classes)
 
     dataset = make_dataset(
         mode="test",
@@ -241,7 +246,8 @@ def evaluate(config):
 
     @tf.function(reduce_retracing=True)
     def predict(clips):
-        return tf.nn.softmax(tf.cast(model(clips, training=False), tf.float32), axis=-1)
+        logits = tf.cast(model(clips, training=False), tf.float32)
+        return tf.sigmoid(logits) if multilabel else tf.nn.softmax(logits, axis=-1)
 
     from pipelines.dataset import raw_video_skips
 
@@ -253,6 +259,9 @@ def evaluate(config):
         all_probabilities.append(average_views(predict(flat).numpy(), views))
         all_labels.append(labels.numpy())
     probabilities = np.concatenate(all_probabilities) if all_probabilities else np.zeros((0, num_classes))
+    if multilabel:
+        labels = np.concatenate(all_labels) if all_labels else np.zeros((0, num_classes))
+        return _report_map(config, probabilities, labels, names, num_clips, num_crops, num_frames, crop_size)
     labels = np.concatenate(all_labels) if all_labels else np.zeros((0,), np.int64)
     labelled = labels >= 0
     if not labelled.any():
@@ -313,6 +322,39 @@ def evaluate(config):
         f"{csv_path}, {png_path}",
         flush=True,
     )
+    return report
+
+
+def _report_map(config, scores, labels, names, num_clips, num_crops, num_frames, crop_size):
+    """Multi-label report: mAP (classes with a positive) and per-class AP; eval_{views}.json."""
+    if not labels.any():
+        raise ValueError(f"No labelled video in the evaluation data ({len(labels)} videos read).")
+    mean_ap, per_class = metrics.mean_average_precision(labels, scores)
+    output_dir = config.output_dir or os.path.dirname(os.path.abspath(config.model))
+    tf.io.gfile.makedirs(output_dir)
+    tag = f"{num_clips}x{num_crops}"
+    csv_path = os.path.join(output_dir, f"per_class_{tag}.csv")
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["class_index", "class_name", "num_positives", "ap"])
+    for i, name in enumerate(names):
+        writer.writerow(
+            [i, name, int(labels[:, i].sum()), "" if np.isnan(per_class[i]) else f"{per_class[i]:.6f}"]
+        )
+    files.write_atomic(csv_path, rows.getvalue())
+    report = {
+        "mAP": mean_ap,
+        "num_videos": len(labels),
+        "num_unlabelled": int((labels.sum(axis=1) == 0).sum()),
+        "num_classes_with_positives": int((~np.isnan(per_class)).sum()),
+        "views": tag,
+        "num_frames": num_frames,
+        "crop_size": crop_size,
+        "model": config.model,
+        "per_class_csv": csv_path,
+    }
+    files.write_json(os.path.join(output_dir, f"eval_{tag}.json"), report)
+    print(f"{tag} views on {len(labels)} videos: mAP {mean_ap:.4f}; wrote {csv_path}", flush=True)
     return report
 
 

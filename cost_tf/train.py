@@ -25,7 +25,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from cost_tf import checkpoint, distribute, optim
+from cost_tf import checkpoint, distribute, metrics, optim
 from cost_tf.autotune import AUTOTUNE_HELP, autotune_for_main
 from cost_tf.resnet import ARCHS, build_model, parse_arch
 from pipelines import files, readers, synthetic
@@ -127,6 +127,13 @@ class TrainConfig:
     eval_resize: int = None
     flip: bool = True
     shuffle_buffer: int = 256
+    # Training augmentations and targets (all off: the spec's recipes; pipelines/augment.py).
+    randaugment: str = None  # "N,M": N RandAugment ops of magnitude M (0..10), the same for every frame
+    random_erasing: float = 0.0  # probability of erasing one box (the same in every frame) of a clip
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    multilabel: bool = False  # several labels per clip: sigmoid cross-entropy, mAP
     # Run.
     imagenet_weights: str = None
     precision: str = "float32"
@@ -245,6 +252,7 @@ def resolve_config(config):
         raise _flag_error("lr_steps", c.lr_steps, "only applies to --lr_schedule=step")
     if not 0 <= c.warmup_epochs < c.epochs:
         raise _flag_error("warmup_epochs", c.warmup_epochs, f"must be in [0, epochs={c.epochs})")
+    _check_augmentations(c)
     if c.dataset == "tfrecord":
         _glob("train_pattern", c.train_pattern)
         _glob("eval_pattern", c.eval_pattern)
@@ -284,6 +292,33 @@ def resolve_config(config):
                 "imagenet_weights", c.imagenet_weights, f"ImageNet inflation is unavailable ({e})"
             ) from None
     return c
+
+
+def _check_augmentations(c):
+    from pipelines import augment
+
+    try:
+        parsed = augment.parse_randaugment(c.randaugment)
+    except ValueError as e:
+        raise _flag_error("randaugment", c.randaugment, str(e).split(". Received")[0]) from None
+    c.randaugment = None if parsed is None else f"{parsed[0]},{parsed[1]:g}"
+    for name, low, high in (
+        ("random_erasing", 0.0, 1.0),
+        ("mixup_alpha", 0.0, math.inf),
+        ("cutmix_alpha", 0.0, 1.0),  # keras.layers.CutMix's bound
+        ("label_smoothing", 0.0, 0.999),
+    ):
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise _flag_error(name, value, f"must be a number in [{low}, {high}]")
+    if c.multilabel and c.dataset in ("kinetics", "moments"):
+        raise _flag_error(
+            "multilabel", c.multilabel, "needs TFRecords with several labels per clip (--dataset=tfrecord)"
+        )
+
+
+def _mixing(c):
+    return c.mixup_alpha > 0 or c.cutmix_alpha > 0
 
 
 def _class_names(c, train_files=None):
@@ -459,7 +494,10 @@ def make_callbacks(c, write_dir, backup_dir, strategy):
             os.path.join(write_dir, "tensorboard"), update_freq="epoch", profile_batch=0
         ),
         checkpoint.AtomicModelCheckpoint(
-            os.path.join(write_dir, "best.keras"), monitor="val_top1", mode="max", save_best_only=True
+            os.path.join(write_dir, "best.keras"),
+            monitor="val_mAP" if c.multilabel else "val_top1",
+            mode="max",
+            save_best_only=True,
         ),
         backup,
     ]
@@ -489,14 +527,18 @@ def compile_model(c, num_classes, steps_per_epoch):
         clipnorm=c.clipnorm,
         accumulate_steps=k,
     )
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[
-            keras.metrics.SparseCategoricalAccuracy(name="top1"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
-        ],
-    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    metric_list = [
+        keras.metrics.SparseCategoricalAccuracy(name="top1"),
+        keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+    ]
+    if c.multilabel or c.label_smoothing or _mixing(c):  # soft, packed or multi-hot targets
+        loss = metrics.ClipLoss(num_classes, multilabel=c.multilabel, label_smoothing=c.label_smoothing)
+        if c.multilabel:
+            metric_list = [metrics.MeanAveragePrecision(num_classes)]
+        elif _mixing(c):
+            metric_list = [metrics.TopK(num_classes, k=1), metrics.TopK(num_classes, k=5)]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metric_list)
     return model
 
 
@@ -624,10 +666,25 @@ def _train(c, strategy, out, extra_callbacks):
     # A resumed run draws other clips than the run it continues (same seed, shifted by the resume point).
     offset = 0 if state is None else state["epoch"] * steps + state["step"]
     seed = None if c.seed is None else c.seed + 7919 * offset
-    train_ds = distributed_dataset(
-        strategy, train_source, "train", c.batch_size, seed=seed, flip=c.flip, shuffle_buffer=c.shuffle_buffer
+    labels = dict(multilabel=True, num_classes=num_classes) if c.multilabel else {}
+    augmentations = dict(
+        randaugment=c.randaugment,
+        random_erasing=c.random_erasing,
+        mixup_alpha=c.mixup_alpha,
+        cutmix_alpha=c.cutmix_alpha,
+        num_classes=num_classes,
     )
-    eval_ds = distributed_dataset(strategy, eval_source, "eval", c.batch_size)
+    train_ds = distributed_dataset(
+        strategy,
+        train_source,
+        "train",
+        c.batch_size,
+        seed=seed,
+        flip=c.flip,
+        shuffle_buffer=c.shuffle_buffer,
+        **dict(augmentations, **labels),
+    )
+    eval_ds = distributed_dataset(strategy, eval_source, "eval", c.batch_size, **labels)
 
     with strategy.scope():
         model = compile_model(c, num_classes, steps)
@@ -674,9 +731,9 @@ def _train(c, strategy, out, extra_callbacks):
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         results = model.evaluate(eval_ds, return_dict=True, verbose=0)
     checkpoint.save_model(model, os.path.join(out.path, "model.keras"))
+    headline = ("mAP",) if c.multilabel else ("top1", "top5")
     metrics = {
-        "top1": float(results["top1"]),
-        "top5": float(results["top5"]),
+        **{name: float(results[name]) for name in headline},
         "loss": float(results["loss"]),
         "epochs": completed,
         "steps": int(model.optimizer.iterations.numpy()),
@@ -708,9 +765,14 @@ def _train(c, strategy, out, extra_callbacks):
     files.write_json(os.path.join(out.path, "metrics.json"), metrics)
     if out.chief and tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)
+    scores = (
+        f"mAP {metrics['mAP']:.4f}"
+        if c.multilabel
+        else f"top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f}"
+    )
     print(
-        f"Wrote {os.path.join(c.model_dir, 'model.keras')} and metrics.json: top-1 {metrics['top1']:.4f}, "
-        f"top-5 {metrics['top5']:.4f} after {completed} epochs ({metrics['steps']} steps).",
+        f"Wrote {os.path.join(c.model_dir, 'model.keras')} and metrics.json: {scores} after {completed} "
+        f"epochs ({metrics['steps']} steps).",
         flush=True,
     )
     return metrics
@@ -832,6 +894,34 @@ def define_flags(flag_values=None):
     )
     h["flip"] = flags.DEFINE_bool(
         "flip", defaults.flip, "Random horizontal flips in training (--noflip).", flag_values=fv
+    )
+    h["randaugment"] = flags.DEFINE_string(
+        "randaugment",
+        None,
+        "N,M: N of keras.layers.RandAugment's ops of magnitude M (0..10, timm's scale: 2,9 ~ PySlowFast "
+        "rand-m9) per training clip, the same ops and parameters for every frame (default: off).",
+        flag_values=fv,
+    )
+    for name, help_ in (
+        (
+            "random_erasing",
+            "Probability of erasing one random box of a training clip, the same in every frame.",
+        ),
+        ("mixup_alpha", "MixUp within each batch, Beta(alpha, alpha) weights (0: off; PySlowFast 0.8)."),
+        (
+            "cutmix_alpha",
+            "CutMix within each batch, alpha <= 1 (0: off; PySlowFast 1.0). With MixUp: "
+            "one or the other per batch.",
+        ),
+        ("label_smoothing", "Label smoothing of the cross-entropy (0: off)."),
+    ):
+        h[name] = flags.DEFINE_float(name, getattr(defaults, name), help_ + " Default: off.", flag_values=fv)
+    h["multilabel"] = flags.DEFINE_bool(
+        "multilabel",
+        defaults.multilabel,
+        "Several labels per clip (TFRecords' clip/label/index as multi-hot): sigmoid cross-entropy, "
+        "mAP as the headline metric (val_mAP picks best.keras).",
+        flag_values=fv,
     )
     h["precision"] = flags.DEFINE_enum(
         "precision", defaults.precision, PRECISIONS, "Keras dtype policy.", flag_values=fv

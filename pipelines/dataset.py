@@ -3,8 +3,10 @@
 `make_dataset` runs, in this order and as pure TF functions: list files -> shuffle
 shards (train) -> interleave -> parse SequenceExample -> sample frame indices on the
 encoded frames -> decode only the sampled JPEGs (only the crop window of each) ->
-crop/flip -> normalise -> batch -> prefetch. In train mode a shuffle buffer sits
-between sampling and decoding, where an element is only its sampled JPEG strings.
+crop/flip -> [RandAugment] -> normalise -> [random erasing] -> batch -> [MixUp/CutMix]
+-> prefetch. In train mode a shuffle buffer sits between sampling and decoding, where an
+element is only its sampled JPEG strings. The bracketed training augmentations
+(pipelines.augment) are off unless asked for.
 
 Files: a glob matches shards only; hidden files, folders and the converter's own
 `report.json` / `classes.txt` are skipped (so `DIR/*` works on a converted folder).
@@ -28,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pipelines import decode, preprocess, readers, tfrecord
+from pipelines import augment, decode, preprocess, readers, tfrecord
 
 MODES = ("train", "eval", "test")
 COMPRESSIONS = {"auto": None, "none": "", "gzip": "GZIP", "zlib": "ZLIB"}
@@ -151,6 +153,8 @@ class _Config:
         max_resize,
         eval_resize,
         flip,
+        randaugment=None,
+        random_erasing=0.0,
     ):
         for name, value in (
             ("num_frames", num_frames),
@@ -175,6 +179,12 @@ class _Config:
             int(eval_resize) if eval_resize is not None else preprocess.eval_short_side(crop_size)
         )
         self.flip = bool(flip)
+        train = mode == "train"
+        randaugment = augment.parse_randaugment(randaugment)
+        self.rand_augment = augment.rand_augment_layer(*randaugment) if randaugment and train else None
+        self.random_erasing = (
+            augment.random_erasing_layer(random_erasing) if random_erasing and train else None
+        )
         if not crop_size <= self.min_resize <= self.max_resize:
             raise ValueError(
                 "Need crop_size <= min_resize <= max_resize. Received: "
@@ -238,7 +248,12 @@ class _Config:
         clip = preprocess.resized_crop(
             window, height, width, new_h, new_w, self.crop, offset_y, offset_x, y0, x0
         )
+        clip.set_shape([self.num_frames, self.crop, self.crop, 3])
+        if self.rand_augment is not None:  # on the crop's pixel values, rounded to uint8
+            clip = augment.rand_augment(clip, self.rand_augment, _element_seed(self.seed, index, 4))
         clip = preprocess.normalize(clip)
+        if self.random_erasing is not None:  # after normalising: the box is filled with the mean colour
+            clip = augment.random_erase(clip, self.random_erasing, _element_seed(self.seed, index, 5))
         clip.set_shape([self.num_frames, self.crop, self.crop, 3])
         return clip
 
@@ -573,6 +588,10 @@ def make_dataset(
     num_classes=None,
     train_annotations=None,
     skip_bad_rows=False,
+    randaugment=None,
+    random_erasing=0.0,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
 ):
     """Batched clips for training or evaluation.
 
@@ -619,7 +638,17 @@ def make_dataset(
         `clip/label/index` (TF Model Garden's multi-label layout); a record without
         labels (or holding only -1) gives an all-zero row. Off: int32 (B,), -1 for a
         record without a label, an error for a record with several.
-      num_classes: K, required with multilabel=True (ignored otherwise).
+      num_classes: K, required with multilabel=True or mixing (ignored otherwise).
+      randaugment: train mode: "N,M" or (N, M): N of keras.layers.RandAugment's ops
+        of magnitude M (0..10, timm's scale) per clip, the same ops and parameters for
+        every frame, on the crop's uint8 pixel values (pipelines.augment.rand_augment).
+      random_erasing: train mode: probability of erasing one random box of a clip,
+        the same box in every frame, filled with the mean colour (0 after normalising).
+      mixup_alpha, cutmix_alpha: train mode: MixUp (Beta(alpha, alpha) weights) and/or
+        CutMix (alpha <= 1) within each batch (after batching: a replica's own batch
+        under tf.distribute); both on: one or the other per batch. Labels then become
+        float (B, K + 1) [soft labels, hard index], or (B, 2K) [soft, multi-hot] with
+        multilabel=True (augment.pack_targets; cost_tf.metrics.split_targets).
 
     Returns:
       tf.data.Dataset of (clips, labels): train/eval clips float32
@@ -650,9 +679,18 @@ def make_dataset(
         max_resize,
         eval_resize,
         flip,
+        randaugment=randaugment,
+        random_erasing=random_erasing,
     )
     label_spec = _Labels(multilabel, num_classes)
     train = mode == "train"
+    mixer = augment.BatchMixer(mixup_alpha, cutmix_alpha) if train else None
+    if mixer and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1
+    ):
+        raise ValueError(
+            f"mixup_alpha/cutmix_alpha need num_classes, a positive int. Received: num_classes={num_classes!r}"
+        )
     repeat = train if repeat is None else bool(repeat)
     drop_remainder = train if drop_remainder is None else bool(drop_remainder)
     if file_pattern is not None:
@@ -673,12 +711,26 @@ def make_dataset(
                 num_parallel_calls=_AUTOTUNE,
             )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if mixer:
+        ds = ds.enumerate().map(
+            lambda index, batch: _mix(mixer, cfg.seed, index, *batch, num_classes),
+            num_parallel_calls=_AUTOTUNE,
+        )
     ds = ds.prefetch(_AUTOTUNE)
     options = tf.data.Options()
     if deterministic is None:  # evaluation order is reproducible; training only if seeded
         deterministic = seed is not None or not train
     options.deterministic = bool(deterministic)
     return ds.with_options(options)
+
+
+def _mix(mixer, seed, index, clips, labels, num_classes):
+    """MixUp/CutMix of batch `index`: (clips, packed [soft, hard] labels)."""
+    hard = labels
+    if labels.shape.rank == 1:  # int indices (-1: unlabelled, an all-zero row)
+        labels = tf.one_hot(labels, num_classes)
+    clips, soft = mixer(clips, labels, _element_seed(seed, index, 6))
+    return clips, augment.pack_targets(soft, hard)
 
 
 def _check_shardable(count, input_context, what):

@@ -558,3 +558,29 @@ def test_raw_video_source_multilabel_is_one_hot(carphone_sources):
     )
     labels = next(iter(ds))[1]
     np.testing.assert_array_equal(labels.numpy(), [[1.0, 0.0, 0.0]])
+
+
+def test_training_augmentations_seeded_mixed_after_batching_and_off_in_eval(records):
+    """RandAugment + random erasing per clip and MixUp/CutMix per batch: a seeded pipeline repeats itself;
+    the mixed labels carry the soft label (rows sum to 1) and the batch's hard index; eval ignores them."""
+    common = dict(batch_size=3, num_frames=4, frame_stride=2, crop_size=16, seed=3, shuffle_buffer=4)
+    augmented = dict(randaugment="1,9", random_erasing=0.5, mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=6)
+
+    def batches(mode="train", **kwargs):
+        ds = dataset.make_dataset(records, mode, **common, **kwargs)
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(1)]
+
+    plain, (first, again) = batches(), (batches(**augmented), batches(**augmented))
+    for (xa, ya), (xb, yb), (xp, yp) in zip(first, again, plain, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        assert ya.shape == (3, 7) and ya.dtype == np.float32
+        np.testing.assert_allclose(ya[:, :6].sum(axis=1), 1.0, atol=1e-6)
+        np.testing.assert_array_equal(ya[:, 6], yp)  # the hard label of the same clips, unmixed
+        assert not np.allclose(xa, xp)
+    with pytest.raises(ValueError, match="need num_classes"):
+        dataset.make_dataset(records, "train", mixup_alpha=0.2)
+    eval_plain, eval_augmented = batches("eval"), batches("eval", **augmented)
+    for (xa, ya), (xb, yb) in zip(eval_plain, eval_augmented, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)

@@ -130,6 +130,12 @@ def test_mirrored_on_two_logical_cpus(tmp_path, data_dir):
         clips = [v.numpy() for v in strategy.experimental_local_results(batch[0])]
         out["per_replica_shapes"] = [list(x.shape) for x in clips]
         out["replicas_differ"] = bool(np.abs(clips[0] - clips[1]).max() > 0)
+        mixed = train.distributed_dataset(strategy, source, "train", 8, seed=0, mixup_alpha=1.0, num_classes=8)
+        # MixUp within each replica's batch: a clip's soft label holds only classes of its own replica's clips.
+        out["mixed_within_replica"] = all(
+            set(np.nonzero(y[:, :8].sum(axis=0) > 1e-6)[0]) <= set(y[:, 8].astype(int)) and y.shape == (4, 9)
+            for y in (t.numpy() for t in strategy.experimental_local_results(next(iter(mixed))[1]))
+        )
         grab = Grab()
         out["metrics"] = train.train(config, callbacks=[grab], strategy=strategy)
         model = grab.model
@@ -148,6 +154,7 @@ def test_mirrored_on_two_logical_cpus(tmp_path, data_dir):
     assert "global batch_size=3 is not divisible by the 2 replicas" in out["batch_error"]
     assert out["per_replica_shapes"] == [[4, 4, 32, 32, 3], [4, 4, 32, 32, 3]]  # 8 split in two
     assert out["replicas_differ"]
+    assert out["mixed_within_replica"]
     assert out["metrics"]["epochs"] == 1 and out["metrics"]["steps"] == 3
     assert out["distributed_variables"] == out["num_weights"]  # every weight is mirrored ...
     assert out["max_replica_difference"] == 0.0  # ... and identical on both devices (BN statistics included)

@@ -163,3 +163,43 @@ def test_model_is_rebuilt_at_a_larger_crop_with_the_same_weights(eval_setup):
     assert larger.input_shape == (None, 4, 48, 48, 3)
     for a, b in zip(larger.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_multilabel_model_reports_map_against_a_numpy_reference(tmp_path):
+    """A model trained with --multilabel (config.json beside it): sigmoid scores of the centre view, mAP
+    equal to the plain NumPy AP (tests/test_metrics.py's reference) of an independent model loop."""
+    from pipelines.dataset import make_dataset
+    from tests.test_dataset import indexed_video, write_variant
+    from tests.test_metrics import reference_ap
+
+    keras.utils.set_random_seed(5)  # default init: small logits, distinct (unsaturated) sigmoid scores
+    model = build_model("c2d_tiny", num_classes=8, num_frames=4, input_size=32)
+    labels = [[0, 2], [1], [2, 3, 5], [3, 0], [7], [4, 6], [1, 6], [5]]
+    videos = [indexed_video(num_frames=6, height=32, width=32, seed=i) for i in range(len(labels))]
+    pattern = write_variant(str(tmp_path / "multi.tfrecord"), videos, labels)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    (tmp_path / "config.json").write_text(
+        json.dumps(dict(multilabel=True, dataset="tfrecord", eval_pattern=pattern, frame_stride=1))
+    )
+    report = evaluate.evaluate(evaluate.EvalConfig(model=path, views="1x1", crop_size=32, eval_resize=32))
+    data = make_dataset(
+        pattern,
+        "eval",
+        batch_size=8,
+        num_frames=4,
+        frame_stride=1,
+        crop_size=32,
+        eval_resize=32,
+        multilabel=True,
+        num_classes=8,
+    )
+    clips, multi_hot = next(iter(data))
+    scores = 1 / (1 + np.exp(-model(clips, training=False).numpy().astype(np.float64)))
+    assert len(np.unique(scores)) == scores.size
+    expected = np.mean([reference_ap(multi_hot.numpy()[:, k], scores[:, k]) for k in range(8)])
+    assert report["mAP"] == pytest.approx(expected, rel=1e-5) and report["num_videos"] == 8
+    with open(report["per_class_csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["num_positives"]) for r in rows] == [2, 2, 2, 2, 1, 2, 2, 1]
+    assert json.loads((tmp_path / "eval_1x1.json").read_text())["mAP"] == report["mAP"]

@@ -10,6 +10,7 @@ from absl import flags
 
 from cost_tf import checkpoint, gradcam
 from cost_tf.resnet import build_model
+from pipelines import files
 
 T, S = 4, 8
 # The bright box: frames 2-3, rows 2-5, columns 4-7 (on the stride-2 grid: cell t=1, rows 1-2, columns 2-3).
@@ -104,7 +105,7 @@ def saved(tmp_path_factory):
     model = build_model("c2d_tiny", num_classes=8, num_frames=4, input_size=32)
     checkpoint.save_model(model, str(folder / "model.keras"))
     names = [f"class{i}" for i in range(8)]
-    checkpoint.write_json(
+    files.write_json(
         str(folder / "config.json"), {"frame_stride": 2, "eval_resize": 36, "class_names": names}
     )
     return folder, os.path.join(data, "eval-00000-of-00001.tfrecord")

@@ -353,3 +353,86 @@ def test_training_with_accumulation_counts_updates_and_records_it(tmp_path, data
         train._check_resumable(
             train.resolve_config(tiny(model_dir, data_dir)), state, str(model_dir / "config.json")
         )
+
+
+# -- augmentations and multi-label targets ----------------------------------------------------------------------
+
+
+class _Spy:
+    """Records make_dataset's arguments and the compiled loss, calling through."""
+
+    def __init__(self, monkeypatch):
+        from pipelines import dataset
+
+        self.calls, real = [], dataset.make_dataset
+
+        def spy(**kwargs):
+            self.calls.append(kwargs)
+            return real(**kwargs)
+
+        monkeypatch.setattr(dataset, "make_dataset", spy)
+
+    def mode(self, mode):
+        return [call for call in self.calls if call["mode"] == mode][0]
+
+
+class _Targets(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.loss = self.model.loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.metrics = set(logs)
+
+
+def test_augmentation_flags_reach_the_pipeline_and_loss_and_config(tmp_path, data_dir, monkeypatch):
+    with pytest.raises(ValueError, match=r"--randaugment: .*Received: randaugment='2'"):
+        train.resolve_config(tiny(tmp_path, data_dir, randaugment="2"))
+    with pytest.raises(ValueError, match=r"--cutmix_alpha: must be a number in \[0.0, 1.0\]"):
+        train.resolve_config(tiny(tmp_path, data_dir, cutmix_alpha=2.0))
+    default = train.resolve_config(tiny(tmp_path, data_dir))
+    assert (default.randaugment, default.random_erasing, default.mixup_alpha, default.cutmix_alpha) == (
+        None,
+        0.0,
+        0.0,
+        0.0,
+    )
+    assert default.label_smoothing == 0.0 and default.multilabel is False
+    spy, targets = _Spy(monkeypatch), _Targets()
+    flags_on = dict(randaugment="1,9", random_erasing=0.25, mixup_alpha=0.8, cutmix_alpha=1.0)
+    metrics = train.train(
+        tiny(tmp_path / "run", data_dir, steps_per_epoch=2, label_smoothing=0.1, **flags_on),
+        callbacks=[targets],
+    )
+    assert {k: spy.mode("train")[k] for k in flags_on} == flags_on
+    assert spy.mode("train")["num_classes"] == 8
+    assert not set(flags_on) & set(spy.mode("eval"))  # evaluation clips are never augmented
+    assert isinstance(targets.loss, train.metrics.ClipLoss) and targets.loss.label_smoothing == 0.1
+    assert {"top1", "top5", "val_top1", "val_top5"} <= targets.metrics
+    assert np.isfinite(metrics["loss"]) and 0 <= metrics["top1"] <= metrics["top5"] <= 1
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {k: config[k] for k in flags_on} == flags_on and config["label_smoothing"] == 0.1
+
+
+def test_multilabel_training_reports_map(tmp_path, monkeypatch):
+    from tests.test_dataset import indexed_video, write_variant
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    labels = [[0, 2], [1], [2, 3], [3, 0]] * 2
+    videos = [indexed_video(num_frames=6, height=32, width=32, seed=i) for i in range(len(labels))]
+    for split in ("train", "eval"):
+        write_variant(str(folder / f"{split}-0.tfrecord"), videos, labels)
+    spy, targets = _Spy(monkeypatch), _Targets()
+    metrics = train.train(
+        tiny(
+            tmp_path / "run", str(folder), num_classes=4, multilabel=True, mixup_alpha=0.5, steps_per_epoch=1
+        ),
+        callbacks=[targets],
+    )
+    assert spy.mode("train")["multilabel"] and spy.mode("eval")["multilabel"]
+    assert targets.loss.multilabel and {"mAP", "val_mAP"} <= targets.metrics
+    assert 0 < metrics["mAP"] <= 1 and "top1" not in metrics
+    with open(tmp_path / "run" / "training_log.csv") as f:
+        assert "val_mAP" in next(csv.DictReader(f))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["multilabel"] is True
+    assert json.loads((tmp_path / "run" / "best.keras.json").read_text())["monitor"] == "val_mAP"
