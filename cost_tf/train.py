@@ -131,6 +131,9 @@ class TrainConfig:
     strategy: str = "auto"
     tpu: str = None
     seed: int = 0
+    # tf.config.experimental.enable_op_determinism(): the same clips, weights and updates on every run on the
+    # same machine (needs a seed; process-wide, TF has no public way back).
+    deterministic: bool = False
     backup_steps: int = None
     validation_freq: int = None
     verbose: object = "auto"
@@ -236,6 +239,8 @@ def resolve_config(config):
         raise _flag_error("lr_steps", c.lr_steps, "only applies to --lr_schedule=step")
     if not 0 <= c.warmup_epochs < c.epochs:
         raise _flag_error("warmup_epochs", c.warmup_epochs, f"must be in [0, epochs={c.epochs})")
+    if c.deterministic and c.seed is None:
+        raise _flag_error("deterministic", c.deterministic, "needs a --seed (random draws must repeat too)")
     if c.dataset == "tfrecord":
         _glob("train_pattern", c.train_pattern)
         _glob("eval_pattern", c.eval_pattern)
@@ -540,6 +545,8 @@ def train(config, callbacks=(), strategy=None):
         distribute.check_global_batch(c.batch_size, strategy.num_replicas_in_sync)
     if c.seed is not None:
         keras.utils.set_random_seed(c.seed)
+    if c.deterministic:
+        tf.config.experimental.enable_op_determinism()
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(c.precision)
     try:
@@ -802,6 +809,12 @@ def define_flags(flag_values=None):
         flag_values=fv,
     )
     h["seed"] = flags.DEFINE_integer("seed", defaults.seed, "Random seed (weights and data).", flag_values=fv)
+    h["deterministic"] = flags.DEFINE_bool(
+        "deterministic",
+        defaults.deterministic,
+        "tf.config.experimental.enable_op_determinism(): bit-identical runs on one machine (may be slower).",
+        flag_values=fv,
+    )
     h["verbose"] = flags.DEFINE_enum(
         "verbose",
         "auto",
