@@ -64,10 +64,11 @@ RECIPES = {
     "kinetics": _KINETICS,
     "tfrecord": _KINETICS,
     "moments": dict(_KINETICS, epochs=48, lr_steps=(24, 36), num_classes=339),
-    # The demo: 20-frame 64-px clips, 8 frames one every 2nd, 56-px crops, CoST(b) tiny.
+    # The demo: 20-frame 64-px clips, 8 frames one every 2nd, 56-px crops, CoST(b) tiny. 12 epochs (900 steps):
+    # at 8 the validation top-1 was still rising at the last epoch and landed anywhere in 81-96 %.
     "synthetic": dict(
         arch="cost_b_tiny",
-        epochs=8,
+        epochs=12,
         lr_steps=(),
         lr_schedule="cosine",
         batch_size=16,
