@@ -436,3 +436,35 @@ def test_multilabel_training_reports_map(tmp_path, monkeypatch):
         assert "val_mAP" in next(csv.DictReader(f))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["multilabel"] is True
     assert json.loads((tmp_path / "run" / "best.keras.json").read_text())["monitor"] == "val_mAP"
+
+
+def test_deterministic_runs_are_bit_identical(tmp_path, data_dir):
+    """--deterministic (enable_op_determinism is process-wide, so in a child process): two seeded runs with
+    crops, flips and shuffling give bit-identical weights, and config.json records the setting."""
+    script = f"""
+import dataclasses, json, sys
+import numpy as np
+from tensorflow.python.framework import config as tf_config
+from cost_tf import train
+from tests.test_train import tiny
+runs = []
+for name in ("first", "second"):
+    c = tiny({str(tmp_path)!r} + "/" + name, {data_dir!r}, epochs=2, deterministic=True)
+    train.train(c)
+    import keras
+    model = keras.models.load_model(c.model_dir + "/model.keras", compile=False)
+    runs.append([w.copy() for w in model.get_weights()])
+same = all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+print(json.dumps(dict(same=same, enabled=tf_config.is_op_determinism_enabled())))
+"""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"same": True, "enabled": True}
+    for name in ("first", "second"):
+        with open(tmp_path / name / "config.json") as f:
+            assert json.load(f)["deterministic"] is True
+    with pytest.raises(ValueError, match="--deterministic: needs a --seed"):
+        train.resolve_config(tiny(tmp_path, data_dir, deterministic=True, seed=None))
