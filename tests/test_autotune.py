@@ -271,6 +271,7 @@ def test_copies_of_a_tuned_layer_run_the_choice(tmp_path):
 def _tiny_tuned(tmp_path, arch, table):
     from cost_tf.resnet import build_model
 
+    keras.utils.set_random_seed(0)  # the same weights whatever ran before in this process
     model = build_model(arch, num_classes=5, num_frames=4, input_size=32)
     rng = np.random.default_rng(3)
     for w in model.weights:
@@ -298,7 +299,9 @@ def test_saved_model_and_onnx_exports_unchanged_after_autotuning(tmp_path):
     table = {"inference": dict(TABLE["inference"], flat=1.0)}
     model, clip, before, report = _tiny_tuned(tmp_path, "cost_b_tiny", table)
     assert {e["inference"] for e in report.values()} == {"flat"}
-    np.testing.assert_allclose(np.asarray(model(clip, training=False)), before, rtol=1e-5, atol=1e-6)
+    # Another implementation sums in another order: float32 rounding relative to the logits' scale (~60).
+    scale = float(np.abs(before).max())
+    np.testing.assert_allclose(np.asarray(model(clip, training=False)), before, rtol=1e-5, atol=1e-6 * scale)
     path, _ = saved_model.export(model, tmp_path / "serving", fold=False)
     served = saved_model.run_signature(path, "logits", {"clip": clip})["logits"]
     np.testing.assert_allclose(served, before, rtol=1e-4, atol=1e-5)
