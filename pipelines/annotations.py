@@ -138,13 +138,14 @@ def read_lines(path, what):
         raise AnnotationError(f"cannot read {what} {os.fspath(path)}: not UTF-8 text ({e})") from e
 
 
-def load_classes(path):
+def load_classes(path, lines=None):
     """Reads class names, one per line (blank lines ignored); index = position.
 
+    `lines`: the file's lines when the caller has read them already (`path` then only names it in errors).
     Raises AnnotationError if the file cannot be read, is empty, or repeats a name.
     """
     names, seen = [], {}
-    lines = read_lines(path, "classes file")
+    lines = read_lines(path, "classes file") if lines is None else lines
     for line_number, line in enumerate(lines, start=1):
         name = line.strip()
         if not name:

@@ -13,14 +13,15 @@ from pipelines import annotations as ann
 CATEGORIES_FILE = "moments_categories.txt"
 
 
-def load_categories(path):
+def load_categories(path, lines=None):
     """Reads `category,index` lines -> class names ordered by index.
 
+    `lines`: the file's lines when the caller has read them already (`path` then only names it in errors).
     Raises AnnotationError (file:line) for a malformed line, a repeated name or
     index, or indices that are not exactly 0..n-1.
     """
     by_index, names = {}, {}
-    lines = ann.read_lines(path, "categories file")
+    lines = ann.read_lines(path, "categories file") if lines is None else lines
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

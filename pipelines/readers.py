@@ -19,10 +19,11 @@ def read_class_names(path):
     is one name per line, as `classes.txt` beside converted shards (Kinetics names may hold commas).
     Local or remote (gs://...) paths. Raises AnnotationError (a ValueError) naming the file and line.
     """
-    lines = [line for line in annotations.read_lines(path, "classes file") if line.strip()]
-    if lines and all(_CATEGORY_LINE.match(line) for line in lines):
-        return moments.load_categories(path)
-    return annotations.load_classes(path)
+    lines = annotations.read_lines(path, "classes file")  # read once; the loaders parse these lines
+    named = [line for line in lines if line.strip()]
+    if named and all(_CATEGORY_LINE.match(line) for line in named):
+        return moments.load_categories(path, lines)
+    return annotations.load_classes(path, lines)
 
 
 def read_annotations(
