@@ -27,12 +27,13 @@ def py_module_binaries(modules, deps, data = []):
     """A py_binary `//:<module>` for each dotted module whose source file exists.
 
     Args:
-      modules: dotted names, e.g. "cost_tf.train" (file cost_tf/train.py). Missing
-        files are skipped, so the BUILD stays valid while modules are being written.
+      modules: dotted names, e.g. "cost_tf.train" (file cost_tf/train/__main__.py: a main
+        is its package's __main__). Missing files are skipped, so the BUILD stays valid while
+        modules are being written.
       deps: py_library labels every binary needs.
       data: runfiles every binary gets.
     """
-    files = {m: m.replace(".", "/") + ".py" for m in modules}
+    files = {m: m.replace(".", "/") + "/__main__.py" for m in modules}
     existing = native.glob(files.values())
     for module in modules:
         if files[module] not in existing:
