@@ -240,7 +240,7 @@ def build_model(arch, num_classes=400, num_frames=8, input_size=224, dropout=Non
             raise ValueError(
                 f"style applies to the ResNet archs only, not {arch!r}. Received: style={style!r}"
             )
-        from cost_tf.s3dg import TINY_DEPTH_MULTIPLIER, build_s3dg
+        from cost_tf.s3dg import TINY_DEPTH_MULTIPLIER, build_s3dg  # s3dg builds on this module
 
         return build_s3dg(
             num_classes=num_classes,

@@ -13,6 +13,9 @@ import typing
 
 from absl import flags
 
+# Flags defined here on a main's behalf belong to that main (they are listed by its --help).
+flags.disclaim_key_flags()
+
 EXIT_USAGE = 2  # bad flags or bad input files (argparse's convention)
 
 

@@ -358,18 +358,19 @@ def test_train_and_evaluate_flags():
     from absl import flags
 
     from cost_tf import evaluate, train
+    from pipelines import mains
 
-    for module in (train, evaluate):
+    for config_cls, module in ((train.TrainConfig, train), (evaluate.EvalConfig, evaluate)):
         fv = flags.FlagValues()
-        holders = module.define_flags(fv)
+        holders = mains.define_flags(config_cls, defaults=module.FLAG_DEFAULTS, flag_values=fv)
         fv(["prog"])
         assert holders["autotune"].value is True
         fv(["prog", "--noautotune"])
         assert holders["autotune"].value is False
     fv = flags.FlagValues()
-    holders = train.define_flags(fv)
+    holders = mains.define_flags(train.TrainConfig, defaults=train.FLAG_DEFAULTS, flag_values=fv)
     fv(["prog", "--noautotune"])
-    assert train.config_from_flags(holders).autotune is False
+    assert mains.config_from_flags(train.TrainConfig, holders).autotune is False
     assert train.TrainConfig().autotune is False and evaluate.EvalConfig().autotune is False  # library: off
 
 

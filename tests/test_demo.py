@@ -16,7 +16,6 @@ def tiny_run(tmp_path_factory):
     summary = demo.run_demo(
         out,
         epochs=1,
-        export=False,
         deterministic=False,  # process-wide in TF: tests/test_cli.py runs the main, deterministic, apart
         synthetic_train=16,
         synthetic_eval=8,

@@ -10,7 +10,7 @@ from absl import flags
 
 from cost_tf import checkpoint, gradcam
 from cost_tf.resnet import build_model
-from pipelines import files
+from pipelines import files, mains
 
 T, S = 4, 8
 # The bright box: frames 2-3, rows 2-5, columns 4-7 (on the stride-2 grid: cell t=1, rows 1-2, columns 2-3).
@@ -115,10 +115,10 @@ def saved(tmp_path_factory):
 
 
 def _config(folder, **overrides):
-    holders = gradcam.define_flags(flags.FlagValues())
+    holders = mains.define_flags(gradcam.GradCamConfig, flag_values=flags.FlagValues())
     argv = ["gradcam", f"--model={folder / 'model.keras'}"] + [f"--{k}={v}" for k, v in overrides.items()]
     holders["model"]._flagvalues(argv)
-    return gradcam.config_from_flags(holders)
+    return mains.config_from_flags(gradcam.GradCamConfig, holders)
 
 
 def test_main_writes_every_file_from_a_tfrecord(saved, tmp_path):

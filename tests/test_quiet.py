@@ -22,8 +22,10 @@ def _run(*args):
 def test_a_main_prints_only_its_own_error(tmp_path):
     missing = str(tmp_path / "missing.keras")
     result = _run("-m", "cost_tf.evaluate", f"--model={missing}")
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == [f"error: --model: no such file. Received: model={missing!r}"]
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"cost_tf.evaluate: error: --model: no such file. Received: model={missing!r}"
+    ]
     assert result.stdout == ""
 
 

@@ -250,7 +250,7 @@ def test_command_line_rejects_a_corrupt_model(tmp_path):
             f"--export_dir={tmp_path / 'serving'}",
         ]
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"export.saved_model: error: --model: cannot load the Keras model {corrupt}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "serving").exists()

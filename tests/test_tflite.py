@@ -231,5 +231,5 @@ def test_command_line(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 1 and "export.tflite: error: --frame_size must be HxW" in bad.stderr
+    assert bad.returncode == 2 and "export.tflite: error: --frame_size must be HxW" in bad.stderr
     assert "Traceback" not in bad.stderr

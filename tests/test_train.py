@@ -15,7 +15,10 @@ import pytest
 from absl import flags
 
 from cost_tf import checkpoint, train
+from cost_tf import metrics as cost_metrics
 from cost_tf.train import TrainConfig
+from cost_tf.train import run as train_run
+from pipelines import mains
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,7 +157,9 @@ def test_recipe_defaults(tmp_path, data_dir):
 
 
 def test_flags_parse_into_a_config():
-    holders = train.define_flags(flags.FlagValues())
+    holders = mains.define_flags(
+        train.TrainConfig, defaults=train.FLAG_DEFAULTS, flag_values=flags.FlagValues()
+    )
     fv = holders["arch"]._flagvalues
     fv(
         [
@@ -170,20 +175,20 @@ def test_flags_parse_into_a_config():
             "--verbose=2",
         ]
     )
-    config = train.config_from_flags(holders)
+    config = mains.config_from_flags(train.TrainConfig, holders)
     assert config.arch == "cost_a_r50" and config.dataset == "tfrecord" and config.batch_size == 32
-    assert config.lr_steps == ["10", "20"] and config.flip is False and config.verbose == 2
+    assert config.lr_steps == ("10", "20") and config.flip is False and config.verbose == 2
     assert config.precision == "mixed_bfloat16" and config.strategy == "mirrored"
     assert config.epochs is None  # recipe default, filled by resolve_config
     assert set(holders) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def test_fit_segments():
-    assert train._fit_segments(None, 5, 10) == [(0, 5, 10, 0)]
-    assert train._fit_segments({"epoch": 2, "step": 0}, 5, 10) == [(2, 5, 10, 0)]
-    assert train._fit_segments({"epoch": 2, "step": 3}, 5, 10) == [(2, 3, 7, 3), (3, 5, 10, 0)]
-    assert train._fit_segments({"epoch": 4, "step": 6}, 5, 10) == [(4, 5, 4, 6)]
-    assert train._fit_segments({"epoch": 5, "step": 0}, 5, 10) == []
+    assert train_run.fit_segments(None, 5, 10) == [(0, 5, 10, 0)]
+    assert train_run.fit_segments({"epoch": 2, "step": 0}, 5, 10) == [(2, 5, 10, 0)]
+    assert train_run.fit_segments({"epoch": 2, "step": 3}, 5, 10) == [(2, 3, 7, 3), (3, 5, 10, 0)]
+    assert train_run.fit_segments({"epoch": 4, "step": 6}, 5, 10) == [(4, 5, 4, 6)]
+    assert train_run.fit_segments({"epoch": 5, "step": 0}, 5, 10) == []
 
 
 # -- real training ----------------------------------------------------------------------------------------------
@@ -342,7 +347,7 @@ def test_training_with_accumulation_counts_updates_and_records_it(tmp_path, data
     config = json.loads((model_dir / "config.json").read_text())
     assert config["accumulate_steps"] == 2 and config["steps_per_epoch"] == 4 and config["batch_size"] == 8
     state = {"epoch": 0, "step": 3, "weights": "x"}
-    train._check_resumable(
+    train_run.check_resumable(
         train.resolve_config(tiny(model_dir, data_dir, accumulate_steps=2)),
         state,
         str(model_dir / "config.json"),
@@ -350,7 +355,7 @@ def test_training_with_accumulation_counts_updates_and_records_it(tmp_path, data
     with pytest.raises(
         ValueError, match="--accumulate_steps: the backup .* was written with --accumulate_steps=2"
     ):
-        train._check_resumable(
+        train_run.check_resumable(
             train.resolve_config(tiny(model_dir, data_dir)), state, str(model_dir / "config.json")
         )
 
@@ -406,7 +411,7 @@ def test_augmentation_flags_reach_the_pipeline_and_loss_and_config(tmp_path, dat
     assert {k: spy.mode("train")[k] for k in flags_on} == flags_on
     assert spy.mode("train")["num_classes"] == 8
     assert not set(flags_on) & set(spy.mode("eval"))  # evaluation clips are never augmented
-    assert isinstance(targets.loss, train.metrics.ClipLoss) and targets.loss.label_smoothing == 0.1
+    assert isinstance(targets.loss, cost_metrics.ClipLoss) and targets.loss.label_smoothing == 0.1
     assert {"top1", "top5", "val_top1", "val_top5"} <= targets.metrics
     assert np.isfinite(metrics["loss"]) and 0 <= metrics["top1"] <= metrics["top5"] <= 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -5,7 +5,7 @@ def _py_module_launcher_impl(ctx):
         output = ctx.outputs.out,
         content = (
             "# Generated: runs `python -m {module}` so the module's own folder is not\n" +
-            "# put first on sys.path (export/onnx.py must not shadow the onnx package).\n" +
+            "# put first on sys.path (export/onnx/ must not shadow the onnx package).\n" +
             "import os\n" +
             "import runpy\n\n" +
             "# `bazel run` starts in the runfiles tree; relative flags mean the caller's folder.\n" +

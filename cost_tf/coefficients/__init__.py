@@ -1,49 +1,22 @@
-"""How much each CoST layer relies on spatial (H-W) versus temporal (T-W, T-H) views.
+"""How much each CoST layer relies on spatial (H-W) versus temporal (T-W, T-H) views: the library behind
+`python -m cost_tf.coefficients` (see cost_tf/coefficients/__main__.py for what it writes).
 
-    python -m cost_tf.coefficients --model=runs/demo/model.keras --out_dir=runs/demo/coefficients \\
-        [--dataset=synthetic | --pattern='eval-*.tfrecord'] [--num_clips=64]
-
-Writes `coefficients.csv` (one row per CoST layer, in order of depth: mean and spread over channels, and
-over clips for CoST(b), of the hw/tw/th coefficients), `layers.png` (a stacked bar per layer, the paper's
-figure) and, for CoST(b), `classes.csv` + `classes.png` (per-class temporal weight, most temporal first).
+`layer_coefficients(model, clips)`, `summarize`, `per_class_temporal`, `analyze`, `analyze_model`,
+`run(CoefficientsConfig)`.
 """
 
 import csv
+import dataclasses
 import os
 
 import keras
 import numpy as np
-from absl import app, flags
 
 from cost_tf.cost import VIEWS, CoST
-from pipelines import files, readers
-
-
-def define_flags():
-    """Defines the command-line flags (only when run as a main: tests import this module beside others)."""
-    global _MODEL, _OUT_DIR, _DATASET, _PATTERN, _DATA_DIR
-    global _NUM_CLIPS, _NUM_FRAMES, _FRAME_STRIDE, _CROP_SIZE, _TOP_CLASSES
-    _MODEL = flags.DEFINE_string("model", None, "A .keras model with CoST layers.")
-    _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the CSVs and plots go.")
-    _DATASET = flags.DEFINE_enum(
-        "dataset",
-        "synthetic",
-        ["synthetic", "tfrecord"],
-        "Clips for CoST(b): the embedded dataset or --pattern.",
-    )
-    _PATTERN = flags.DEFINE_string("pattern", None, "TFRecord glob (with --dataset=tfrecord).")
-    _DATA_DIR = flags.DEFINE_string(
-        "data_dir",
-        None,
-        "Where the embedded dataset is (or is written). Default: "
-        "the one the model was trained on (config.json beside it), else runs/synthetic.",
-    )
-    _NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Clips averaged over for CoST(b).")
-    _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per clip (default: the model's input).")
-    _FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 2, "Frame stride of the sampled clips.")
-    _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "Crop size (default: the model's input).")
-    _TOP_CLASSES = flags.DEFINE_integer("top_classes", 10, "Classes shown in the per-class plot.")
-
+from cost_tf.loading import load_model, training_config
+from pipelines import files, readers, synthetic
+from pipelines.dataset import make_dataset
+from pipelines.mains import option
 
 _VIEW_LABELS = {"hw": "H-W (spatial)", "tw": "T-W", "th": "T-H"}
 COLUMNS = ["layer", "variant", "channels"] + [
@@ -191,8 +164,6 @@ def analyze(model, out_dir, clips=None, labels=None, class_names=None, top_class
 
 def load_clips(pattern, num_clips, num_frames, frame_stride, crop_size):
     """Up to `num_clips` eval-mode clips and labels from TFRecords."""
-    from pipelines.dataset import make_dataset
-
     ds = make_dataset(
         pattern,
         mode="eval",
@@ -236,61 +207,73 @@ def analyze_model(
     return analyze(model, out_dir, clips, labels, class_names, top_classes)
 
 
-def main(argv):
-    del argv
-    if not _MODEL.value or not os.path.isfile(_MODEL.value):
-        raise app.UsageError(f"--model must name an existing .keras file. Received: --model={_MODEL.value}")
-    if not _OUT_DIR.value:
-        raise app.UsageError("--out_dir is required.")
-    from cost_tf.loading import load_model, training_config
+@dataclasses.dataclass
+class CoefficientsConfig:
+    """Settings of the main; each field is one of its flags."""
 
-    try:
-        model = load_model(_MODEL.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    model: str = option(None, "A .keras model with CoST layers.")
+    out_dir: str = option(None, "Where the CSVs and plots go.")
+    dataset: str = option(
+        "synthetic",
+        "Clips for CoST(b): the embedded dataset or --pattern.",
+        choices=("synthetic", "tfrecord"),
+    )
+    pattern: str = option(None, "TFRecord glob (with --dataset=tfrecord).")
+    data_dir: str = option(
+        None,
+        "Where the embedded dataset is (or is written). Default: the one the model was trained on "
+        "(config.json beside it), else runs/synthetic.",
+    )
+    num_clips: int = option(64, "Clips averaged over for CoST(b).")
+    num_frames: int = option(None, "Frames per clip (default: the model's input).")
+    frame_stride: int = option(2, "Frame stride of the sampled clips.")
+    crop_size: int = option(None, "Crop size (default: the model's input).")
+    top_classes: int = option(10, "Classes shown in the per-class plot.")
+
+
+def _synthetic_pattern(config, model_path):
+    """The eval TFRecords of the embedded dataset the model was trained on (written if missing)."""
+    trained = training_config(model_path)
+    data_dir = config.data_dir or "runs/synthetic"
+    if not config.data_dir and trained.get("dataset") == "synthetic":  # as cost_tf.train wrote it
+        data_dir = trained.get("data_dir") or os.path.join(trained["model_dir"], "data")
+    _, pattern = synthetic.write_synthetic(
+        data_dir,
+        num_train=trained.get("synthetic_train", synthetic.NUM_TRAIN),
+        num_eval=trained.get("synthetic_eval", synthetic.NUM_EVAL),
+    )
+    return pattern
+
+
+def run(config):
+    """The main's job: loads config.model, picks the clips, writes the analysis; returns the per-layer rows.
+
+    Raises ValueError naming the flag on a missing model, --out_dir or --pattern."""
+    if not config.model or not os.path.isfile(config.model):
+        raise ValueError(f"--model must name an existing .keras file. Received: --model={config.model}")
+    if not config.out_dir:
+        raise ValueError("--out_dir is required.")
+    model = load_model(config.model)
     pattern = class_names = None
-    if _DATASET.value == "synthetic":
-        from pipelines import synthetic
-
+    if config.dataset == "synthetic":
         class_names = list(synthetic.CLASSES)
         if any(layer.variant == "b" for layer in cost_layers(model)):
-            trained = training_config(_MODEL.value)
-            data_dir = _DATA_DIR.value or "runs/synthetic"
-            if not _DATA_DIR.value and trained.get("dataset") == "synthetic":  # as cost_tf.train wrote it
-                data_dir = trained.get("data_dir") or os.path.join(trained["model_dir"], "data")
-            _, pattern = synthetic.write_synthetic(
-                data_dir,
-                num_train=trained.get("synthetic_train", synthetic.NUM_TRAIN),
-                num_eval=trained.get("synthetic_eval", synthetic.NUM_EVAL),
-            )
+            pattern = _synthetic_pattern(config, config.model)
     else:
-        if not _PATTERN.value:
-            raise app.UsageError("--dataset=tfrecord needs --pattern.")
-        pattern = _PATTERN.value
+        if not config.pattern:
+            raise ValueError("--dataset=tfrecord needs --pattern.")
+        pattern = config.pattern
         classes_txt = os.path.join(os.path.dirname(pattern), "classes.txt")
         if os.path.isfile(classes_txt):
             class_names = readers.read_class_names(classes_txt)
-    rows = analyze_model(
+    return analyze_model(
         model,
-        _OUT_DIR.value,
+        config.out_dir,
         pattern,
         class_names,
-        _NUM_CLIPS.value,
-        _NUM_FRAMES.value,
-        _FRAME_STRIDE.value,
-        _CROP_SIZE.value,
-        _TOP_CLASSES.value,
+        config.num_clips,
+        config.num_frames,
+        config.frame_stride,
+        config.crop_size,
+        config.top_classes,
     )
-    for row in rows:
-        print(
-            f"{row['layer']:<24} ({row['variant']}) hw {row['hw_mean']:.3f}  tw {row['tw_mean']:.3f}  "
-            f"th {row['th_mean']:.3f}"
-        )
-    print(
-        f"Wrote {_OUT_DIR.value}/coefficients.csv and layers.png" + (" + classes.csv/png" if pattern else "")
-    )
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

@@ -1,11 +1,6 @@
-"""The temporal benchmark: C2D, C3D, CoST(a), CoST(b), S3D-G (tiny) trained with the same budget on the embedded
-order-only dataset; writes docs/RESULTS.md.
-
-    python -m cost_tf.compare [--output_dir=runs/compare] [--results=docs/RESULTS.md] [--epochs=N]
-
-Every network gets the synthetic recipe of cost_tf.train (same data, seed, epochs, batch, schedule). The
-classes come in time-reversed pairs (pipelines/synthetic.py), so a network without temporal convolutions
-(C2D: global average pooling over time) cannot tell a pair apart: it is capped at 50 % top-1 (chance 12.5 %).
+"""The temporal benchmark's library: C2D, C3D, CoST(a), CoST(b), S3D-G (tiny) trained with the same budget on
+the embedded order-only dataset (`compare(...) -> rows`, `results_markdown`); the main is
+cost_tf/compare/__main__.py.
 """
 
 import datetime
@@ -16,8 +11,10 @@ import time
 
 import keras
 
-from cost_tf import cost
-from pipelines import files
+from cost_tf import coefficients, cost
+from cost_tf.loading import load_model
+from cost_tf.resnet import build_model
+from cost_tf.train import TrainConfig, resolve_config, train
 
 ARCHS = ("c2d_tiny", "c3d_tiny", "cost_a_tiny", "cost_b_tiny", "s3dg_tiny")
 
@@ -43,9 +40,6 @@ class StepTimer(keras.callbacks.Callback):
 
 def mean_coefficients(model_path, eval_pattern):
     """(hw, tw, th) averaged over a trained model's CoST layers (CoST(b): over 64 eval clips); None without."""
-    from cost_tf import coefficients
-    from cost_tf.loading import load_model
-
     model = load_model(model_path)
     if not coefficients.cost_layers(model):
         return None
@@ -57,9 +51,6 @@ def mean_coefficients(model_path, eval_pattern):
 
 def compare(output_dir, archs=ARCHS, epochs=None, seed=0):
     """Trains each arch with train()'s synthetic defaults; returns a list of result dicts."""
-    from cost_tf.resnet import build_model
-    from cost_tf.train import TrainConfig, resolve_config, train
-
     rows = []
     for arch in archs:
         config = TrainConfig(
@@ -108,7 +99,7 @@ def results_markdown(rows, command):
     lines = [
         "# Results: the temporal benchmark on the embedded synthetic dataset",
         "",
-        "Measured by `" + command + "` (cost_tf/compare.py) on " + datetime.date.today().isoformat() + ", "
+        "Measured by `" + command + "` (cost_tf/compare) on " + datetime.date.today().isoformat() + ", "
         f"{platform.machine()} CPU, {os.cpu_count()} cores, TensorFlow/Keras on CPU. Every network is trained "
         "with the same budget and the synthetic recipe of `cost_tf.train`: "
         f"{c.synthetic_train} training clips (8 classes), {c.epochs} epochs x {rows[0]['steps'] // c.epochs} "
@@ -144,24 +135,3 @@ def results_markdown(rows, command):
         "",
     ]
     return "\n".join(lines)
-
-
-def main(argv):
-    del argv
-    rows = compare(_OUTPUT_DIR.value, archs=tuple(_ARCHS.value), epochs=_EPOCHS.value)
-    command = "python -m cost_tf.compare" + (f" --epochs={_EPOCHS.value}" if _EPOCHS.value else "")
-    text = results_markdown(rows, command)
-    os.makedirs(os.path.dirname(os.path.abspath(_RESULTS.value)), exist_ok=True)
-    files.write_atomic(_RESULTS.value, text)
-    print(text)
-    print(f"Wrote {_RESULTS.value}")
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-
-    _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/compare", "Training outputs (one folder per arch).")
-    _RESULTS = flags.DEFINE_string("results", "docs/RESULTS.md", "Markdown report to write.")
-    _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs for every arch (default: the synthetic recipe's).")
-    _ARCHS = flags.DEFINE_list("archs", list(ARCHS), "Architectures to compare.")
-    app.run(main)

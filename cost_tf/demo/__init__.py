@@ -1,20 +1,7 @@
-"""`make demo`: train, evaluate and export the small CoST(b) network on the embedded synthetic dataset.
+"""`make demo`'s library: train, evaluate, read the coefficients and export, on the embedded synthetic dataset.
 
-    python -m cost_tf.demo [--output_dir=runs/demo] [--epochs=N] [--views=1x1] [--noexport] [--nodeterministic]
-
-1. cost_tf.train with its defaults (--dataset=synthetic): writes the order-only synthetic clips to
-   {output_dir}/data and trains cost_b_tiny (a few minutes on 2 CPU cores; resumes if interrupted).
-2. cost_tf.evaluate: top-1/top-5, per-class CSV and confusion-matrix PNG.
-3. cost_tf.coefficients: how much each CoST layer relies on the H-W / T-W / T-H views
-   ({output_dir}/coefficients: CSVs and the per-layer and per-class plots).
-4. Exports: TF Serving SavedModel ({output_dir}/saved_model/N) and ONNX ({output_dir}/model.onnx), each
-   validated against the Keras model by its exporter.
-5. {output_dir}/summary.json (written atomically): top-1/top-5, per-class accuracy, epochs/steps, seed,
-   determinism, wall and CPU seconds; the printed report ends with "final top-1:   0.xxxx" (parse_final_top1).
-
-Training runs with --deterministic (tf.config.experimental.enable_op_determinism()) by default: the same
-clips, weights and result on every run on one machine; another CPU (other kernels, other thread counts) may
-still give slightly different numbers.
+`run_demo(output_dir, ...) -> summary`, `format_summary`, `parse_final_top1`; cost_tf/demo/__main__.py is the
+main (it passes the exporters in).
 """
 
 import csv
@@ -22,43 +9,29 @@ import os
 import resource
 import time
 
-from absl import app, flags
+import keras
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/demo", "Where everything goes.")
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs (default: the synthetic recipe's).")
-_VIEWS = flags.DEFINE_string("views", "1x1", "Evaluation views CLIPSxCROPS.")
-_EXPORT = flags.DEFINE_bool("export", True, "Export SavedModel and ONNX.")
-_DETERMINISTIC = flags.DEFINE_bool(
-    "deterministic", True, "Train with tf.config.experimental.enable_op_determinism() (cost_tf.train's flag)."
-)
+from cost_tf import coefficients
+from cost_tf.evaluate import EvalConfig, evaluate
+from cost_tf.loading import load_model
+from cost_tf.train import TrainConfig, train
+from pipelines import files
+from pipelines.synthetic import CLASSES
 
 SUMMARY = "summary.json"
 # The summary line every run ends with; parse_final_top1 reads it back.
 FINAL_LINE = "final top-1:"
 
 
-def run_exports(model_path, output_dir, class_names=None):
-    """SavedModel + ONNX exports of the model at `model_path`; returns {name: path or reason}."""
-    import keras
+def run_exports(model_path, output_dir, exporters, class_names=None):
+    """Runs each exporter on the model at `model_path`; returns {name: path}.
 
-    from cost_tf.loading import load_model
-
-    results = {}
+    Args:
+      exporters: {name: fn(model, output_dir, class_names) -> path}; the main passes the SavedModel and ONNX
+        exporters (export/ sits above cost_tf/, so only a main may import it).
+    """
     model = load_model(model_path)
-    try:
-        from export import saved_model
-    except ImportError as e:
-        results["saved_model"] = f"not available ({e})"
-    else:
-        path, _ = saved_model.export(model, os.path.join(output_dir, "saved_model"), class_names=class_names)
-        results["saved_model"] = path
-    try:
-        from export import onnx
-    except ImportError as e:
-        results["onnx"] = f"not available ({e})"
-    else:
-        report = onnx.export(model, os.path.join(output_dir, "model.onnx"))
-        results["onnx"] = report["path"]
+    results = {name: export(model, output_dir, class_names) for name, export in exporters.items()}
     keras.backend.clear_session()
     return results
 
@@ -76,7 +49,7 @@ def _per_class(csv_path):
     return {row[1]: float(row[4]) for row in rows if row[4]}
 
 
-def run_demo(output_dir, epochs=None, views="1x1", export=True, deterministic=True, **train_overrides):
+def run_demo(output_dir, epochs=None, views="1x1", exporters=None, deterministic=True, **train_overrides):
     """Trains, evaluates, reads the coefficients and (optionally) exports; writes {output_dir}/summary.json.
 
     Args:
@@ -84,7 +57,8 @@ def run_demo(output_dir, epochs=None, views="1x1", export=True, deterministic=Tr
         names another data_dir.
       epochs: training epochs (None: the synthetic recipe's).
       views: evaluation views CLIPSxCROPS.
-      export: SavedModel + ONNX exports.
+      exporters: {name: fn(model, output_dir, class_names) -> path} run on the trained model (see
+        run_exports; default none).
       deterministic: cost_tf.train's --deterministic.
       train_overrides: other TrainConfig fields (tests shrink the run with them).
 
@@ -93,13 +67,6 @@ def run_demo(output_dir, epochs=None, views="1x1", export=True, deterministic=Tr
       accuracy, train_top1 (train's own centre-clip evaluation), arch, epochs, steps, seed, deterministic,
       temporal_weight (mean tw + th over the CoST layers), paths, exports and times (wall and CPU seconds).
     """
-    from cost_tf import coefficients
-    from cost_tf.evaluate import EvalConfig, evaluate
-    from cost_tf.loading import load_model
-    from cost_tf.train import TrainConfig, train
-    from pipelines import files
-    from pipelines.synthetic import CLASSES
-
     start, cpu_start = time.time(), _cpu_seconds()
     overrides = dict(dict(data_dir=os.path.join(output_dir, "data")), **train_overrides)
     config = TrainConfig(model_dir=output_dir, epochs=epochs, deterministic=deterministic, **overrides)
@@ -111,7 +78,7 @@ def run_demo(output_dir, epochs=None, views="1x1", export=True, deterministic=Tr
     coefficients_dir = os.path.join(output_dir, "coefficients")
     eval_pattern = os.path.join(config.data_dir, "eval-*.tfrecord")
     layers = coefficients.analyze_model(load_model(model_path), coefficients_dir, eval_pattern, list(CLASSES))
-    exports = run_exports(model_path, output_dir, class_names=list(CLASSES)) if export else {}
+    exports = run_exports(model_path, output_dir, exporters or {}, class_names=list(CLASSES))
     done = time.time()
     summary = {
         "top1": report["top1"],
@@ -176,19 +143,3 @@ def parse_final_top1(text):
     if not found:
         raise ValueError(f"No {FINAL_LINE!r} line in the demo output.")
     return float(found[-1][len(FINAL_LINE) :])
-
-
-def main(argv):
-    del argv
-    summary = run_demo(
-        _OUTPUT_DIR.value,
-        epochs=_EPOCHS.value,
-        views=_VIEWS.value,
-        export=_EXPORT.value,
-        deterministic=_DETERMINISTIC.value,
-    )
-    print("\n" + "\n".join(format_summary(summary)))
-
-
-if __name__ == "__main__":
-    app.run(main)

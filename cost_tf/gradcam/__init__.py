@@ -1,48 +1,37 @@
-"""Grad-CAM for clips: `python -m cost_tf.gradcam --model=M.keras (--tfrecord=FILE --index=I | --video=FILE)
---out_dir=D [--class=K] [--layer=NAME]`.
+"""Grad-CAM for clips: the library behind `python -m cost_tf.gradcam` (see cost_tf/gradcam/__main__.py).
 
-Grad-CAM (Selvaraju et al., ICCV 2017) on a 5D feature map A (T', H', W', C): weights = the class logit's
-gradient averaged over (T', H', W'), map = relu(sum_c weight_c * A_c), upsampled (linear in time, bilinear
-in space, half-pixel centres) to the clip's T x S x S and scaled to [0, 1]. The default layer is the last 5D
-feature map of the model (the input of the global average pooling in every cost_tf family: CoST(a)/(b),
-C2D, C3D, I3D, R(2+1)D, S3D-G).
-
-The main reads the clip as cost_tf.evaluate's 1x1 view does (centre clip, short side eval_resize, centre crop;
-frame stride and resize from the config.json beside the model) and writes into --out_dir, each file through a
-temporary name and a rename: frame_000.png ... (one overlay per frame), gradcam.gif (the overlays animated),
-heatmap.npy (float32 (T, S, S), aligned with clip.npy), clip.npy (float32 (T, S, S, 3), the normalised clip
-fed to the model) and gradcam.json (class, score, layer, source).
-
-Library: `grad_cam(model, clip, class_index=None, layer_name=None) -> heatmap`, `explain` (heatmap + class +
-logits + layer), `read_clip`, `write_outputs`, `run(GradCamConfig)`.
+`grad_cam(model, clip, class_index=None, layer_name=None) -> heatmap`, `explain` (heatmap + class + logits +
+layer), `read_clip`, `write_outputs`, `run(GradCamConfig)`.
 """
 
 import dataclasses
 import io
 import os
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from cost_tf.loading import load_model, training_config
-from pipelines import files
+from pipelines import decode, files, preprocess
+from pipelines.dataset import make_dataset, sample_indices
+from pipelines.mains import option
+from pipelines.preprocess import MEAN, STD
 
 
 @dataclasses.dataclass
 class GradCamConfig:
-    """Settings of the main; field names = flag names (`class_index` is --class)."""
+    """Settings of the main; each field is one of its flags (`class_index` is --class)."""
 
-    model: str = None
-    out_dir: str = None
-    tfrecord: str = None
-    index: int = 0
-    video: str = None
-    class_index: int = None  # None: the top-1 class
-    layer: str = None  # None: the last 5D feature map
-    frame_stride: int = None  # None: as trained (config.json), else 8
-    eval_resize: int = None  # None: as trained, else crop * 8 / 7
+    model: str = option(None, "Trained model (.keras).")
+    out_dir: str = option(None, "Output folder.")
+    tfrecord: str = option(None, "TFRecord file of clips (with --index).")
+    index: int = option(0, "Record of --tfrecord (0-based).")
+    video: str = option(None, "A video file instead of --tfrecord.")
+    class_index: int = option(None, "Class to explain (default: top-1).", flag="class")
+    layer: str = option(None, "5D layer to read (default: the last 5D feature map).")
+    frame_stride: int = option(None, "Frame stride (default: as trained, else 8).")
+    eval_resize: int = option(None, "Short side before the centre crop (default: as trained).")
 
 
 def feature_layer(model, layer_name=None):
@@ -171,8 +160,6 @@ def _check_source(tfrecord, index, video):
 def read_clip(num_frames, crop_size, frame_stride, eval_resize, tfrecord=None, index=0, video=None):
     """The evaluation view (centre clip, centre crop, normalised) of record `index` of a TFRecord file, or of a
     video file: float32 (T, crop, crop, 3). Raises ValueError naming --tfrecord/--index/--video."""
-    from pipelines import preprocess
-    from pipelines.dataset import make_dataset, sample_indices
 
     _check_source(tfrecord, index, video)
     if tfrecord is not None:
@@ -191,7 +178,6 @@ def read_clip(num_frames, crop_size, frame_stride, eval_resize, tfrecord=None, i
         raise ValueError(
             f"--index: {tfrecord} holds {count} records (valid: 0..{count - 1}). Received: index={index}"
         )
-    from pipelines import decode
 
     try:
         info = decode.probe(video)
@@ -212,7 +198,6 @@ def read_clip(num_frames, crop_size, frame_stride, eval_resize, tfrecord=None, i
 
 def _rgb(clip):
     """Normalised clip -> float RGB in [0, 1] (inverse of pipelines.preprocess.normalize)."""
-    from pipelines.preprocess import MEAN, STD
 
     return np.clip(clip * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32), 0.0, 1.0)
 
@@ -305,54 +290,3 @@ def run(config):
         flush=True,
     )
     return summary
-
-
-# -- absl main ------------------------------------------------------------------------------------------------
-
-
-def define_flags(flag_values=None):
-    """Defines the Grad-CAM flags on `flag_values` (default absl's FLAGS); returns {field: FlagHolder}."""
-    from absl import flags
-
-    fv = flag_values if flag_values is not None else flags.FLAGS
-    return {
-        "model": flags.DEFINE_string("model", None, "Trained model (.keras).", flag_values=fv),
-        "out_dir": flags.DEFINE_string("out_dir", None, "Output folder.", flag_values=fv),
-        "tfrecord": flags.DEFINE_string(
-            "tfrecord", None, "TFRecord file of clips (with --index).", flag_values=fv
-        ),
-        "index": flags.DEFINE_integer("index", 0, "Record of --tfrecord (0-based).", flag_values=fv),
-        "video": flags.DEFINE_string("video", None, "A video file instead of --tfrecord.", flag_values=fv),
-        "class_index": flags.DEFINE_integer(
-            "class", None, "Class to explain (default: top-1).", flag_values=fv
-        ),
-        "layer": flags.DEFINE_string(
-            "layer", None, "5D layer to read (default: the last 5D feature map).", flag_values=fv
-        ),
-        "frame_stride": flags.DEFINE_integer(
-            "frame_stride", None, "Frame stride (default: as trained, else 8).", flag_values=fv
-        ),
-        "eval_resize": flags.DEFINE_integer(
-            "eval_resize", None, "Short side before the centre crop (default: as trained).", flag_values=fv
-        ),
-    }
-
-
-def config_from_flags(holders):
-    return GradCamConfig(**{name: holder.value for name, holder in holders.items()})
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        run(config_from_flags(_FLAGS))
-    except (ValueError, OSError) as e:  # bad flags and files: one line, exit status 1
-        sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    _FLAGS = define_flags()
-    app.run(main)
