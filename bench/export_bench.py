@@ -32,20 +32,15 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from bench import timing  # noqa: E402
-from cost_tf.resnet import build_model  # noqa: E402
-from export import onnx as onnx_export  # noqa: E402
-from export import (
-    parity,  # noqa: E402
-    saved_model,  # noqa: E402
-)
-from pipelines import files  # noqa: E402
+from bench import timing
+from cost_tf.resnet import build_model
+from export import onnx as onnx_export
+from export import parity, saved_model, tflite
+from pipelines import files, mains
 
 _ARCHS = flags.DEFINE_list("archs", ["cost_a_r50", "cost_b_r50"], "Archs to time.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
@@ -320,8 +315,6 @@ def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
 def tflite_markdown(archs, quantize, num_frames, size, runs, limit_gb, log):
     """Each export as its own `python -m export.tflite` process (peak RSS measured as in --mode=memory), then
     every file timed in this process with the stock interpreter, interleaved."""
-    from export import tflite
-
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     lines = [
         f"TFLite (`export.tflite`): each export its own process (peak RSS of its tree); then the stock "
@@ -422,9 +415,8 @@ def main(argv):
         return
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
     if len(_RUNS.value) != len(batch_sizes):
-        sys.exit(
-            f"export_bench: --runs needs one count per batch size ({len(batch_sizes)}). "
-            f"Received: --runs={','.join(_RUNS.value)}"
+        mains.fail(
+            f"--runs needs one count per batch size ({len(batch_sizes)}). Received: --runs={','.join(_RUNS.value)}"
         )
     runs = dict(zip(batch_sizes, (int(r) for r in _RUNS.value), strict=True))
     started = time.perf_counter()

@@ -15,18 +15,17 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from keras import ops
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-from keras import ops  # noqa: E402
-
-from bench import timing  # noqa: E402
-from cost_tf.autotune import autotune, machine, step_function  # noqa: E402
-from cost_tf.cost import CoST, merged_kernel, valid_implementations  # noqa: E402
-from cost_tf.resnet import FramewiseConv3D  # noqa: E402
+from bench import timing
+from cost_tf.autotune import autotune, machine, step_function
+from cost_tf.cost import CoST, merged_kernel, valid_implementations
+from cost_tf.fold import fold
+from cost_tf.resnet import FramewiseConv3D
 
 _RUNS = flags.DEFINE_integer("runs", 10, "Timed rounds per case (median reported), after 2 warm-up rounds.")
 _SHAPES = flags.DEFINE_list("shapes", ["res2", "res3", "res4", "res5"], "Which R50 CoST shapes to time.")
@@ -159,8 +158,6 @@ def time_onnx_forms(shape, runs):
     """Median ms in onnxruntime (and TF) of a CoST(a) layer folded to the merged and to the sparse form."""
     import onnxruntime as ort
     import tf2onnx
-
-    from cost_tf.fold import fold
 
     n, t, h, w, c_in, c_out = shape
     inp = keras.Input((t, h, w, c_in), name="clip")

@@ -24,17 +24,17 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from bench import timing  # noqa: E402
-from cost_tf.fold import fold  # noqa: E402
-from cost_tf.resnet import ARCHS, build_model, count_macs  # noqa: E402
-from pipelines import files  # noqa: E402
+from bench import timing
+from cost_tf import cost
+from cost_tf.autotune import autotune, machine
+from cost_tf.fold import fold
+from cost_tf.resnet import ARCHS, build_model, count_macs
+from pipelines import files, mains
 
 FOLDED = {
     "cost_a_r50 folded (merged)": "merged",
@@ -130,8 +130,6 @@ def _train_model(name, size, tune):
     model = build_model(arch, num_frames=NUM_FRAMES, input_size=size)
     if not tune or not arch.startswith("cost"):
         return model, None
-    from cost_tf.autotune import autotune
-
     start = time.perf_counter()
     autotune(model, (_TRAIN_BATCH.value, NUM_FRAMES, size, size, 3), modes=("training",))
     return model, time.perf_counter() - start
@@ -148,8 +146,6 @@ def measure_training(archs, batch, size, runs):
     for name in names:
         model, tune_s = _train_model(name, size, tune=not name.endswith("(defaults)"))
         if name.endswith("(defaults)"):
-            from cost_tf import cost
-
             cost.TUNED.clear()  # the tuned copy of this arch must not lend its choices to this one
         steps[name] = train_step_fn(model, batch, size)
         steps[name]()  # trace + warm-up
@@ -239,11 +235,7 @@ def main(argv):
         return
     unknown = [name for name in _TIMED.value + _TRAIN.value if name not in ARCHS and name not in FOLDED]
     if unknown:
-        raise app.UsageError(
-            f"--timed/--train: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}"
-        )
-    from cost_tf.autotune import machine
-
+        mains.fail(f"--timed/--train: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}")
     tf.get_logger().setLevel("ERROR")  # one tf.function per model trips the retracing warning
     print(machine() + "\n")
     out = {}

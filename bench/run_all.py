@@ -14,12 +14,13 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from bench import timing  # noqa: E402
-from pipelines import files  # noqa: E402
+from bench import timing
+from cost_tf.cost import CoST
+from pipelines import files
 
 BENCHES = {
     "layer": ["-m", "bench.layer_bench"],
@@ -41,8 +42,6 @@ def _cpu_model():
 
 
 def machine_description():
-    import tensorflow as tf
-
     build = tf.sysconfig.get_build_info()
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 builds)")
     load = os.getloadavg()
@@ -59,11 +58,6 @@ def _median_s(fn, runs=10):
 
 def ceiling():
     """GFLOP/s of a 2048² float32 matmul vs the CoST(a)/(b) layer forward at the res3 shape, same process."""
-    import numpy as np
-    import tensorflow as tf
-
-    from cost_tf.cost import CoST
-
     a = tf.constant(np.random.default_rng(0).normal(size=(2048, 2048)).astype("float32"))
     matmul = tf.function(lambda: tf.linalg.matmul(a, a))
     matmul_gflops = 2 * 2048**3 / _median_s(lambda: matmul().numpy()) / 1e9

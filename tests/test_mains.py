@@ -95,3 +95,24 @@ def test_fail_prints_one_line_with_the_program_and_exits_2(tmp_path):
         [sys.executable, "-m", "prog_pkg", "stray"], env=env, capture_output=True, text=True
     )
     assert (extra.returncode, extra.stderr) == (2, "prog_pkg: error: unexpected arguments: stray\n")
+
+
+def test_generated_flags_belong_to_the_main_that_asked(tmp_path):
+    """--help lists a main's own flags only: those define_flags made for it must be among them."""
+    package = tmp_path / "help_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        '"""Usage: python -m help_pkg."""\n'
+        "import dataclasses\nfrom absl import app, flags\nfrom pipelines import mains\n\n"
+        "@dataclasses.dataclass\nclass C:\n    count: int = mains.option(3, 'How many things.')\n\n"
+        "_C = mains.define_flags(C)\n_OWN = flags.DEFINE_bool('own', False, 'Its own flag.')\n"
+        "app.run(lambda argv: None)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd()]))
+    result = subprocess.run(
+        [sys.executable, "-m", "help_pkg", "--help"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage: python -m help_pkg." in result.stdout
+    assert "--count: How many things." in result.stdout and "--[no]own: Its own flag." in result.stdout
