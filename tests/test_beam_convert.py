@@ -1,6 +1,7 @@
 """Tests of pipelines/beam_convert.py: the Beam engine writes the local engine's shards and report
 (bad files and rows included) on the DirectRunner with 2 worker processes, every video exactly once
-when Beam replays or retries a bundle, and only shards under a shard glob."""
+when Beam replays or retries a bundle, only shards under a shard glob, and the same output when every
+input and output path is a tf.io.gfile URL (ram://, file://) instead of a local path."""
 
 import json
 import os
@@ -96,6 +97,71 @@ def test_beam_engine_writes_the_local_engines_shards_and_report(tmp_path, clips)
     before = {n: os.stat(os.path.join(beam, n)).st_mtime_ns for n in names}
     assert convert.convert("kinetics", annotations, videos, beam, show_progress=False, **kwargs) == expected
     assert {n: os.stat(os.path.join(beam, n)).st_mtime_ns for n in names} == before
+
+
+def upload(local, url):
+    """Copies the local tree `local` to the tf.io.gfile URL `url`."""
+    for root, _, files in os.walk(local):
+        target = url + root[len(local) :].replace(os.sep, "/")
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(root, name), f"{target}/{name}", overwrite=True)
+
+
+def assert_output_equals_local(out, local, expected, report, url, root):
+    """The conversion into `out` (a URL) from inputs under `url` (a copy of the local folder `root`)
+    holds the local engine's output in `local`: the same report (paths aside), shards byte for byte,
+    classes.txt, file names; no temporary file left."""
+    as_local = json.loads(json.dumps(report).replace(url, root))
+    assert as_local == expected
+    with tf.io.gfile.GFile(f"{out}/report.json") as f:
+        assert json.loads(f.read().replace(url, root)) == expected
+    names = expected["shards"]
+    for name in names + ["classes.txt"]:
+        with tf.io.gfile.GFile(f"{out}/{name}", "rb") as f, open(os.path.join(local, name), "rb") as g:
+            assert f.read() == g.read(), name
+    assert sorted(tf.io.gfile.listdir(out)) == sorted(os.listdir(local))
+    assert sorted(tf.io.gfile.listdir(f"{out}/.convert")) == sorted(
+        os.listdir(os.path.join(local, ".convert"))
+    )
+    assert sorted(os.path.basename(p) for p in tf.io.gfile.glob(f"{out}/*.tfrecord*")) == names
+
+
+def test_gfile_urls_for_inputs_and_outputs_give_the_local_engines_output(tmp_path, clips, monkeypatch):
+    """ram:// (TensorFlow's in-memory filesystem, standing in for gs://: a path no os call can
+    reach) with both engines in this process (ram:// lives in one process); file:// URLs (gfile's
+    scheme for local files, equally out of os's reach) with the Beam engine on 2 worker processes.
+    CSV, class list, video listing and decoding, shards, renames and the report all go through
+    tf.io.gfile; an os call on a URL would fail or leave a folder named `ram:` / `file:` here."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # workers import `pipelines` from here
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    monkeypatch.chdir(tmp_path)
+    root = str(tmp_path / "in")
+    annotations, videos, _ = layout(root, clips)
+    local = str(tmp_path / "local")
+    kwargs = dict(short_side=32, num_shards=3, skip_bad_rows=True)
+    expected = convert.convert("kinetics", annotations, videos, local, show_progress=False, **kwargs)
+    url = f"ram://{tmp_path.name}/in"
+    upload(root, url)
+    ram_inputs = (f"{url}/train.csv", f"{url}/videos")
+    try:
+        out = f"ram://{tmp_path.name}/local"
+        report = convert.convert("kinetics", *ram_inputs, out, show_progress=False, **kwargs)
+        assert_output_equals_local(out, local, expected, report, url, root)
+        out = f"ram://{tmp_path.name}/beam"
+        report = beam_convert.convert(
+            "kinetics", *ram_inputs, out, ["--direct_running_mode=in_memory"], **kwargs
+        )
+        assert_output_equals_local(out, local, expected, report, url, root)
+    finally:
+        tf.io.gfile.rmtree(f"ram://{tmp_path.name}")
+    url, out = f"file://{root}", f"file://{tmp_path / 'beam'}"
+    report = beam_convert.convert(
+        "kinetics", f"{url}/train.csv", f"{url}/videos", out, MULTI_PROCESS, **kwargs
+    )
+    assert_output_equals_local(out, local, expected, report, url, root)
+    assert hidden_tmp_files(str(tmp_path / "beam")) == []
+    assert sorted(os.listdir(tmp_path)) == ["beam", "in", "local"]  # no `ram:` or `file:` folder
 
 
 class _DiesOnce(Exception):
