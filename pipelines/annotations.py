@@ -109,8 +109,8 @@ def _read_remote(path, what):
 def open_text(path, what):
     """Opens a UTF-8 text file (BOM tolerated), local or remote, or raises AnnotationError.
 
-    A remote file is read whole (annotation files are a few MB) and decoded as it is read, so an
-    undecodable byte still fails at its line.
+    A remote file is read whole (annotation files are a few MB) and wrapped like a local one (decoded
+    as it is read), so its errors are the local file's.
     """
     if _remote(path):
         data = io.BytesIO(_read_remote(path, what))
