@@ -4,10 +4,14 @@ A reader returns `(records, report)`: one `VideoRecord` per annotated video whos
 file exists, and an `AnnotationReport` with the class list, rows that were skipped
 (`bad_rows`, only with skip_bad_rows=True; otherwise a bad row raises
 `AnnotationError` naming file:line) and the videos whose file was not found.
+
+Annotation files and video folders may be local or on any filesystem tf.io.gfile knows
+(paths with a scheme: gs://...); TensorFlow is imported only for those.
 """
 
 import csv
 import dataclasses
+import io
 import os
 
 # Extensions accepted for video files found on disk (lower case).
@@ -85,8 +89,32 @@ class BadRows:
         self.report.bad_rows.append({"file": os.fspath(path), "line": line, "reason": reason})
 
 
+def _remote(path):
+    return "://" in os.fspath(path)
+
+
+def _read_remote(path, what):
+    """The bytes of a remote (scheme://) file, read through tf.io.gfile, or AnnotationError."""
+    import tensorflow as tf  # only for remote paths: local annotations stay TensorFlow-free
+
+    try:
+        if tf.io.gfile.isdir(path):
+            raise AnnotationError(f"cannot read {what} {os.fspath(path)}: is a directory")
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except tf.errors.OpError as e:
+        raise AnnotationError(f"cannot read {what} {os.fspath(path)}: {e.message}") from e
+
+
 def open_text(path, what):
-    """Opens a UTF-8 text file (BOM tolerated) or raises AnnotationError."""
+    """Opens a UTF-8 text file (BOM tolerated), local or remote, or raises AnnotationError.
+
+    A remote file is read whole (annotation files are a few MB) and wrapped like a local one (decoded
+    as it is read), so its errors are the local file's.
+    """
+    if _remote(path):
+        data = io.BytesIO(_read_remote(path, what))
+        return io.TextIOWrapper(data, newline="", encoding="utf-8-sig")
     if os.path.isdir(path):
         raise AnnotationError(f"cannot read {what} {os.fspath(path)}: is a directory")
     try:
@@ -123,15 +151,8 @@ def read_lines(path, what):
     Raises AnnotationError naming `what` and the file if it cannot be read or is not UTF-8.
     """
     try:
-        if "://" in os.fspath(path):
-            import tensorflow as tf  # only for remote paths: local class lists stay TensorFlow-free
-
-            try:
-                with tf.io.gfile.GFile(path, "rb") as f:
-                    data = f.read()
-            except tf.errors.OpError as e:
-                raise AnnotationError(f"cannot read {what} {os.fspath(path)}: {e.message}") from e
-            return data.decode("utf-8-sig").splitlines()
+        if _remote(path):
+            return _read_remote(path, what).decode("utf-8-sig").splitlines()
         with open_text(path, what) as f:
             return f.read().splitlines()
     except UnicodeDecodeError as e:
@@ -164,20 +185,29 @@ def load_classes(path, lines=None):
 def index_videos(video_dir):
     """Maps relative path without extension (posix) -> path, for video files.
 
-    Walks `video_dir` recursively (flat or per-class layouts). Raises
-    AnnotationError if the directory does not exist.
+    Walks `video_dir` recursively (flat or per-class layouts; a remote folder through
+    tf.io.gfile.walk: one listing per folder). Raises AnnotationError if the directory
+    does not exist.
     """
-    if not os.path.isdir(video_dir):
-        raise AnnotationError(f"video directory {os.fspath(video_dir)} does not exist")
+    remote, top = _remote(video_dir), os.fspath(video_dir)
+    if remote:
+        import tensorflow as tf  # only for remote paths
+
+        top = top.rstrip("/")
+        if not tf.io.gfile.isdir(top):
+            raise AnnotationError(f"video directory {top} does not exist")
+    elif not os.path.isdir(top):
+        raise AnnotationError(f"video directory {top} does not exist")
     found = {}
-    for root, dirs, files in os.walk(video_dir):
+    for root, dirs, files in tf.io.gfile.walk(top) if remote else os.walk(top):
         dirs.sort()
+        folder = root[len(top) :].strip("/") if remote else os.path.relpath(root, top).replace(os.sep, "/")
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
             if ext.lower() not in VIDEO_EXTENSIONS or name.startswith("."):
                 continue
-            rel = os.path.relpath(os.path.join(root, stem), video_dir)
-            found.setdefault(rel.replace(os.sep, "/"), os.path.join(root, name))
+            rel = stem if folder in ("", ".") else f"{folder}/{stem}"
+            found.setdefault(rel, os.path.join(root, name))
     return found
 
 

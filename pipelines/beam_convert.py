@@ -19,8 +19,14 @@ file (removed when the conversion ends), so a reader never sees a partial or dup
 The annotation file is read where the pipeline is launched (not with `ReadFromText`): the report
 names bad rows by line, and the classes and the shard assignment need every row anyway.
 
-Paths must be one filesystem every worker sees (local, NFS, a gcsfuse / Filestore mount): videos
-are decoded with PyAV and folders listed with `os`.
+Paths: local (one filesystem every worker sees: NFS, a Filestore mount) or any filesystem
+tf.io.gfile knows (gs://... for Dataflow): the annotation and class files, the video folder (listed
+with tf.io.gfile.walk; each video read whole into memory and decoded by PyAV from that buffer) and
+the output folder (shards written by tf.io.TFRecordWriter, renamed with tf.io.gfile.rename). On an
+object store a rename is a copy then a delete: a shard still appears whole or not at all (an object
+is visible only once its upload completes), the temporary object stays in `.convert/` (no shard glob
+reaches it) until the delete. Beam itself reads none of these files; the runner's own paths
+(--temp_location, --staging_location) need a filesystem Beam knows (gs:// has both).
 """
 
 import dataclasses
@@ -29,6 +35,7 @@ import os
 import uuid
 
 import apache_beam as beam
+import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import convert as convert_lib
@@ -61,9 +68,9 @@ def _finish(stats, plan):
 def remove_attempts(output_dir):
     """Deletes the temporary files of attempts that did not finish (killed workers)."""
     folder = shard_writer.bookkeeping_dir(output_dir)
-    for name in os.listdir(folder):
+    for name in tf.io.gfile.listdir(folder):
         if f".tmp-{ATTEMPT_TAG}" in name:
-            os.remove(os.path.join(folder, name))
+            tf.io.gfile.remove(os.path.join(folder, name))
 
 
 def convert(dataset, annotations, video_dir, output_dir, pipeline_args=(), **kwargs):
@@ -93,5 +100,5 @@ def convert(dataset, annotations, video_dir, output_dir, pipeline_args=(), **kwa
             | "Report" >> beam.Map(_finish, report_plan)
         )
     remove_attempts(output_dir)
-    with open(os.path.join(output_dir, "report.json"), encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(output_dir, "report.json")) as f:
         return json.load(f)

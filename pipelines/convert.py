@@ -42,6 +42,7 @@ import os
 import sys
 import time
 
+import tensorflow as tf
 from absl import app, flags, logging
 
 from pipelines import shard_writer, tfrecord
@@ -96,11 +97,11 @@ class _Progress:
 def _migrate(old, new):
     """Moves a bookkeeping file of the old layout (beside the shards) to `new`
     (dropped if `new` exists already: the new layout's file is the current one)."""
-    if os.path.exists(old):
-        if os.path.exists(new):
-            os.remove(old)
+    if tf.io.gfile.exists(old):  # tf.io.gfile: local or remote output folders
+        if tf.io.gfile.exists(new):
+            tf.io.gfile.remove(old)
         else:
-            os.replace(old, new)
+            tf.io.gfile.rename(old, new, overwrite=True)
 
 
 def _finished_stats(output_dir, name):
@@ -108,12 +109,12 @@ def _finished_stats(output_dir, name):
     path = os.path.join(output_dir, name)
     # Old layout: out of the shards' way first (even when the shard is to be redone).
     _migrate(shard_writer.old_sidecar(path), shard_writer.sidecar(path))
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return None
     try:
-        with open(shard_writer.sidecar(path), encoding="utf-8") as f:
+        with tf.io.gfile.GFile(shard_writer.sidecar(path)) as f:
             stats = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, tf.errors.OpError):
         return None  # renamed but its stats were not written: redo the shard
     if stats.get("shard") != name:
         return None
@@ -129,14 +130,14 @@ def _remove_stale_tmp(output_dir):
     """
     folders = [(output_dir, True), (shard_writer.bookkeeping_dir(output_dir), False)]
     for folder, hidden_only in folders:
-        for name in os.listdir(folder):
+        for name in tf.io.gfile.listdir(folder):
             pid_text = name.rsplit(".tmp-", 1)[-1]
             if ".tmp-" not in name or not pid_text.isdigit() or (hidden_only and not name.startswith(".")):
                 continue
             pid = int(pid_text)
             if pid != os.getpid() and tfrecord.writer_alive(pid):
                 continue  # e.g. an orphaned worker of a killed run still writes it
-            os.remove(os.path.join(folder, name))
+            tf.io.gfile.remove(os.path.join(folder, name))
 
 
 def _check_manifest(output_dir, prefix, settings, shards):
@@ -151,8 +152,8 @@ def _check_manifest(output_dir, prefix, settings, shards):
     ).hexdigest()
     path = os.path.join(shard_writer.bookkeeping_dir(output_dir), f"{prefix}.manifest.json")
     _migrate(os.path.join(output_dir, f".{prefix}.manifest.json"), path)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
             previous = json.load(f)
         # Manifests of older versions lack the newer settings: compression was
         # none; their skip rule (no truncated video) is not a min_frames value, so
@@ -291,7 +292,7 @@ def prepare(
     num_shards = num_shards or max(1, math.ceil(len(records) / VIDEOS_PER_SHARD))
     shards = assign_shards(records, num_shards)
     names = [tfrecord.shard_name(prefix, i, num_shards, compression) for i in range(num_shards)]
-    os.makedirs(shard_writer.bookkeeping_dir(output_dir), exist_ok=True)
+    tf.io.gfile.makedirs(shard_writer.bookkeeping_dir(output_dir))
     settings = {
         "dataset": dataset,
         "prefix": prefix,
@@ -560,7 +561,7 @@ def main(argv):
             compression=_COMPRESSION.value,
             **extra,
         )
-    except (ValueError, OSError) as e:  # bad flags, annotation rows (file:line), folders: one line
+    except (ValueError, OSError, tf.errors.OpError) as e:  # bad flags, rows (file:line), folders: one line
         sys.exit(f"error: {e}")
     logging.info(
         "converted %d videos (%d incomplete), skipped %d, missing %d, bad rows %d -> %s",

@@ -23,11 +23,18 @@ it keeps every frame that decodes cleanly (up to the end of the data, the first
 packet the demuxer flags as cut short, or the first decoder error) and reports how
 that falls short of what the container declares (a truncated download, a header
 that lies) instead of raising.
+
+Paths with a scheme (gs://..., any filesystem tf.io.gfile knows) are read whole into memory
+through tf.io.gfile (one read per open: a clip is a few MB) and PyAV decodes that buffer;
+TensorFlow is imported only for them. A filesystem error other than a missing file (no
+permission, the store unreachable) is raised as it is, not as a DecodeError, so the caller
+fails (and a Beam runner retries) instead of skipping a video that exists.
 """
 
 import bisect
 import dataclasses
 import fractions
+import io
 import math
 import os
 
@@ -87,16 +94,47 @@ def _error(path, cause, exc=None):
     return DecodeError(message)
 
 
+class _NamedBytes(io.BytesIO):
+    """A remote video's bytes; PyAV names `name` in its errors, as it names a local path."""
+
+    def __init__(self, data, name):
+        super().__init__(data)
+        self.name = name
+
+
+def _remote_source(path):
+    """A remote (scheme://) video read through tf.io.gfile -> _NamedBytes, or DecodeError."""
+    import tensorflow as tf  # only for remote paths: local decoding needs no TensorFlow
+
+    path = os.fspath(path)
+    if not tf.io.gfile.exists(path):
+        raise _error(path, "file not found")
+    if tf.io.gfile.isdir(path):
+        raise _error(path, "is a directory, not a video file")
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except tf.errors.NotFoundError as e:  # deleted since the check; other errors propagate
+        raise _error(path, "file not found") from e
+    if not data:
+        raise _error(path, "empty file (0 bytes)")
+    return _NamedBytes(data, path)
+
+
 def _open(path):
     """Opens `path`; returns (container, first video stream) or raises DecodeError."""
-    if not os.path.exists(path):
-        raise _error(path, "file not found")
-    if os.path.isdir(path):
-        raise _error(path, "is a directory, not a video file")
-    if os.path.getsize(path) == 0:
-        raise _error(path, "empty file (0 bytes)")
+    if "://" in os.fspath(path):
+        source = _remote_source(path)
+    else:
+        if not os.path.exists(path):
+            raise _error(path, "file not found")
+        if os.path.isdir(path):
+            raise _error(path, "is a directory, not a video file")
+        if os.path.getsize(path) == 0:
+            raise _error(path, "empty file (0 bytes)")
+        source = os.fspath(path)
     try:
-        container = av.open(os.fspath(path), mode="r", metadata_errors="ignore")
+        container = av.open(source, mode="r", metadata_errors="ignore")
     except _AV_ERRORS as e:
         raise _error(path, "cannot open: not a media file, or corrupt or truncated", e) from e
     if not container.streams.video:

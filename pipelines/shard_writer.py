@@ -29,9 +29,20 @@ def init_worker(queue):
     _progress_queue = queue
 
 
+def is_remote(path):
+    """A path with a scheme (gs://...): handled through tf.io.gfile, not os."""
+    return "://" in os.fspath(path)
+
+
 def atomic_write_text(path, text):
-    """Writes `text` to a hidden temporary name beside `path`, then renames it."""
+    """Writes `text` to a hidden temporary name beside `path`, then renames it (on an object
+    store, gs://..., the rename is a copy then a delete of the temporary object)."""
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    if is_remote(path):
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        return
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -132,7 +143,7 @@ def write_shard(job, progress=None):
     """
     final = os.path.join(job["output_dir"], job["name"])
     tmp = tmp_name(final, job.get("tmp_tag"))
-    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.dirname(tmp))  # local or remote (gs://...)
     stats = {"shard": job["name"], "converted": 0, "skipped": [], "incomplete": []}
     options = tf.io.TFRecordOptions(compression_type=COMPRESSIONS[job.get("compression", "none")])
     try:
@@ -156,10 +167,13 @@ def write_shard(job, progress=None):
                 elif _progress_queue is not None:
                     _progress_queue.put(1)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
         raise
-    os.replace(tmp, final)
+    if is_remote(final):
+        tf.io.gfile.rename(tmp, final, overwrite=True)  # object stores: copy, then delete tmp
+    else:
+        os.replace(tmp, final)
     # A crash before this line leaves a shard without stats; reruns redo it.
     atomic_write_text(sidecar(final), json.dumps(stats))
     return stats

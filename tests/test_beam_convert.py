@@ -1,10 +1,14 @@
 """Tests of pipelines/beam_convert.py: the Beam engine writes the local engine's shards and report
-(bad files and rows included) on the DirectRunner with 2 worker processes, every video exactly once
-when Beam replays or retries a bundle, and only shards under a shard glob."""
+(bad files and rows included) on the DirectRunner's multi-process engine (2 worker processes), every
+video exactly once when Beam replays or retries a bundle or a killed worker's job is rerun, only shards
+under a shard glob, and the same output when every input and output path is a tf.io.gfile URL (ram://)
+instead of a local path."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 
 import pytest
 import tensorflow as tf
@@ -20,7 +24,12 @@ def clips(tmp_path_factory):
     return video_clips.make_clips(tmp_path_factory.getbasetemp() / "video_clips")
 
 
-MULTI_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+# The engine of the DirectRunner's multi-process mode, named: Beam 2.77's `--runner=DirectRunner` first
+# tries PrismRunner (downloading its binary from GitHub; offline it falls back to this runner), so on a
+# machine with network access the tests would run on another runner than here.
+FN_API_RUNNER = "--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+MULTI_PROCESS = [FN_API_RUNNER, "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+IN_PROCESS = [FN_API_RUNNER, "--direct_running_mode=in_memory"]
 
 
 def layout(root, clips):
@@ -49,13 +58,69 @@ def shard_bytes(folder, names):
     return out
 
 
-def test_beam_engine_writes_the_local_engines_shards_and_report(tmp_path, clips):
+class KilledOnceFn(beam_convert.WriteShardFn):
+    """WriteShardFn whose worker process is SIGKILLed at the second video of shard 1's first attempt
+    (after the first is in its temporary file); `marker` records that it happened."""
+
+    def __init__(self, marker, launcher_pid):
+        super().__init__()
+        self.marker, self.launcher_pid = marker, launcher_pid
+
+    def process(self, job):
+        if job["name"].startswith("train-00001-") and not os.path.exists(self.marker):
+            real, calls = shard_writer.video_example, []
+
+            def dies_at_the_second_video(record, *args, **kwargs):
+                calls.append(record.video_id)
+                if len(calls) == 2 and os.getpid() != self.launcher_pid:  # never the test's process
+                    with open(self.marker, "w") as f:
+                        f.write(f"killed {os.getpid()} at {calls}")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(record, *args, **kwargs)
+
+            shard_writer.video_example = dies_at_the_second_video  # in the worker process only
+        yield from super().process(job)
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    """Fails (TimeoutError) instead of hanging if the block takes longer than `seconds`."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# The killed worker's gRPC streams end in exceptions on Beam's own threads: expected here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_beam_engine_writes_the_local_engines_shards_and_report(tmp_path, clips, monkeypatch):
     annotations, videos, _ = layout(tmp_path, clips)
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
     kwargs = dict(short_side=32, num_shards=3, skip_bad_rows=True)
     expected = convert.convert("kinetics", annotations, videos, local, show_progress=False, **kwargs)
+    names = expected["shards"]
+    # A worker process killed mid-shard: the multi-process DirectRunner (Beam's FnApiRunner) does not
+    # retry a bundle (apache/beam#18640), the job fails; it leaves no partial shard a reader would take.
+    marker = tmp_path / "killed"
+    monkeypatch.setattr(beam_convert, "WriteShardFn", lambda: KilledOnceFn(str(marker), os.getpid()))
+    with pytest.raises(RuntimeError), deadline(300):
+        beam_convert.convert("kinetics", annotations, videos, beam, MULTI_PROCESS, **kwargs)
+    monkeypatch.undo()
+    assert marker.read_text().startswith("killed")
+    finished = [os.path.basename(p) for p in tf.io.gfile.glob(os.path.join(beam, "*.tfrecord*"))]
+    assert "train-00001-of-00003.tfrecord" not in finished and set(finished) <= set(names)
+    assert shard_bytes(beam, finished) == shard_bytes(local, finished)  # whatever is there is whole
+    assert any(".tmp-beam-" in n for n in hidden_tmp_files(beam))  # the killed attempt's file
+    # The rerun is the retry: it keeps the finished shards and writes the others.
     # A killed worker's partial shard of an earlier run: removed, never read.
-    os.makedirs(os.path.join(beam, ".convert"))
+    os.makedirs(os.path.join(beam, ".convert"), exist_ok=True)
     stale = os.path.join(beam, ".convert", "train-00000-of-00003.tfrecord.tmp-beam-0123")
     shutil.copy(clips["h264"], stale)
     # Every bundle is replayed once (its output dropped, its files left: what a retry sees).
@@ -75,7 +140,6 @@ def test_beam_engine_writes_the_local_engines_shards_and_report(tmp_path, clips)
     assert report["missing"] == ["eee_000003_000013"] and len(report["bad_rows"]) == 2
     assert report["converted"] == 6
     # The same files: shards byte for byte (same videos, same order, same frames), classes.txt.
-    names = expected["shards"]
     assert shard_bytes(beam, names) == shard_bytes(local, names)
     for name in ("classes.txt",):
         with open(os.path.join(beam, name)) as f, open(os.path.join(local, name)) as g:
@@ -96,6 +160,61 @@ def test_beam_engine_writes_the_local_engines_shards_and_report(tmp_path, clips)
     before = {n: os.stat(os.path.join(beam, n)).st_mtime_ns for n in names}
     assert convert.convert("kinetics", annotations, videos, beam, show_progress=False, **kwargs) == expected
     assert {n: os.stat(os.path.join(beam, n)).st_mtime_ns for n in names} == before
+
+
+def upload(local, url):
+    """Copies the local tree `local` to the tf.io.gfile URL `url`."""
+    for root, _, files in os.walk(local):
+        target = url + root[len(local) :].replace(os.sep, "/")
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(root, name), f"{target}/{name}", overwrite=True)
+
+
+def assert_output_equals_local(out, local, expected, report, url, root):
+    """The conversion into `out` (a URL) from inputs under `url` (a copy of the local folder `root`)
+    holds the local engine's output in `local`: the same report (paths aside), shards byte for byte,
+    classes.txt, file names; no temporary file left."""
+    as_local = json.loads(json.dumps(report).replace(url, root))
+    assert as_local == expected
+    with tf.io.gfile.GFile(f"{out}/report.json") as f:
+        assert json.loads(f.read().replace(url, root)) == expected
+    names = expected["shards"]
+    for name in names + ["classes.txt"]:
+        with tf.io.gfile.GFile(f"{out}/{name}", "rb") as f, open(os.path.join(local, name), "rb") as g:
+            assert f.read() == g.read(), name
+    assert sorted(tf.io.gfile.listdir(out)) == sorted(os.listdir(local))
+    assert sorted(tf.io.gfile.listdir(f"{out}/.convert")) == sorted(
+        os.listdir(os.path.join(local, ".convert"))
+    )
+    assert sorted(os.path.basename(p) for p in tf.io.gfile.glob(f"{out}/*.tfrecord*")) == names
+
+
+def test_gfile_urls_for_inputs_and_outputs_give_the_local_engines_output(tmp_path, clips, monkeypatch):
+    """ram:// (TensorFlow's in-memory filesystem, standing in for gs://: a path no os call can
+    reach) through both engines, the Beam engine's workers in this process (ram:// lives in one
+    process). CSV, class list, video listing and decoding, shards, renames and the report all go
+    through tf.io.gfile; an os call on a URL would fail or leave a folder named `ram:` here."""
+    monkeypatch.chdir(tmp_path)
+    root = str(tmp_path / "in")
+    annotations, videos, _ = layout(root, clips)
+    local = str(tmp_path / "local")
+    kwargs = dict(short_side=32, num_shards=3, skip_bad_rows=True)
+    expected = convert.convert("kinetics", annotations, videos, local, show_progress=False, **kwargs)
+    url = f"ram://{tmp_path.name}/in"
+    upload(root, url)
+    ram_inputs = (f"{url}/train.csv", f"{url}/videos")
+    try:
+        out = f"ram://{tmp_path.name}/local"
+        report = convert.convert("kinetics", *ram_inputs, out, show_progress=False, **kwargs)
+        assert_output_equals_local(out, local, expected, report, url, root)
+        out = f"ram://{tmp_path.name}/beam"
+        report = beam_convert.convert("kinetics", *ram_inputs, out, IN_PROCESS, **kwargs)
+        assert_output_equals_local(out, local, expected, report, url, root)
+        assert not [n for n in tf.io.gfile.listdir(f"{out}/.convert") if ".tmp-" in n]
+    finally:
+        tf.io.gfile.rmtree(f"ram://{tmp_path.name}")
+    assert sorted(os.listdir(tmp_path)) == ["in", "local"]  # no `ram:` folder
 
 
 class _DiesOnce(Exception):

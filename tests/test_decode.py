@@ -327,3 +327,74 @@ def test_decode_available_still_raises_when_nothing_decodes(bad_files, kind):
     with pytest.raises(decode.DecodeError) as info:
         decode.decode_available(path)
     assert str(info.value).startswith(path + ": ") and cause in str(info.value)
+
+
+def _to_ram(path, url):
+    """Copies a local file or folder (recursively) to the ram:// URL `url` (TensorFlow's in-memory
+    filesystem, a stand-in for gs://: a path no os call reaches)."""
+    import tensorflow as tf
+
+    if os.path.isdir(path):
+        tf.io.gfile.makedirs(url)
+        for name in os.listdir(path):
+            _to_ram(os.path.join(path, name), f"{url}/{name}")
+    elif os.path.exists(path):
+        tf.io.gfile.copy(path, url, overwrite=True)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "directory", "truncated_mp4", "truncated_avi"])
+def test_a_url_decodes_like_the_local_file(bad_files, clips, kind):
+    """Through tf.io.gfile (ram://): the frames, the index reads (seeks in the buffer) and the
+    DecodeError of each bad file are the local path's, with the URL in the message."""
+    import tensorflow as tf
+
+    url = f"ram://decode_{kind}/{os.path.basename(bad_files[kind][0])}"
+    good = f"ram://decode_{kind}/good.mp4"
+    tf.io.gfile.makedirs(f"ram://decode_{kind}")
+    try:
+        _to_ram(bad_files[kind][0], url)
+        _to_ram(clips["h264"], good)
+        np.testing.assert_array_equal(
+            decode.decode_all(good, short_side=32), decode.decode_all(clips["h264"], short_side=32)
+        )
+        np.testing.assert_array_equal(
+            decode.read_frames(good, [5, 1]), decode.read_frames(clips["h264"], [5, 1])
+        )
+        local = url_error = None
+        try:
+            decode.decode_available(bad_files[kind][0])
+        except decode.DecodeError as e:
+            local = str(e)
+        try:
+            got = decode.decode_available(url)
+        except decode.DecodeError as e:
+            url_error = str(e)
+        if local is None:  # decodable (the truncated avi): the same frames and shortfall
+            want = decode.decode_available(bad_files[kind][0])
+            np.testing.assert_array_equal(got.frames, want.frames)
+            assert got.shortfall == want.shortfall.replace(bad_files[kind][0], url)
+        else:
+            assert url_error == local.replace(bad_files[kind][0], url)
+    finally:
+        tf.io.gfile.rmtree(f"ram://decode_{kind}")
+
+
+def test_a_storage_error_on_a_url_is_not_a_decode_error(clips, monkeypatch):
+    """Only a missing file is a DecodeError (a skip); no permission or an unreachable store raises as it is,
+    so a converter fails (and Beam retries) instead of skipping a video that exists."""
+    import tensorflow as tf
+
+    url = "ram://decode_denied/good.mp4"
+    tf.io.gfile.makedirs("ram://decode_denied")
+    _to_ram(clips["h264"], url)
+
+    def denied(*args, **kwargs):
+        raise tf.errors.PermissionDeniedError(None, None, "denied")
+
+    monkeypatch.setattr(tf.io.gfile, "GFile", denied)
+    try:
+        with pytest.raises(tf.errors.PermissionDeniedError):
+            decode.decode_available(url)
+    finally:
+        monkeypatch.undo()
+        tf.io.gfile.rmtree("ram://decode_denied")
