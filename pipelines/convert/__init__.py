@@ -1,9 +1,5 @@
-r"""Converts Kinetics / Moments in Time videos to SequenceExample TFRecord shards.
-
-  python -m pipelines.convert --dataset=kinetics --annotations=train.csv \\
-      --video_dir=videos/train --output_dir=tfrecords/train [--classes=FILE] \\
-      [--short_side=256] [--fps=keep|N] [--num_shards=N] [--workers=N] \\
-      [--skip_bad_rows] [--min_frames=8] [--compression=none|gzip]
+"""Converts Kinetics / Moments in Time videos to SequenceExample TFRecord shards (the library; the
+command line is pipelines/convert/__main__.py: `python -m pipelines.convert --help`).
 
 Each annotated video becomes one SequenceExample (pipelines/tfrecord.py): every
 frame (or frames resampled by timestamp to --fps) resized to --short_side and JPEG
@@ -42,7 +38,7 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import logging
 
 from pipelines import shard_writer, tfrecord
 from pipelines.readers import DATASETS, read_annotations
@@ -454,126 +450,3 @@ def parse_fps(text):
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"--fps must be 'keep' or a positive number. Received: {text!r}")
     return value
-
-
-def _valid_fps(text):
-    try:
-        parse_fps(text)
-    except ValueError:
-        return False
-    return True
-
-
-def define_flags():
-    """Defines the command-line flags (only when run as a main: tests import this module beside others)."""
-    global _DATASET, _ANNOTATIONS, _VIDEO_DIR, _OUTPUT_DIR, _CLASSES, _TRAIN_ANNOTATIONS
-    global _SHORT_SIDE, _FPS, _NUM_SHARDS, _WORKERS, _SKIP_BAD_ROWS, _PREFIX, _JPEG_QUALITY
-    global _MIN_FRAMES, _COMPRESSION, _ENGINE
-    _DATASET = flags.DEFINE_enum("dataset", None, list(DATASETS), "Annotation format.")
-    _ANNOTATIONS = flags.DEFINE_string("annotations", None, "Split CSV as released.")
-    _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of the videos.")
-    _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the shards.")
-    _CLASSES = flags.DEFINE_string(
-        "classes",
-        None,
-        "Kinetics: classes file, one name per line (default: sorted "
-        "labels of --train_annotations or --annotations). Moments: categories file "
-        "(default: moments_categories.txt beside --annotations).",
-    )
-    _TRAIN_ANNOTATIONS = flags.DEFINE_string(
-        "train_annotations",
-        None,
-        "Kinetics training CSV whose sorted labels are the classes when --classes is not given.",
-    )
-    _SHORT_SIDE = flags.DEFINE_integer(
-        "short_side", 256, "Short side of stored frames; 0 keeps the original size.", lower_bound=0
-    )
-    _FPS = flags.DEFINE_string("fps", "keep", "'keep' or frames per second to resample to.")
-    _NUM_SHARDS = flags.DEFINE_integer(
-        "num_shards", 0, f"Shard count; 0 = one per {VIDEOS_PER_SHARD} videos.", lower_bound=0
-    )
-    _WORKERS = flags.DEFINE_integer("workers", 1, "Processes writing shards.", lower_bound=1)
-    _SKIP_BAD_ROWS = flags.DEFINE_bool(
-        "skip_bad_rows", False, "Count malformed annotation rows instead of failing."
-    )
-    _PREFIX = flags.DEFINE_string("prefix", None, "Shard prefix (default: CSV file stem).")
-    _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.", lower_bound=1, upper_bound=100)
-    _MIN_FRAMES = flags.DEFINE_integer(
-        "min_frames",
-        MIN_FRAMES,
-        "Skip (and report) videos that would store fewer "
-        "frames; truncated videos with at least this many are kept.",
-        lower_bound=1,
-    )
-    _COMPRESSION = flags.DEFINE_enum(
-        "compression",
-        "none",
-        list(COMPRESSIONS),
-        "TFRecord compression; gzip shards are named *.tfrecord.gz.",
-    )
-    _ENGINE = flags.DEFINE_enum(
-        "engine",
-        "local",
-        list(ENGINES),
-        "local: a process pool on this machine (--workers). beam: an Apache Beam pipeline "
-        "(pipelines/beam_convert.py); flags this main does not define are Beam pipeline options "
-        "(--runner=DataflowRunner, --direct_num_workers=N, ...).",
-    )
-    flags.register_validator("fps", _valid_fps, "--fps must be 'keep' or a positive number")
-
-
-def parse_flags(argv):
-    """absl flags; with --engine=beam the flags left over are Beam pipeline options."""
-    return flags.FLAGS(argv, known_only=True)
-
-
-def main(argv):
-    beam = _ENGINE.value == "beam"
-    if len(argv) > 1 and not beam:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if beam and _WORKERS.value != 1:
-        raise app.UsageError(
-            "--workers is the local engine's; with --engine=beam the runner's options set the "
-            "parallelism (--direct_num_workers, --num_workers / --max_num_workers, --parallelism)"
-        )
-    try:
-        if beam:
-            from pipelines import beam_convert  # Beam only for this engine
-
-            run, extra = beam_convert.convert, {"pipeline_args": argv[1:]}
-        else:
-            run, extra = convert, {"workers": _WORKERS.value}
-        report = run(
-            _DATASET.value,
-            _ANNOTATIONS.value,
-            _VIDEO_DIR.value,
-            _OUTPUT_DIR.value,
-            classes=_CLASSES.value,
-            train_annotations=_TRAIN_ANNOTATIONS.value,
-            short_side=_SHORT_SIDE.value or None,
-            fps=parse_fps(_FPS.value),
-            num_shards=_NUM_SHARDS.value or None,
-            skip_bad_rows=_SKIP_BAD_ROWS.value,
-            prefix=_PREFIX.value,
-            jpeg_quality=_JPEG_QUALITY.value,
-            min_frames=_MIN_FRAMES.value,
-            compression=_COMPRESSION.value,
-            **extra,
-        )
-    except (ValueError, OSError) as e:  # bad flags, annotation rows (file:line), folders: one line
-        sys.exit(f"error: {e}")
-    logging.info(
-        "converted %d videos (%d incomplete), skipped %d, missing %d, bad rows %d -> %s",
-        report["converted"],
-        len(report["incomplete"]),
-        len(report["skipped"]),
-        len(report["missing"]),
-        len(report["bad_rows"]),
-        _OUTPUT_DIR.value,
-    )
-
-
-if __name__ == "__main__":
-    define_flags()
-    flags.mark_flags_as_required(["dataset", "annotations", "video_dir", "output_dir"])
-    app.run(main, flags_parser=parse_flags)
