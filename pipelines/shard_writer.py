@@ -15,7 +15,7 @@ import os
 
 import tensorflow as tf
 
-from pipelines import decode, tfrecord
+from pipelines import decode, files, tfrecord
 
 BOOKKEEPING = ".convert"  # subfolder of the output folder
 COMPRESSIONS = {"none": "", "gzip": "GZIP"}  # --compression -> TFRecordOptions
@@ -27,16 +27,6 @@ def init_worker(queue):
     """Pool initializer: where to report progress."""
     global _progress_queue
     _progress_queue = queue
-
-
-def atomic_write_text(path, text):
-    """Writes `text` to a hidden temporary name beside `path`, then renames it."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def bookkeeping_dir(output_dir):
@@ -159,7 +149,7 @@ def write_shard(job, progress=None):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    os.replace(tmp, final)
+    files.replace(tmp, final)
     # A crash before this line leaves a shard without stats; reruns redo it.
-    atomic_write_text(sidecar(final), json.dumps(stats))
+    files.write_atomic(sidecar(final), json.dumps(stats))
     return stats

@@ -256,27 +256,28 @@ def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips):
     assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/*.tfrecord")) == report["shards"]
 
 
-# Fault injection from the test: the converter is killed right after renaming a
+# Fault injection from the test: the converter's main is killed right after renaming a
 # finished shard, before its stats are written (the narrowest crash window).
 _CRASH_AFTER_RENAME = """
-import os, sys
-from pipelines import convert, shard_writer
-write = shard_writer.atomic_write_text
-def crash_at_stats(path, text):
+import os, runpy, sys
+from pipelines import files
+write = files.write_atomic
+def crash_at_stats(path, data):
     if path.endswith(".tfrecord.json"):
         os._exit(17)
-    write(path, text)
-shard_writer.atomic_write_text = crash_at_stats
-convert.convert("kinetics", *sys.argv[1:4], short_side=32, num_shards=2,
-                skip_bad_rows=True, show_progress=False)
+    write(path, data)
+files.write_atomic = crash_at_stats
+sys.argv = ["pipelines.convert", *sys.argv[1:]]
+runpy.run_module("pipelines.convert", run_name="__main__", alter_sys=True)
 """
 
 
 def test_crash_between_rename_and_stats_redoes_that_shard(tmp_path, clips):
     annotations, videos, paths = kinetics_layout(tmp_path, clips)
     out = str(tmp_path / "out")
+    command = convert_command(annotations, videos, out, "--num_shards=2")
     result = subprocess.run(
-        [sys.executable, "-c", _CRASH_AFTER_RENAME, annotations, videos, out], cwd=REPO, capture_output=True
+        [sys.executable, "-c", _CRASH_AFTER_RENAME, *command[3:]], cwd=REPO, capture_output=True
     )
     assert result.returncode == 17, result.stderr.decode()[-2000:]
     finished = glob.glob(os.path.join(out, "*.tfrecord"))
@@ -379,6 +380,27 @@ def test_argument_errors(tmp_path):
         args.update(kwargs)
         with pytest.raises(ValueError, match=match):
             convert.convert(**args)
+
+
+def test_the_main_refuses_bad_input_in_one_line_with_status_2(tmp_path):
+    missing = str(tmp_path / "missing.csv")
+    out = str(tmp_path / "out")
+    refused = subprocess.run(
+        convert_command(missing, str(tmp_path), out), cwd=REPO, capture_output=True, text=True
+    )
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.endswith(
+        f"pipelines.convert: error: cannot read Kinetics annotations {missing}: "
+        f"[Errno 2] No such file or directory: '{missing}'\n"
+    )
+    stray = subprocess.run(
+        convert_command(missing, str(tmp_path), out, "extra"), cwd=REPO, capture_output=True, text=True
+    )
+    assert (stray.returncode, stray.stderr.splitlines()[-1]) == (
+        2,
+        "pipelines.convert: error: unexpected arguments: extra",
+    )
+    assert not os.path.exists(out)
 
 
 def short_layout(root, clips):

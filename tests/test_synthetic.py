@@ -111,6 +111,8 @@ def test_write_is_deterministic_skips_when_complete_and_atomic(tmp_path):
     (tmp_path / "b" / "train-00000-of-00002.tfrecord").write_bytes(b"truncated")
     crashed = tmp_path / "b" / ".train-00001-of-00002.tfrecord.tmp-999999999"
     crashed.write_bytes(b"partial")
+    crashed_now = tmp_path / "b" / ".tmp-999999999-0a1b2c3d-train-00001-of-00002.tfrecord"  # files.tmp_path
+    crashed_now.write_bytes(b"partial")
     synthetic.write_synthetic(tmp_path / "b", **kwargs)
     assert (tmp_path / "b" / "train-00000-of-00002.tfrecord").read_bytes() == shard0
     assert os.path.exists(tmp_path / "b" / "_COMPLETE.json")

@@ -40,7 +40,7 @@ import time
 
 from absl import logging
 
-from pipelines import shard_writer, tfrecord
+from pipelines import files, shard_writer, tfrecord
 from pipelines.readers import DATASETS, read_annotations
 
 VIDEOS_PER_SHARD = 100  # for num_shards=None
@@ -118,21 +118,10 @@ def _finished_stats(output_dir, name):
 
 
 def _remove_stale_tmp(output_dir):
-    """Deletes `*.tmp-{pid}` files whose writer process no longer runs.
-
-    Looks in `.convert/` and, for the old layout, at hidden `.*.tmp-{pid}` files in
-    output_dir itself.
-    """
-    folders = [(output_dir, True), (shard_writer.bookkeeping_dir(output_dir), False)]
-    for folder, hidden_only in folders:
-        for name in os.listdir(folder):
-            pid_text = name.rsplit(".tmp-", 1)[-1]
-            if ".tmp-" not in name or not pid_text.isdigit() or (hidden_only and not name.startswith(".")):
-                continue
-            pid = int(pid_text)
-            if pid != os.getpid() and tfrecord.writer_alive(pid):
-                continue  # e.g. an orphaned worker of a killed run still writes it
-            os.remove(os.path.join(folder, name))
+    """Deletes the temporary files of writers that no longer run: in `.convert/` and, hidden, in
+    output_dir itself (the old layout's `.{shard}.tmp-{pid}`, a crashed `report.json` write)."""
+    files.remove_stale_tmp(output_dir, hidden_only=True)
+    files.remove_stale_tmp(shard_writer.bookkeeping_dir(output_dir))
 
 
 def _check_manifest(output_dir, prefix, settings, shards):
@@ -162,7 +151,7 @@ def _check_manifest(output_dir, prefix, settings, shards):
                 f"delete the old shards and {path}"
             )
         return
-    shard_writer.atomic_write_text(path, json.dumps(content, indent=1))
+    files.write_atomic(path, json.dumps(content, indent=1))
 
 
 def _run_jobs(jobs, workers, progress):
@@ -364,11 +353,11 @@ def finish(plan, stats):
     """
     stats = dict(plan.finished, **{s["shard"]: s for s in stats})
     report = build_report(plan, stats)
-    shard_writer.atomic_write_text(
+    files.write_atomic(
         os.path.join(plan.output_dir, "classes.txt"),
         "".join(f"{name}\n" for name in plan.annotation_report.classes),
     )
-    shard_writer.atomic_write_text(os.path.join(plan.output_dir, "report.json"), json.dumps(report, indent=1))
+    files.write_atomic(os.path.join(plan.output_dir, "report.json"), json.dumps(report, indent=1))
     return report
 
 

@@ -365,10 +365,7 @@ def write_synthetic(
         path = os.path.join(output_dir, name)
         if name.startswith(("train-", "eval-")) and name.endswith(".tfrecord") and name not in wanted:
             os.remove(path)  # a shard of other arguments
-        elif name.startswith((".train-", ".eval-")) and ".tmp-" in name:
-            pid = name.rsplit(".tmp-", 1)[1]
-            if not (pid.isdigit() and tfrecord.writer_alive(int(pid))):
-                os.remove(path)  # left by a crashed run
+    files.remove_stale_tmp(output_dir, hidden_only=True)  # left by a crashed run
     _write_split(output_dir, "train", num_train, seed, num_frames, size, num_shards)
     _write_split(output_dir, "eval", num_eval, seed, num_frames, size, 1)
     files.write_atomic(os.path.join(output_dir, "classes.txt"), "\n".join(CLASSES) + "\n")
