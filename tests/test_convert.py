@@ -375,11 +375,20 @@ def test_argument_errors(tmp_path):
         ({"workers": 0}, "workers must be a positive int"),
         ({"fps": 0}, "fps must be a positive number"),
         ({"jpeg_quality": 101}, "jpeg_quality must be an int"),
+        ({"short_side": 0}, "short_side must be a positive int or None. Received: short_side=0"),
+        ({"min_frames": 0}, "min_frames must be a positive int. Received: min_frames=0"),
+        ({"compression": "zip"}, "compression must be one of"),
+        ({"prefix": ".hidden"}, "prefix must be a plain file name. Received: prefix='.hidden'"),
     ]:
         args = dict(dataset="kinetics", annotations="a.csv", video_dir=".", output_dir=str(tmp_path))
         args.update(kwargs)
         with pytest.raises(ValueError, match=match):
             convert.convert(**args)
+    assert os.listdir(tmp_path) == []  # refused before anything is written
+    assert (
+        convert.shard_prefix(None, "lists/val.csv") == "val"
+        and convert.shard_prefix("k400", "a.csv") == "k400"
+    )
 
 
 def test_the_main_refuses_bad_input_in_one_line_with_status_2(tmp_path):

@@ -38,9 +38,10 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import logging
 
-from pipelines import files, shard_writer, tfrecord
+from pipelines import decode, files, shard_writer, tfrecord
 from pipelines.readers import DATASETS, read_annotations
 
 VIDEOS_PER_SHARD = 100  # for num_shards=None
@@ -216,6 +217,60 @@ class Plan:
     annotations: str
 
 
+def _check_positive_int(name, value, optional=False):
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{name} must be a positive int{' or None' if optional else ''}. Received: {name}={value!r}"
+        )
+
+
+def check_arguments(dataset, short_side, fps, num_shards, workers, jpeg_quality, min_frames, compression):
+    """Raises ValueError naming the first bad argument of `convert` (before anything is read or written;
+    short_side and fps by decode.py's own checks, which every decode repeats)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
+    decode.check_short_side(short_side)
+    decode.check_fps(fps)
+    _check_positive_int("num_shards", num_shards, optional=True)
+    _check_positive_int("workers", workers)
+    if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be an int in 1..100. Received: jpeg_quality={jpeg_quality!r}")
+    _check_positive_int("min_frames", min_frames)
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
+
+
+def shard_prefix(prefix, annotations):
+    """The shards' name prefix: `prefix`, or the annotation file's stem; raises ValueError unless a plain
+    file name."""
+    prefix = prefix or os.path.splitext(os.path.basename(os.fspath(annotations)))[0]
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise ValueError(f"prefix must be a plain file name. Received: prefix={prefix!r}")
+    return prefix
+
+
+def _plain(number):
+    """A NumPy scalar as the Python number the manifest's JSON can hold (None and Python numbers as they are)."""
+    return number.item() if isinstance(number, np.generic) else number
+
+
+def _split_jobs(output_dir, names, shards, encoding):
+    """({name: stats} of the shards an earlier run finished, write_shard jobs of the others).
+
+    encoding: the jobs' short_side, fps, jpeg_quality, min_frames and compression.
+    """
+    finished, jobs = {}, []
+    for name, shard in zip(names, shards, strict=True):
+        previous = _finished_stats(output_dir, name)
+        if previous is not None:
+            finished[name] = previous
+        else:
+            jobs.append(dict(encoding, output_dir=output_dir, name=name, records=shard))
+    return finished, jobs
+
+
 def prepare(
     dataset,
     annotations,
@@ -239,32 +294,8 @@ def prepare(
     Returns:
       A `Plan`.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
-    if short_side is not None and (
-        isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1
-    ):
-        raise ValueError(f"short_side must be a positive int or None. Received: short_side={short_side!r}")
-    if fps is not None and (
-        isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0
-    ):
-        raise ValueError(f"fps must be a positive number or None. Received: fps={fps!r}")
-    if num_shards is not None and (
-        isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1
-    ):
-        raise ValueError(f"num_shards must be a positive int or None. Received: num_shards={num_shards!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int. Received: workers={workers!r}")
-    if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality must be an int in 1..100. Received: jpeg_quality={jpeg_quality!r}")
-    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
-        raise ValueError(f"min_frames must be a positive int. Received: min_frames={min_frames!r}")
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
-    prefix = prefix or os.path.splitext(os.path.basename(os.fspath(annotations)))[0]
-    if not prefix or "/" in prefix or prefix.startswith("."):
-        raise ValueError(f"prefix must be a plain file name. Received: prefix={prefix!r}")
-
+    check_arguments(dataset, short_side, fps, num_shards, workers, jpeg_quality, min_frames, compression)
+    prefix = shard_prefix(prefix, annotations)
     records, annotation_report = read_annotations(
         dataset,
         annotations,
@@ -276,39 +307,20 @@ def prepare(
     num_shards = num_shards or max(1, math.ceil(len(records) / VIDEOS_PER_SHARD))
     shards = assign_shards(records, num_shards)
     names = [tfrecord.shard_name(prefix, i, num_shards, compression) for i in range(num_shards)]
-    os.makedirs(shard_writer.bookkeeping_dir(output_dir), exist_ok=True)
-    settings = {
-        "dataset": dataset,
-        "prefix": prefix,
-        "short_side": short_side,
-        "fps": fps,
+    encoding = {
+        "short_side": _plain(short_side),
+        "fps": _plain(fps),
         "jpeg_quality": jpeg_quality,
-        "num_shards": num_shards,
-        "classes": annotation_report.classes,
-        "compression": compression,
         "min_frames": min_frames,
+        "compression": compression,
     }
+    settings = dict(
+        encoding, dataset=dataset, prefix=prefix, num_shards=num_shards, classes=annotation_report.classes
+    )
+    os.makedirs(shard_writer.bookkeeping_dir(output_dir), exist_ok=True)
     _check_manifest(output_dir, prefix, settings, shards)
     _remove_stale_tmp(output_dir)
-
-    finished, jobs = {}, []
-    for name, shard in zip(names, shards, strict=True):
-        previous = _finished_stats(output_dir, name)
-        if previous is not None:
-            finished[name] = previous
-        else:
-            jobs.append(
-                {
-                    "output_dir": output_dir,
-                    "name": name,
-                    "records": shard,
-                    "short_side": short_side,
-                    "fps": fps,
-                    "jpeg_quality": jpeg_quality,
-                    "min_frames": min_frames,
-                    "compression": compression,
-                }
-            )
+    finished, jobs = _split_jobs(output_dir, names, shards, encoding)
     logging.info(
         "%d videos in %d shards (%d already finished), %d missing files",
         len(records),
