@@ -38,7 +38,7 @@ from pipelines import augment, decode, preprocess, readers, tfrecord
 
 MODES = ("train", "eval", "test")
 COMPRESSIONS = {"auto": None, "none": "", "gzip": "GZIP", "zlib": "ZLIB"}
-# Files pipelines/convert.py (and synthetic.py) write next to their shards.
+# Files pipelines/convert (and pipelines/synthetic) write next to their shards.
 CONVERTER_FILES = ("report.json", "classes.txt", "_COMPLETE.json")
 _AUTOTUNE = tf.data.AUTOTUNE
 

@@ -18,7 +18,7 @@ or time past the end) raises `DecodeError`, a ValueError whose message starts wi
 the path and says why. Truncation is detected where the container declares a length:
 mp4/mov/avi frame counts and the Matroska/WebM duration (not for MPEG-PS/TS).
 
-`decode_available` is the lenient whole-video decode (used by pipelines/convert.py):
+`decode_available` is the lenient whole-video decode (used by pipelines/convert):
 it keeps every frame that decodes cleanly (up to the end of the data, the first
 packet the demuxer flags as cut short, or the first decoder error) and reports how
 that falls short of what the container declares (a truncated download, a header

@@ -1,7 +1,9 @@
-"""Writes one TFRecord shard of videos: the unit of work of pipelines/convert.py.
+"""Writes one TFRecord shard of videos: the unit of work of pipelines/convert (both engines).
 
-Kept apart from convert.py (which defines absl flags) so pool worker processes can
-import it, and the worker pool can preload it once, without the flags.
+Kept apart from the converter's planning so pool worker processes import only what
+writing a shard needs, and the forkserver preloads it once. A shard is written as
+`.convert/{shard}.tmp-{pid or tag}` and renamed into place (pipelines.files.replace);
+its stats file goes through pipelines.files.write_atomic.
 
 Only finished shards and the user-facing `classes.txt` / `report.json` live in the
 output folder. The converter's bookkeeping (per-shard stats, the manifest, shards

@@ -1,4 +1,4 @@
-"""Tests of pipelines/convert.py: TFRecord round trip, resampling, short videos kept,
+"""Tests of pipelines/convert (library and main): TFRecord round trip, resampling, short videos kept,
 bookkeeping out of the shards' way, GZIP, resume after kills (injected from outside)."""
 
 import glob
@@ -410,6 +410,12 @@ def test_the_main_refuses_bad_input_in_one_line_with_status_2(tmp_path):
         "pipelines.convert: error: unexpected arguments: extra",
     )
     assert not os.path.exists(out)
+    usage = subprocess.run(
+        [sys.executable, "-m", "pipelines.convert", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert usage.returncode == 1  # absl's --help exits 1 after printing
+    assert usage.stdout.startswith("Converts Kinetics / Moments in Time videos to SequenceExample TFRecord")
+    assert "  python -m pipelines.convert --dataset=kinetics --annotations=train.csv \\\n" in usage.stdout
 
 
 def short_layout(root, clips):
