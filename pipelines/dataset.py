@@ -15,6 +15,9 @@ Frames may be JPEG (decoded with the crop-window fast path) or any format
 tf.io.decode_image reads (PNG, BMP, GIF). Labels: `clip/label/index`, one per clip
 (int32, -1 when absent) or, with multilabel=True, any number as a multi-hot vector.
 
+`make_dataset` is the one entry (every argument, documented); it dispatches to `tfrecord_dataset` or
+`video_dataset`, the two sources over one clip pipeline whose options are a `ClipOptions`.
+
 The raw-video source (`annotations=...`) reads (path, label) rows with the Kinetics or
 Moments reader, probes each video's frame count with PyAV, samples the same indices
 and decodes only those frames (`pipelines.decode.read_frames`), then shares the
@@ -22,6 +25,7 @@ crop/flip/normalise code with the TFRecord source.
 """
 
 import concurrent.futures
+import dataclasses
 import os
 import random
 import threading
@@ -34,7 +38,7 @@ from pipelines import augment, decode, preprocess, readers, tfrecord
 
 MODES = ("train", "eval", "test")
 COMPRESSIONS = {"auto": None, "none": "", "gzip": "GZIP", "zlib": "ZLIB"}
-# Files pipelines/convert.py (and synthetic.py) write next to their shards.
+# Files pipelines/convert (and pipelines/synthetic) write next to their shards.
 CONVERTER_FILES = ("report.json", "classes.txt", "_COMPLETE.json")
 _AUTOTUNE = tf.data.AUTOTUNE
 
@@ -135,6 +139,105 @@ def _list_shards(file_pattern, compression="auto"):
 def _element_seed(seed, index, salt):
     """Stateless seed for one random draw of element `index`."""
     return tf.stack([tf.constant(seed, tf.int64), index * 8 + salt])
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """What both sources share: which clips a video gives, how they are cropped, flipped, augmented,
+    labelled and batched. Each field is the `make_dataset` argument of the same name (documented there).
+
+    `mode` and `batch_size` are checked here; the rest when a source builds its pipeline (a ValueError
+    naming the argument).
+    """
+
+    mode: str = "train"
+    batch_size: int = 8
+    num_frames: int = 8
+    frame_stride: int = 8
+    crop_size: int = 224
+    num_clips: int = 10
+    num_crops: int = 3
+    seed: int | None = None
+    min_resize: int | None = None
+    max_resize: int | None = None
+    eval_resize: int | None = None
+    flip: bool = True
+    deterministic: bool | None = None
+    drop_remainder: bool | None = None
+    repeat: bool | None = None
+    multilabel: bool = False
+    num_classes: int | None = None
+    randaugment: object = None
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}. Received: mode={self.mode!r}")
+        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int. Received: batch_size={self.batch_size!r}")
+
+    @property
+    def train(self):
+        return self.mode == "train"
+
+    @property
+    def repeats(self):
+        """Whether the source repeats forever (default: in train mode)."""
+        return self.train if self.repeat is None else bool(self.repeat)
+
+
+class _Stages:
+    """The per-element and per-batch stages of `ClipOptions`, validated: sampling and views (_Config),
+    labels (_Labels) and the train-mode batch mixer (None when off)."""
+
+    def __init__(self, options):
+        self.options = options
+        self.clip = _Config(
+            options.mode,
+            options.num_frames,
+            options.frame_stride,
+            options.crop_size,
+            options.num_clips,
+            options.num_crops,
+            options.seed,
+            options.min_resize,
+            options.max_resize,
+            options.eval_resize,
+            options.flip,
+            randaugment=options.randaugment,
+            random_erasing=options.random_erasing,
+        )
+        self.labels = _Labels(options.multilabel, options.num_classes)
+        mixer = augment.BatchMixer(options.mixup_alpha, options.cutmix_alpha) if options.train else None
+        num_classes = options.num_classes
+        if mixer and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1
+        ):
+            raise ValueError(
+                f"mixup_alpha/cutmix_alpha need num_classes, a positive int. Received: num_classes={num_classes!r}"
+            )
+        self.mixer = mixer or None
+
+    def batches(self, ds):
+        """(views, label) elements -> batch -> [MixUp/CutMix] -> prefetch, with the order determinism."""
+        options = self.options
+        drop_remainder = options.train if options.drop_remainder is None else bool(options.drop_remainder)
+        ds = ds.batch(options.batch_size, drop_remainder=drop_remainder)
+        if self.mixer is not None:
+            mixer, seed, num_classes = self.mixer, self.clip.seed, options.num_classes
+            ds = ds.enumerate().map(
+                lambda index, batch: _mix(mixer, seed, index, *batch, num_classes),
+                num_parallel_calls=_AUTOTUNE,
+            )
+        ds = ds.prefetch(_AUTOTUNE)
+        tf_options = tf.data.Options()
+        deterministic = options.deterministic
+        if deterministic is None:  # evaluation order is reproducible; training only if seeded
+            deterministic = options.seed is not None or not options.train
+        tf_options.deterministic = bool(deterministic)
+        return ds.with_options(tf_options)
 
 
 class _Config:
@@ -325,6 +428,12 @@ class _Labels:
             return tf.minimum(tf.reduce_sum(tf.one_hot(indices, k), axis=0), 1.0)
 
 
+def parse_record(serialized, multilabel=False, num_classes=None):
+    """The TFRecord source's parse stage: one serialized SequenceExample -> (encoded frames string (N,),
+    label: int32 () (-1 when the record has none), or multi-hot float32 (num_classes,) with multilabel)."""
+    return _parse(serialized, _Labels(multilabel, num_classes))
+
+
 def _parse(serialized, labels=None):
     """One SequenceExample -> (encoded frames (N,), label as `labels` says)."""
     labels = labels or _Labels(False, None)
@@ -337,8 +446,10 @@ def _parse(serialized, labels=None):
     return sequence[tfrecord.IMAGE_ENCODED], labels.from_indices(indices)
 
 
-def _tfrecord_elements(files, compressions, cfg, labels, train, repeat, input_context, shuffle_buffer):
+def _tfrecord_elements(files, compressions, stages, input_context, shuffle_buffer):
     """Dataset of (views float32, label) read from TFRecord shards."""
+    cfg, labels = stages.clip, stages.labels
+    train, repeat = stages.options.train, stages.options.repeats
     ds = tf.data.Dataset.from_tensor_slices((files, compressions))
     if input_context is not None:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -367,6 +478,27 @@ def _tfrecord_elements(files, compressions, cfg, labels, train, repeat, input_co
         return _decode_jpegs(cfg, encoded, inverse, index), label
 
     return ds.map(decode, num_parallel_calls=_AUTOTUNE)
+
+
+def decode_clip(encoded, options, index=0, inverse=None):
+    """The TFRecord source's decode-and-view stage for one element, as `tfrecord_dataset` runs it.
+
+    Args:
+      encoded: string (U,): the sampled encoded frames (JPEG: only each crop window is decoded).
+      options: ClipOptions (mode, crop, resize, flip, augmentations; their seed with `index` fixes the
+        random draws).
+      index: int64 scalar, the element's position in the source (seeds its random crop and flip).
+      inverse: test mode: int32 (num_clips * num_frames,), each view frame's position in `encoded`
+        (default: `encoded` holds them in order).
+
+    Returns:
+      float32 views, normalised: (num_frames, crop, crop, 3) in train/eval mode,
+      (num_clips * num_crops, num_frames, crop, crop, 3) in test mode.
+    """
+    cfg = _Stages(options).clip
+    if inverse is None:
+        inverse = tf.range(cfg.num_clips * cfg.num_frames) if cfg.mode == "test" else tf.zeros([0], tf.int32)
+    return _decode_jpegs(cfg, encoded, inverse, tf.cast(index, tf.int64))
 
 
 def _decode_jpegs(cfg, encoded, inverse, index):
@@ -593,7 +725,10 @@ def make_dataset(
     mixup_alpha=0.0,
     cutmix_alpha=0.0,
 ):
-    """Batched clips for training or evaluation.
+    """Batched clips for training or evaluation: the documented entry to both sources.
+
+    Pass `file_pattern` (TFRecord shards: `tfrecord_dataset`) or `annotations` (video files:
+    `video_dataset`); the clip arguments shared by both become a `ClipOptions`.
 
     Args:
       file_pattern: glob (or list of globs) of TFRecord shards of SequenceExamples.
@@ -658,70 +793,110 @@ def make_dataset(
       the record has none), or float32 (B, num_classes) with multilabel=True. Clips
       are ImageNet-normalised (preprocess.normalize).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+    options = ClipOptions(
+        mode=mode,
+        batch_size=batch_size,
+        num_frames=num_frames,
+        frame_stride=frame_stride,
+        crop_size=crop_size,
+        num_clips=num_clips,
+        num_crops=num_crops,
+        seed=seed,
+        min_resize=min_resize,
+        max_resize=max_resize,
+        eval_resize=eval_resize,
+        flip=flip,
+        deterministic=deterministic,
+        drop_remainder=drop_remainder,
+        repeat=repeat,
+        multilabel=multilabel,
+        num_classes=num_classes,
+        randaugment=randaugment,
+        random_erasing=random_erasing,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+    )
     if (file_pattern is None) == (annotations is None):
         raise ValueError(
             "Pass exactly one of file_pattern or annotations. Received: "
             f"file_pattern={file_pattern!r}, annotations={annotations!r}"
         )
-    cfg = _Config(
-        mode,
-        num_frames,
-        frame_stride,
-        crop_size,
-        num_clips,
-        num_crops,
-        seed,
-        min_resize,
-        max_resize,
-        eval_resize,
-        flip,
-        randaugment=randaugment,
-        random_erasing=random_erasing,
-    )
-    label_spec = _Labels(multilabel, num_classes)
-    train = mode == "train"
-    mixer = augment.BatchMixer(mixup_alpha, cutmix_alpha) if train else None
-    if mixer and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1
-    ):
-        raise ValueError(
-            f"mixup_alpha/cutmix_alpha need num_classes, a positive int. Received: num_classes={num_classes!r}"
-        )
-    repeat = train if repeat is None else bool(repeat)
-    drop_remainder = train if drop_remainder is None else bool(drop_remainder)
     if file_pattern is not None:
-        files, compressions = _list_shards(file_pattern, compression)
-        _check_shardable(len(files), input_context, "files")
-        ds = _tfrecord_elements(
-            files, compressions, cfg, label_spec, train, repeat, input_context, shuffle_buffer
+        return tfrecord_dataset(
+            file_pattern,
+            options,
+            compression=compression,
+            shuffle_buffer=shuffle_buffer,
+            input_context=input_context,
         )
-    else:
-        paths, labels = _read_annotations(
-            annotations, video_dir, dataset, classes, train_annotations, skip_bad_rows
-        )
-        _check_shardable(len(paths), input_context, "videos")
-        ds = _raw_elements(paths, labels, cfg, train, repeat, input_context)
-        if label_spec.multilabel:
-            ds = ds.map(
-                lambda views, label: (views, label_spec.from_indices(label[None])),
-                num_parallel_calls=_AUTOTUNE,
-            )
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if mixer:
-        ds = ds.enumerate().map(
-            lambda index, batch: _mix(mixer, cfg.seed, index, *batch, num_classes),
+    return video_dataset(
+        annotations,
+        video_dir,
+        dataset,
+        options,
+        classes=classes,
+        train_annotations=train_annotations,
+        skip_bad_rows=skip_bad_rows,
+        input_context=input_context,
+    )
+
+
+def tfrecord_dataset(
+    file_pattern, options=None, *, compression="auto", shuffle_buffer=256, input_context=None
+):
+    """Batched clips read from TFRecord shards of SequenceExamples (the `file_pattern` source of
+    `make_dataset`, which documents the arguments and the result).
+
+    Args:
+      file_pattern: glob or list of globs of the shards.
+      options: ClipOptions (default ClipOptions()).
+      compression: "auto", "none", "gzip" or "zlib".
+      shuffle_buffer: train-mode shuffle buffer of sampled, still encoded clips.
+      input_context: tf.distribute.InputContext: shard by input files.
+    """
+    stages = _Stages(options or ClipOptions())
+    files, compressions = _list_shards(file_pattern, compression)
+    _check_shardable(len(files), input_context, "files")
+    ds = _tfrecord_elements(files, compressions, stages, input_context, shuffle_buffer)
+    return stages.batches(ds)
+
+
+def video_dataset(
+    annotations,
+    video_dir,
+    dataset,
+    options=None,
+    *,
+    classes=None,
+    train_annotations=None,
+    skip_bad_rows=False,
+    input_context=None,
+):
+    """Batched clips decoded from video files with PyAV (the `annotations` source of `make_dataset`, which
+    documents the arguments and the result).
+
+    Args:
+      annotations, video_dir, dataset: the annotation file of `dataset` ("kinetics" | "moments") and the
+        folder of its videos.
+      options: ClipOptions (default ClipOptions()).
+      classes, train_annotations, skip_bad_rows: as pipelines.readers.read_annotations takes them.
+      input_context: tf.distribute.InputContext: shard by videos.
+    """
+    stages = _Stages(options or ClipOptions())
+    paths, labels = _read_annotations(
+        annotations, video_dir, dataset, classes, train_annotations, skip_bad_rows
+    )
+    _check_shardable(len(paths), input_context, "videos")
+    ds = _raw_elements(
+        paths, labels, stages.clip, stages.options.train, stages.options.repeats, input_context
+    )
+    if stages.labels.multilabel:
+        label_spec = stages.labels
+        ds = ds.map(
+            lambda views, label: (views, label_spec.from_indices(label[None])),
             num_parallel_calls=_AUTOTUNE,
         )
-    ds = ds.prefetch(_AUTOTUNE)
-    options = tf.data.Options()
-    if deterministic is None:  # evaluation order is reproducible; training only if seeded
-        deterministic = seed is not None or not train
-    options.deterministic = bool(deterministic)
-    return ds.with_options(options)
+    return stages.batches(ds)
 
 
 def _mix(mixer, seed, index, clips, labels, num_classes):

@@ -18,7 +18,7 @@ or time past the end) raises `DecodeError`, a ValueError whose message starts wi
 the path and says why. Truncation is detected where the container declares a length:
 mp4/mov/avi frame counts and the Matroska/WebM duration (not for MPEG-PS/TS).
 
-`decode_available` is the lenient whole-video decode (used by pipelines/convert.py):
+`decode_available` is the lenient whole-video decode (used by pipelines/convert):
 it keeps every frame that decodes cleanly (up to the end of the data, the first
 packet the demuxer flags as cut short, or the first decoder error) and reports how
 that falls short of what the container declares (a truncated download, a header
@@ -352,12 +352,27 @@ def _to_rgb(frame, size):
     return frame.to_ndarray()
 
 
-def _check_short_side(short_side):
+def check_short_side(short_side):
+    """`short_side` as an int (or None); raises ValueError naming it unless a positive int or None."""
     if short_side is None:
         return None
     if isinstance(short_side, bool) or not isinstance(short_side, (int, np.integer)) or short_side < 1:
         raise ValueError(f"short_side must be a positive int or None. Received: short_side={short_side!r}")
     return int(short_side)
+
+
+def check_fps(fps):
+    """`fps` as a float (or None); raises ValueError naming it unless a positive finite number or None."""
+    if fps is None:
+        return None
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, (int, float, np.number))
+        or not math.isfinite(fps)
+        or fps <= 0
+    ):
+        raise ValueError(f"fps must be a positive number or None. Received: fps={fps!r}")
+    return float(fps)
 
 
 def decode_all(path, short_side=None, fps=None):
@@ -428,14 +443,7 @@ def decode_available(path, short_side=None, fps=None):
 
 def _decode(path, short_side, fps, tally):
     """decode_all (tally None) / decode_available (a _Tally filled in)."""
-    short_side = _check_short_side(short_side)
-    if fps is not None and (
-        isinstance(fps, bool)
-        or not isinstance(fps, (int, float, np.number))
-        or not math.isfinite(fps)
-        or fps <= 0
-    ):
-        raise ValueError(f"fps must be a positive number or None. Received: fps={fps!r}")
+    short_side, fps = check_short_side(short_side), check_fps(fps)
     out, size = [], None
     if fps is None:
         for frame, _ in _frames(path, tally):
@@ -443,7 +451,6 @@ def _decode(path, short_side, fps, tally):
             out.append(_to_rgb(frame, size))
         return np.stack(out)
     # Stream the decode and convert only the frames picked at times k / fps.
-    fps = float(fps)
     step, previous, previous_time, rate = 0, None, 0.0, None
     for frame, time in _frames(path, tally):
         size = size or _target_size(frame, short_side)
@@ -494,7 +501,7 @@ def read_frames(path, indices=None, times=None, short_side=None):
 
 def _read(path, indices, times, short_side):
     """`read_frames` plus the number of frames decoded (tests check the seek path)."""
-    short_side = _check_short_side(short_side)
+    short_side = check_short_side(short_side)
     if indices is not None and times is not None:
         raise ValueError(f"Pass indices or times, not both. Received: indices={indices!r}, times={times!r}")
     if indices is None and times is None:

@@ -4,6 +4,9 @@ A file is written under a hidden temporary name in its own folder (so `DIR/*` an
 never match it), flushed to disk, then renamed over the final name: a crash leaves either the old file or
 the new one, never a partial one. Local paths use os.replace (rename(2)); remote ones (gs://, ...) go through
 tf.io.gfile (imported only for them, so this module stays TensorFlow-free).
+
+Temporary names carry the writer's process id, so a later run can tell a crashed writer's leftovers
+(`remove_stale_tmp`) from a file another live process is still writing.
 """
 
 import contextlib
@@ -12,6 +15,7 @@ import os
 import secrets
 
 TMP_PREFIX = ".tmp-"
+TMP_INFIX = ".tmp-"  # `{name}.tmp-{pid}`: shards being written (pipelines/shard_writer.py)
 
 
 def _remote(path):
@@ -22,6 +26,65 @@ def tmp_path(path, suffix=""):
     """A hidden temporary name beside `path` that keeps its extension (Keras and matplotlib want it)."""
     folder, name = os.path.split(os.fspath(path))
     return os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{name}{suffix}")
+
+
+def writer_pid(name):
+    """The process id in a temporary file name, or None for any other name.
+
+    Two forms: `tmp_path`'s `.tmp-{pid}-{hex}-{name}` and `{name}.tmp-{pid}` (a shard being written;
+    a tag that is not a pid, e.g. the Beam engine's `.tmp-beam-{uuid}`, gives None).
+    """
+    if name.startswith(TMP_PREFIX):
+        pid = name[len(TMP_PREFIX) :].split("-", 1)[0]
+    elif TMP_INFIX in name:
+        pid = name.rsplit(TMP_INFIX, 1)[1]
+    else:
+        return None
+    return int(pid) if pid.isdigit() else None
+
+
+def writer_alive(pid):
+    """Whether process `pid` (the writer named in a temporary file's name) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_tmp(folder, hidden_only=False):
+    """Deletes the temporary files in `folder` (local or gs://...) whose writer no longer runs; returns their
+    names.
+
+    Call it before this process writes into `folder`: temporaries tagged with this process's own id are
+    leftovers of an earlier process that had the same id, and are removed too.
+
+    Args:
+      folder: a folder (a missing one holds nothing). Remote folders go through tf.io.gfile; their writers'
+        pids are read as this machine's (one converting machine per remote output, docs/SCALING.md).
+      hidden_only: only names starting with "." (a folder the user shares, e.g. a dataset's output).
+    """
+    removed = []
+    if _remote(folder):
+        import tensorflow as tf  # only for remote folders: this module stays light
+
+        isdir, listdir, remove = tf.io.gfile.isdir, tf.io.gfile.listdir, tf.io.gfile.remove
+        missing = (FileNotFoundError, tf.errors.NotFoundError)
+    else:
+        isdir, listdir, remove, missing = os.path.isdir, os.listdir, os.remove, FileNotFoundError
+    names = sorted(listdir(folder)) if isdir(folder) else []
+    for name in names:
+        pid = writer_pid(name)
+        if pid is None or (hidden_only and not name.startswith(".")):
+            continue
+        if pid != os.getpid() and writer_alive(pid):
+            continue  # e.g. an orphaned worker of a killed run still writes it
+        with contextlib.suppress(missing):
+            remove(os.path.join(folder, name))
+        removed.append(name)
+    return removed
 
 
 def _fsync(path):

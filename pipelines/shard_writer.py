@@ -1,7 +1,9 @@
-"""Writes one TFRecord shard of videos: the unit of work of pipelines/convert.py.
+"""Writes one TFRecord shard of videos: the unit of work of pipelines/convert (both engines).
 
-Kept apart from convert.py (which defines absl flags) so pool worker processes can
-import it, and the worker pool can preload it once, without the flags.
+Kept apart from the converter's planning so pool worker processes import only what
+writing a shard needs, and the forkserver preloads it once. A shard is written as
+`.convert/{shard}.tmp-{pid or tag}` and renamed into place (pipelines.files.replace);
+its stats file goes through pipelines.files.write_atomic.
 
 Only finished shards and the user-facing `classes.txt` / `report.json` live in the
 output folder. The converter's bookkeeping (per-shard stats, the manifest, shards
@@ -15,7 +17,7 @@ import os
 
 import tensorflow as tf
 
-from pipelines import decode, tfrecord
+from pipelines import decode, files, tfrecord
 
 BOOKKEEPING = ".convert"  # subfolder of the output folder
 COMPRESSIONS = {"none": "", "gzip": "GZIP"}  # --compression -> TFRecordOptions
@@ -27,27 +29,6 @@ def init_worker(queue):
     """Pool initializer: where to report progress."""
     global _progress_queue
     _progress_queue = queue
-
-
-def is_remote(path):
-    """A path with a scheme (gs://...): handled through tf.io.gfile, not os."""
-    return "://" in os.fspath(path)
-
-
-def atomic_write_text(path, text):
-    """Writes `text` to a hidden temporary name beside `path`, then renames it (on an object
-    store, gs://..., the rename is a copy then a delete of the temporary object)."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    if is_remote(path):
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-        return
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def bookkeeping_dir(output_dir):
@@ -170,10 +151,7 @@ def write_shard(job, progress=None):
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
         raise
-    if is_remote(final):
-        tf.io.gfile.rename(tmp, final, overwrite=True)  # object stores: copy, then delete tmp
-    else:
-        os.replace(tmp, final)
+    files.replace(tmp, final)
     # A crash before this line leaves a shard without stats; reruns redo it.
-    atomic_write_text(sidecar(final), json.dumps(stats))
+    files.write_atomic(sidecar(final), json.dumps(stats))
     return stats

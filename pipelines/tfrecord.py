@@ -8,7 +8,6 @@ compressed). Several labels per clip: `clip/label/index` holds them all (as TF M
 Garden's multi-label video datasets do); an unlabelled clip holds -1.
 """
 
-import os
 import struct
 
 import numpy as np
@@ -86,17 +85,6 @@ def parse_sequence_example(serialized):
     return tf.io.parse_single_sequence_example(
         serialized, context_features=CONTEXT_FEATURES, sequence_features=SEQUENCE_FEATURES
     )
-
-
-def writer_alive(pid):
-    """Whether process `pid` (the writer named in a temporary shard's name) still runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def detect_compression(path):

@@ -1,4 +1,4 @@
-"""Tests of pipelines/convert.py: TFRecord round trip, resampling, short videos kept,
+"""Tests of pipelines/convert (library and main): TFRecord round trip, resampling, short videos kept,
 bookkeeping out of the shards' way, GZIP, resume after kills (injected from outside)."""
 
 import glob
@@ -256,27 +256,28 @@ def test_killed_worker_then_rerun_stores_every_video_once(tmp_path, clips):
     assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/*.tfrecord")) == report["shards"]
 
 
-# Fault injection from the test: the converter is killed right after renaming a
+# Fault injection from the test: the converter's main is killed right after renaming a
 # finished shard, before its stats are written (the narrowest crash window).
 _CRASH_AFTER_RENAME = """
-import os, sys
-from pipelines import convert, shard_writer
-write = shard_writer.atomic_write_text
-def crash_at_stats(path, text):
+import os, runpy, sys
+from pipelines import files
+write = files.write_atomic
+def crash_at_stats(path, data):
     if path.endswith(".tfrecord.json"):
         os._exit(17)
-    write(path, text)
-shard_writer.atomic_write_text = crash_at_stats
-convert.convert("kinetics", *sys.argv[1:4], short_side=32, num_shards=2,
-                skip_bad_rows=True, show_progress=False)
+    write(path, data)
+files.write_atomic = crash_at_stats
+sys.argv = ["pipelines.convert", *sys.argv[1:]]
+runpy.run_module("pipelines.convert", run_name="__main__", alter_sys=True)
 """
 
 
 def test_crash_between_rename_and_stats_redoes_that_shard(tmp_path, clips):
     annotations, videos, paths = kinetics_layout(tmp_path, clips)
     out = str(tmp_path / "out")
+    command = convert_command(annotations, videos, out, "--num_shards=2")
     result = subprocess.run(
-        [sys.executable, "-c", _CRASH_AFTER_RENAME, annotations, videos, out], cwd=REPO, capture_output=True
+        [sys.executable, "-c", _CRASH_AFTER_RENAME, *command[3:]], cwd=REPO, capture_output=True
     )
     assert result.returncode == 17, result.stderr.decode()[-2000:]
     finished = glob.glob(os.path.join(out, "*.tfrecord"))
@@ -374,11 +375,47 @@ def test_argument_errors(tmp_path):
         ({"workers": 0}, "workers must be a positive int"),
         ({"fps": 0}, "fps must be a positive number"),
         ({"jpeg_quality": 101}, "jpeg_quality must be an int"),
+        ({"short_side": 0}, "short_side must be a positive int or None. Received: short_side=0"),
+        ({"min_frames": 0}, "min_frames must be a positive int. Received: min_frames=0"),
+        ({"compression": "zip"}, "compression must be one of"),
+        ({"prefix": ".hidden"}, "prefix must be a plain file name. Received: prefix='.hidden'"),
     ]:
         args = dict(dataset="kinetics", annotations="a.csv", video_dir=".", output_dir=str(tmp_path))
         args.update(kwargs)
         with pytest.raises(ValueError, match=match):
             convert.convert(**args)
+    assert os.listdir(tmp_path) == []  # refused before anything is written
+    assert (
+        convert.shard_prefix(None, "lists/val.csv") == "val"
+        and convert.shard_prefix("k400", "a.csv") == "k400"
+    )
+
+
+def test_the_main_refuses_bad_input_in_one_line_with_status_2(tmp_path):
+    missing = str(tmp_path / "missing.csv")
+    out = str(tmp_path / "out")
+    refused = subprocess.run(
+        convert_command(missing, str(tmp_path), out), cwd=REPO, capture_output=True, text=True
+    )
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.endswith(
+        f"pipelines.convert: error: cannot read Kinetics annotations {missing}: "
+        f"[Errno 2] No such file or directory: '{missing}'\n"
+    )
+    stray = subprocess.run(
+        convert_command(missing, str(tmp_path), out, "extra"), cwd=REPO, capture_output=True, text=True
+    )
+    assert (stray.returncode, stray.stderr.splitlines()[-1]) == (
+        2,
+        "pipelines.convert: error: unexpected arguments: extra",
+    )
+    assert not os.path.exists(out)
+    usage = subprocess.run(
+        [sys.executable, "-m", "pipelines.convert", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert usage.returncode == 1  # absl's --help exits 1 after printing
+    assert usage.stdout.startswith("Converts Kinetics / Moments in Time videos to SequenceExample TFRecord")
+    assert "  python -m pipelines.convert --dataset=kinetics --annotations=train.csv \\\n" in usage.stdout
 
 
 def short_layout(root, clips):

@@ -1,5 +1,6 @@
 """Tests of pipelines/dataset.py: exact sampling, views, determinism, both sources."""
 
+import dataclasses
 import itertools
 import os
 import shutil
@@ -264,6 +265,64 @@ def test_bad_arguments(records, tmp_path):
         dataset.make_dataset(records, "train", crop_size=224, min_resize=200)
     with pytest.raises(ValueError, match="dataset"):
         dataset.make_dataset(annotations="x.csv", video_dir=str(tmp_path), dataset="ucf")
+
+
+def _fields(options):
+    return {field.name: getattr(options, field.name) for field in dataclasses.fields(options)}
+
+
+def test_each_source_alone_gives_what_make_dataset_gives(records, carphone_sources):
+    options = dataset.ClipOptions(batch_size=2, num_frames=4, frame_stride=3, crop_size=16, seed=7)
+    alone = list(dataset.tfrecord_dataset(records, options, shuffle_buffer=4).take(3))
+    entry = list(dataset.make_dataset(records, shuffle_buffer=4, **_fields(options)).take(3))
+    assert [x.shape for x, _ in alone] == [(2, 4, 16, 16, 3)] * 3
+    for (xa, ya), (xb, yb) in zip(alone, entry, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        assert set(ya.numpy()) <= {0, 3, 5}
+    _, raw = carphone_sources
+    options = dataclasses.replace(options, mode="eval", batch_size=1, crop_size=64)
+    video = next(
+        iter(
+            dataset.video_dataset(
+                raw["annotations"], raw["video_dir"], "kinetics", options, classes=raw["classes"]
+            )
+        )
+    )
+    entry = next(iter(dataset.make_dataset(**raw, **_fields(options))))
+    assert video[0].shape == (1, 4, 64, 64, 3) and video[1].numpy().tolist() == [0]
+    np.testing.assert_array_equal(video[0], entry[0])
+    # The options: checked on construction, frozen, train-mode defaults.
+    with pytest.raises(ValueError, match="mode must be one of"):
+        dataset.ClipOptions(mode="validate")
+    with pytest.raises(ValueError, match="batch_size must be a positive int. Received: batch_size=0"):
+        dataset.ClipOptions(batch_size=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.mode = "train"
+    assert dataset.ClipOptions().repeats and not options.repeats
+    assert dataclasses.replace(options, repeat=True).repeats
+
+
+def test_the_public_stages_compute_what_the_source_does(records):
+    serialized = next(iter(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(records))[:1])))
+    encoded, label = dataset.parse_record(serialized)
+    assert encoded.shape == (N,) and encoded.dtype == tf.string and label.numpy() == 0
+    _, multi_hot = dataset.parse_record(serialized, multilabel=True, num_classes=4)
+    np.testing.assert_array_equal(multi_hot, [1.0, 0.0, 0.0, 0.0])
+    options = dataset.ClipOptions(mode="eval", batch_size=1, num_frames=4, frame_stride=3, crop_size=16)
+    indices = dataset.sample_indices(N, 4, 3, "eval")
+    clip = dataset.decode_clip(tf.gather(encoded, indices), options)
+    first = next(iter(dataset.tfrecord_dataset(records, options)))[0][0]  # file order: this record
+    assert clip.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(clip, first)
+    np.testing.assert_array_equal(frame_ids(clip), [10, 13, 16, 19])
+    # Test mode: 2 clips x 3 crops from the frames given in view order.
+    options = dataclasses.replace(options, mode="test", num_clips=2, num_crops=3)
+    indices = tf.reshape(dataset.sample_indices(N, 4, 3, "test", num_clips=2), [-1])
+    views = dataset.decode_clip(tf.gather(encoded, indices), options)
+    assert views.shape == (6, 4, 16, 16, 3)
+    np.testing.assert_array_equal(frame_ids(views), [[0, 3, 6, 9]] * 3 + [[20, 23, 26, 29]] * 3)
+    np.testing.assert_array_equal(views, next(iter(dataset.tfrecord_dataset(records, options)))[0][0])
 
 
 # --- Raw-video source gives the same clips as the TFRecord of the same video. ---

@@ -240,6 +240,20 @@ def test_past_the_end_and_bad_arguments(clips):
     assert decode.read_frames(path, []).shape == (0, 144, 176, 3)
 
 
+def test_the_argument_checks_every_decode_makes():
+    assert decode.check_short_side(None) is None and decode.check_short_side(np.int64(48)) == 48
+    assert decode.check_fps(None) is None and decode.check_fps(12) == 12.0
+    assert type(decode.check_fps(np.int32(5))) is float
+    for bad in (0, -3, 2.5, True, "48"):
+        with pytest.raises(
+            ValueError, match=f"short_side must be a positive int or None. Received: short_side={bad!r}"
+        ):
+            decode.check_short_side(bad)
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "25"):
+        with pytest.raises(ValueError, match=r"fps must be a positive number or None\. Received: fps="):
+            decode.check_fps(bad)
+
+
 def test_works_on_a_copy_with_another_extension(clips, tmp_path):
     # The container is probed from the content, not the file name.
     path = tmp_path / "clip.bin"

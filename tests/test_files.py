@@ -63,3 +63,29 @@ def test_remote_paths_go_through_gfile():
     with tf.io.gfile.GFile(f"{folder}/metrics.json") as f:
         assert json.load(f) == {"top1": 0.75}
     assert tf.io.gfile.listdir(folder) == ["metrics.json"]
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    live, dead = os.getppid(), 999_999_999  # above any pid_max: no such process
+    assert files.writer_pid(os.path.basename(files.tmp_path(str(tmp_path / "a.json")))) == os.getpid()
+    assert files.writer_pid("train-00000-of-00002.tfrecord.tmp-123") == 123
+    assert [files.writer_pid(n) for n in ("a.tfrecord.tmp-beam-0a1b", "report.json", ".tmp-x-report")] == [
+        None
+    ] * 3
+    names = {
+        f".tmp-{dead}-0a1b2c3d-report.json": False,  # a crashed files.write_atomic
+        f".tmp-{live}-0a1b2c3d-report.json": True,  # another process writing it now
+        f".tmp-{os.getpid()}-0a1b2c3d-classes.txt": False,  # an earlier process with this pid
+        f".a.tfrecord.tmp-{dead}": False,
+        f"b.tfrecord.tmp-{dead}": True,  # not hidden: kept with hidden_only
+        f"c.tfrecord.tmp-{live}": True,
+        "d.tfrecord.tmp-beam-0a1b": True,  # no pid: not this function's
+        "e.tfrecord": True,
+    }
+    for name in names:
+        (tmp_path / name).write_text("x")
+    removed = files.remove_stale_tmp(str(tmp_path), hidden_only=True)
+    assert removed == sorted(n for n, kept in names.items() if not kept)
+    assert sorted(os.listdir(tmp_path)) == sorted(n for n, kept in names.items() if kept)
+    assert files.remove_stale_tmp(str(tmp_path)) == [f"b.tfrecord.tmp-{dead}"]
+    assert files.remove_stale_tmp(str(tmp_path / "missing")) == []

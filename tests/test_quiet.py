@@ -29,10 +29,18 @@ def test_a_main_prints_only_its_own_error(tmp_path):
     assert result.stdout == ""
 
 
-def test_light_modules_stay_light():
-    result = _run(
-        "-c", "import sys, pipelines.kinetics; print('tensorflow' in sys.modules, 'av' in sys.modules)"
-    )
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pipelines.kinetics",
+        "pipelines.moments",
+        "pipelines.annotations",
+        "pipelines.readers",
+        "pipelines.files",
+    ],
+)
+def test_light_modules_stay_light(module):
+    result = _run("-c", f"import sys, {module}; print('tensorflow' in sys.modules, 'av' in sys.modules)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
 

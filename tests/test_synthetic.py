@@ -1,13 +1,17 @@
-"""Tests of pipelines/synthetic.py: determinism, time-reversal pairs, read back."""
+"""Tests of pipelines/synthetic: determinism, time-reversal pairs, read back."""
 
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipelines import dataset, preprocess, synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_same_seed_same_clips_other_seed_differs():
@@ -111,6 +115,8 @@ def test_write_is_deterministic_skips_when_complete_and_atomic(tmp_path):
     (tmp_path / "b" / "train-00000-of-00002.tfrecord").write_bytes(b"truncated")
     crashed = tmp_path / "b" / ".train-00001-of-00002.tfrecord.tmp-999999999"
     crashed.write_bytes(b"partial")
+    crashed_now = tmp_path / "b" / ".tmp-999999999-0a1b2c3d-train-00001-of-00002.tfrecord"  # files.tmp_path
+    crashed_now.write_bytes(b"partial")
     synthetic.write_synthetic(tmp_path / "b", **kwargs)
     assert (tmp_path / "b" / "train-00000-of-00002.tfrecord").read_bytes() == shard0
     assert os.path.exists(tmp_path / "b" / "_COMPLETE.json")
@@ -142,3 +148,24 @@ def test_read_back_through_make_dataset(tmp_path):
     err = np.abs(got[:, :, None] - candidates[:, None]).mean(axis=(3, 4, 5))  # (8, 8, 20)
     np.testing.assert_array_equal(err.argmin(-1), np.tile(np.arange(2, 17, 2), (8, 1)))
     assert err.min(-1).mean() < 5  # JPEG quality 90 of noisy frames
+
+
+def test_the_main_writes_the_set_and_refuses_bad_flags_in_one_line(tmp_path):
+    def main(*flags):
+        command = [sys.executable, "-m", "pipelines.synthetic", f"--output_dir={tmp_path}", *flags]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    tiny = ["--num_train=2", "--num_eval=1", "--num_frames=2", "--size=16", "--num_shards=2"]
+    written = main(*tiny)
+    assert written.returncode == 0, written.stderr[-2000:]
+    train, evaluation = (
+        os.path.join(tmp_path, "train-*-of-00002.tfrecord"),
+        os.path.join(tmp_path, "eval-*-of-00001.tfrecord"),
+    )
+    assert written.stdout == f"train: {train}\neval: {evaluation}\n"
+    assert len(glob.glob(train)) == 2 and len(glob.glob(evaluation)) == 1
+    refused = main(*tiny, "--num_shards=3")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.splitlines()[-1] == (
+        "pipelines.synthetic: error: num_shards must be <= num_train. Received: num_shards=3, num_train=2"
+    )

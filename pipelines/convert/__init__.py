@@ -1,9 +1,5 @@
-r"""Converts Kinetics / Moments in Time videos to SequenceExample TFRecord shards.
-
-  python -m pipelines.convert --dataset=kinetics --annotations=train.csv \\
-      --video_dir=videos/train --output_dir=tfrecords/train [--classes=FILE] \\
-      [--short_side=256] [--fps=keep|N] [--num_shards=N] [--workers=N] \\
-      [--skip_bad_rows] [--min_frames=8] [--compression=none|gzip]
+"""Converts Kinetics / Moments in Time videos to SequenceExample TFRecord shards (the library; the
+command line is pipelines/convert/__main__.py: `python -m pipelines.convert --help`).
 
 Each annotated video becomes one SequenceExample (pipelines/tfrecord.py): every
 frame (or frames resampled by timestamp to --fps) resized to --short_side and JPEG
@@ -42,10 +38,11 @@ import os
 import sys
 import time
 
+import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import logging
 
-from pipelines import shard_writer, tfrecord
+from pipelines import decode, files, shard_writer, tfrecord
 from pipelines.readers import DATASETS, read_annotations
 
 VIDEOS_PER_SHARD = 100  # for num_shards=None
@@ -123,21 +120,10 @@ def _finished_stats(output_dir, name):
 
 
 def _remove_stale_tmp(output_dir):
-    """Deletes `*.tmp-{pid}` files whose writer process no longer runs.
-
-    Looks in `.convert/` and, for the old layout, at hidden `.*.tmp-{pid}` files in
-    output_dir itself.
-    """
-    folders = [(output_dir, True), (shard_writer.bookkeeping_dir(output_dir), False)]
-    for folder, hidden_only in folders:
-        for name in tf.io.gfile.listdir(folder):
-            pid_text = name.rsplit(".tmp-", 1)[-1]
-            if ".tmp-" not in name or not pid_text.isdigit() or (hidden_only and not name.startswith(".")):
-                continue
-            pid = int(pid_text)
-            if pid != os.getpid() and tfrecord.writer_alive(pid):
-                continue  # e.g. an orphaned worker of a killed run still writes it
-            tf.io.gfile.remove(os.path.join(folder, name))
+    """Deletes the temporary files of writers that no longer run: in `.convert/` and, hidden, in
+    output_dir itself (the old layout's `.{shard}.tmp-{pid}`, a crashed `report.json` write)."""
+    files.remove_stale_tmp(output_dir, hidden_only=True)
+    files.remove_stale_tmp(shard_writer.bookkeeping_dir(output_dir))
 
 
 def _check_manifest(output_dir, prefix, settings, shards):
@@ -167,7 +153,7 @@ def _check_manifest(output_dir, prefix, settings, shards):
                 f"delete the old shards and {path}"
             )
         return
-    shard_writer.atomic_write_text(path, json.dumps(content, indent=1))
+    files.write_atomic(path, json.dumps(content, indent=1))
 
 
 def _run_jobs(jobs, workers, progress):
@@ -232,6 +218,60 @@ class Plan:
     annotations: str
 
 
+def _check_positive_int(name, value, optional=False):
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{name} must be a positive int{' or None' if optional else ''}. Received: {name}={value!r}"
+        )
+
+
+def check_arguments(dataset, short_side, fps, num_shards, workers, jpeg_quality, min_frames, compression):
+    """Raises ValueError naming the first bad argument of `convert` (before anything is read or written;
+    short_side and fps by decode.py's own checks, which every decode repeats)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
+    decode.check_short_side(short_side)
+    decode.check_fps(fps)
+    _check_positive_int("num_shards", num_shards, optional=True)
+    _check_positive_int("workers", workers)
+    if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be an int in 1..100. Received: jpeg_quality={jpeg_quality!r}")
+    _check_positive_int("min_frames", min_frames)
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
+
+
+def shard_prefix(prefix, annotations):
+    """The shards' name prefix: `prefix`, or the annotation file's stem; raises ValueError unless a plain
+    file name."""
+    prefix = prefix or os.path.splitext(os.path.basename(os.fspath(annotations)))[0]
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise ValueError(f"prefix must be a plain file name. Received: prefix={prefix!r}")
+    return prefix
+
+
+def _plain(number):
+    """A NumPy scalar as the Python number the manifest's JSON can hold (None and Python numbers as they are)."""
+    return number.item() if isinstance(number, np.generic) else number
+
+
+def _split_jobs(output_dir, names, shards, encoding):
+    """({name: stats} of the shards an earlier run finished, write_shard jobs of the others).
+
+    encoding: the jobs' short_side, fps, jpeg_quality, min_frames and compression.
+    """
+    finished, jobs = {}, []
+    for name, shard in zip(names, shards, strict=True):
+        previous = _finished_stats(output_dir, name)
+        if previous is not None:
+            finished[name] = previous
+        else:
+            jobs.append(dict(encoding, output_dir=output_dir, name=name, records=shard))
+    return finished, jobs
+
+
 def prepare(
     dataset,
     annotations,
@@ -255,32 +295,8 @@ def prepare(
     Returns:
       A `Plan`.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
-    if short_side is not None and (
-        isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1
-    ):
-        raise ValueError(f"short_side must be a positive int or None. Received: short_side={short_side!r}")
-    if fps is not None and (
-        isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0
-    ):
-        raise ValueError(f"fps must be a positive number or None. Received: fps={fps!r}")
-    if num_shards is not None and (
-        isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1
-    ):
-        raise ValueError(f"num_shards must be a positive int or None. Received: num_shards={num_shards!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int. Received: workers={workers!r}")
-    if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality must be an int in 1..100. Received: jpeg_quality={jpeg_quality!r}")
-    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
-        raise ValueError(f"min_frames must be a positive int. Received: min_frames={min_frames!r}")
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
-    prefix = prefix or os.path.splitext(os.path.basename(os.fspath(annotations)))[0]
-    if not prefix or "/" in prefix or prefix.startswith("."):
-        raise ValueError(f"prefix must be a plain file name. Received: prefix={prefix!r}")
-
+    check_arguments(dataset, short_side, fps, num_shards, workers, jpeg_quality, min_frames, compression)
+    prefix = shard_prefix(prefix, annotations)
     records, annotation_report = read_annotations(
         dataset,
         annotations,
@@ -292,39 +308,20 @@ def prepare(
     num_shards = num_shards or max(1, math.ceil(len(records) / VIDEOS_PER_SHARD))
     shards = assign_shards(records, num_shards)
     names = [tfrecord.shard_name(prefix, i, num_shards, compression) for i in range(num_shards)]
-    tf.io.gfile.makedirs(shard_writer.bookkeeping_dir(output_dir))
-    settings = {
-        "dataset": dataset,
-        "prefix": prefix,
-        "short_side": short_side,
-        "fps": fps,
+    encoding = {
+        "short_side": _plain(short_side),
+        "fps": _plain(fps),
         "jpeg_quality": jpeg_quality,
-        "num_shards": num_shards,
-        "classes": annotation_report.classes,
-        "compression": compression,
         "min_frames": min_frames,
+        "compression": compression,
     }
+    settings = dict(
+        encoding, dataset=dataset, prefix=prefix, num_shards=num_shards, classes=annotation_report.classes
+    )
+    tf.io.gfile.makedirs(shard_writer.bookkeeping_dir(output_dir))
     _check_manifest(output_dir, prefix, settings, shards)
     _remove_stale_tmp(output_dir)
-
-    finished, jobs = {}, []
-    for name, shard in zip(names, shards, strict=True):
-        previous = _finished_stats(output_dir, name)
-        if previous is not None:
-            finished[name] = previous
-        else:
-            jobs.append(
-                {
-                    "output_dir": output_dir,
-                    "name": name,
-                    "records": shard,
-                    "short_side": short_side,
-                    "fps": fps,
-                    "jpeg_quality": jpeg_quality,
-                    "min_frames": min_frames,
-                    "compression": compression,
-                }
-            )
+    finished, jobs = _split_jobs(output_dir, names, shards, encoding)
     logging.info(
         "%d videos in %d shards (%d already finished), %d missing files",
         len(records),
@@ -369,11 +366,11 @@ def finish(plan, stats):
     """
     stats = dict(plan.finished, **{s["shard"]: s for s in stats})
     report = build_report(plan, stats)
-    shard_writer.atomic_write_text(
+    files.write_atomic(
         os.path.join(plan.output_dir, "classes.txt"),
         "".join(f"{name}\n" for name in plan.annotation_report.classes),
     )
-    shard_writer.atomic_write_text(os.path.join(plan.output_dir, "report.json"), json.dumps(report, indent=1))
+    files.write_atomic(os.path.join(plan.output_dir, "report.json"), json.dumps(report, indent=1))
     return report
 
 
@@ -455,126 +452,3 @@ def parse_fps(text):
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"--fps must be 'keep' or a positive number. Received: {text!r}")
     return value
-
-
-def _valid_fps(text):
-    try:
-        parse_fps(text)
-    except ValueError:
-        return False
-    return True
-
-
-def define_flags():
-    """Defines the command-line flags (only when run as a main: tests import this module beside others)."""
-    global _DATASET, _ANNOTATIONS, _VIDEO_DIR, _OUTPUT_DIR, _CLASSES, _TRAIN_ANNOTATIONS
-    global _SHORT_SIDE, _FPS, _NUM_SHARDS, _WORKERS, _SKIP_BAD_ROWS, _PREFIX, _JPEG_QUALITY
-    global _MIN_FRAMES, _COMPRESSION, _ENGINE
-    _DATASET = flags.DEFINE_enum("dataset", None, list(DATASETS), "Annotation format.")
-    _ANNOTATIONS = flags.DEFINE_string("annotations", None, "Split CSV as released.")
-    _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of the videos.")
-    _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the shards.")
-    _CLASSES = flags.DEFINE_string(
-        "classes",
-        None,
-        "Kinetics: classes file, one name per line (default: sorted "
-        "labels of --train_annotations or --annotations). Moments: categories file "
-        "(default: moments_categories.txt beside --annotations).",
-    )
-    _TRAIN_ANNOTATIONS = flags.DEFINE_string(
-        "train_annotations",
-        None,
-        "Kinetics training CSV whose sorted labels are the classes when --classes is not given.",
-    )
-    _SHORT_SIDE = flags.DEFINE_integer(
-        "short_side", 256, "Short side of stored frames; 0 keeps the original size.", lower_bound=0
-    )
-    _FPS = flags.DEFINE_string("fps", "keep", "'keep' or frames per second to resample to.")
-    _NUM_SHARDS = flags.DEFINE_integer(
-        "num_shards", 0, f"Shard count; 0 = one per {VIDEOS_PER_SHARD} videos.", lower_bound=0
-    )
-    _WORKERS = flags.DEFINE_integer("workers", 1, "Processes writing shards.", lower_bound=1)
-    _SKIP_BAD_ROWS = flags.DEFINE_bool(
-        "skip_bad_rows", False, "Count malformed annotation rows instead of failing."
-    )
-    _PREFIX = flags.DEFINE_string("prefix", None, "Shard prefix (default: CSV file stem).")
-    _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality.", lower_bound=1, upper_bound=100)
-    _MIN_FRAMES = flags.DEFINE_integer(
-        "min_frames",
-        MIN_FRAMES,
-        "Skip (and report) videos that would store fewer "
-        "frames; truncated videos with at least this many are kept.",
-        lower_bound=1,
-    )
-    _COMPRESSION = flags.DEFINE_enum(
-        "compression",
-        "none",
-        list(COMPRESSIONS),
-        "TFRecord compression; gzip shards are named *.tfrecord.gz.",
-    )
-    _ENGINE = flags.DEFINE_enum(
-        "engine",
-        "local",
-        list(ENGINES),
-        "local: a process pool on this machine (--workers). beam: an Apache Beam pipeline "
-        "(pipelines/beam_convert.py); flags this main does not define are Beam pipeline options "
-        "(--runner=DataflowRunner, --direct_num_workers=N, ...).",
-    )
-    flags.register_validator("fps", _valid_fps, "--fps must be 'keep' or a positive number")
-
-
-def parse_flags(argv):
-    """absl flags; with --engine=beam the flags left over are Beam pipeline options."""
-    return flags.FLAGS(argv, known_only=True)
-
-
-def main(argv):
-    beam = _ENGINE.value == "beam"
-    if len(argv) > 1 and not beam:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if beam and _WORKERS.value != 1:
-        raise app.UsageError(
-            "--workers is the local engine's; with --engine=beam the runner's options set the "
-            "parallelism (--direct_num_workers, --num_workers / --max_num_workers, --parallelism)"
-        )
-    try:
-        if beam:
-            from pipelines import beam_convert  # Beam only for this engine
-
-            run, extra = beam_convert.convert, {"pipeline_args": argv[1:]}
-        else:
-            run, extra = convert, {"workers": _WORKERS.value}
-        report = run(
-            _DATASET.value,
-            _ANNOTATIONS.value,
-            _VIDEO_DIR.value,
-            _OUTPUT_DIR.value,
-            classes=_CLASSES.value,
-            train_annotations=_TRAIN_ANNOTATIONS.value,
-            short_side=_SHORT_SIDE.value or None,
-            fps=parse_fps(_FPS.value),
-            num_shards=_NUM_SHARDS.value or None,
-            skip_bad_rows=_SKIP_BAD_ROWS.value,
-            prefix=_PREFIX.value,
-            jpeg_quality=_JPEG_QUALITY.value,
-            min_frames=_MIN_FRAMES.value,
-            compression=_COMPRESSION.value,
-            **extra,
-        )
-    except (ValueError, OSError, tf.errors.OpError) as e:  # bad flags, rows (file:line), folders: one line
-        sys.exit(f"error: {e}")
-    logging.info(
-        "converted %d videos (%d incomplete), skipped %d, missing %d, bad rows %d -> %s",
-        report["converted"],
-        len(report["incomplete"]),
-        len(report["skipped"]),
-        len(report["missing"]),
-        len(report["bad_rows"]),
-        _OUTPUT_DIR.value,
-    )
-
-
-if __name__ == "__main__":
-    define_flags()
-    flags.mark_flags_as_required(["dataset", "annotations", "video_dir", "output_dir"])
-    app.run(main, flags_parser=parse_flags)

@@ -17,9 +17,8 @@ invariant under horizontal flips, so the usual flip augmentation keeps labels va
 
 Clip k of a split depends only on (seed, split, k, label), so output is bit-identical
 for a given seed whatever the sharding. Written as TFRecord SequenceExamples (one JPEG
-per frame) readable by `pipelines.dataset.make_dataset`.
-
-Usage: python -m pipelines.synthetic --output_dir=/tmp/synthetic
+per frame) readable by `pipelines.dataset.make_dataset`. The command line that writes it:
+pipelines/synthetic/__main__.py (`python -m pipelines.synthetic --output_dir=/tmp/synthetic`).
 """
 
 import json
@@ -366,39 +365,9 @@ def write_synthetic(
         path = os.path.join(output_dir, name)
         if name.startswith(("train-", "eval-")) and name.endswith(".tfrecord") and name not in wanted:
             os.remove(path)  # a shard of other arguments
-        elif name.startswith((".train-", ".eval-")) and ".tmp-" in name:
-            pid = name.rsplit(".tmp-", 1)[1]
-            if not (pid.isdigit() and tfrecord.writer_alive(int(pid))):
-                os.remove(path)  # left by a crashed run
+    files.remove_stale_tmp(output_dir, hidden_only=True)  # left by a crashed run
     _write_split(output_dir, "train", num_train, seed, num_frames, size, num_shards)
     _write_split(output_dir, "eval", num_eval, seed, num_frames, size, 1)
     files.write_atomic(os.path.join(output_dir, "classes.txt"), "\n".join(CLASSES) + "\n")
     files.write_atomic(marker, json.dumps(config, sort_keys=True))
     return patterns
-
-
-def main(argv):
-    del argv
-    train, evaluation = write_synthetic(
-        _OUTPUT_DIR.value,
-        num_train=_NUM_TRAIN.value,
-        num_eval=_NUM_EVAL.value,
-        seed=_SEED.value,
-        num_frames=_NUM_FRAMES.value,
-        size=_SIZE.value,
-        num_shards=_NUM_SHARDS.value,
-    )
-    print(f"train: {train}\neval: {evaluation}")
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-
-    _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the TFRecords.", required=True)
-    _NUM_TRAIN = flags.DEFINE_integer("num_train", NUM_TRAIN, "Training clips.")
-    _NUM_EVAL = flags.DEFINE_integer("num_eval", NUM_EVAL, "Evaluation clips.")
-    _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
-    _NUM_FRAMES = flags.DEFINE_integer("num_frames", NUM_FRAMES, "Frames per clip.")
-    _SIZE = flags.DEFINE_integer("size", SIZE, "Frame side in pixels.")
-    _NUM_SHARDS = flags.DEFINE_integer("num_shards", 4, "Training shards.")
-    app.run(main)
