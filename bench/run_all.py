@@ -30,23 +30,12 @@ BENCHES = {
 }
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_description():
     build = tf.sysconfig.get_build_info()
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 builds)")
     load = os.getloadavg()
     return (
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; load average at start {load[0]:.2f}\n"
+        f"- CPU: {timing.cpu_model()}, {os.cpu_count()} cores; load average at start {load[0]:.2f}\n"
         f"- TensorFlow {tf.__version__} (CUDA build: {build.get('is_cuda_build', False)}), oneDNN: {onednn}\n"
         f"- Python {platform.python_version()}, {platform.platform()}\n"
     )
