@@ -72,6 +72,11 @@ class AnnotationReport:
     bad_rows: list = dataclasses.field(default_factory=list)
     missing: list = dataclasses.field(default_factory=list)
 
+    def own_bad_rows(self):
+        """The bad rows of this report's own file (a split read with the training CSV's class indices also
+        reports that CSV's rows)."""
+        return [row for row in self.bad_rows if row["file"] == self.annotations]
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

@@ -616,6 +616,15 @@ def raw_video_skips():
         return list(_skips)
 
 
+def unreadable_videos(since=0):
+    """[{"path", "reason"}] of the videos the raw source skipped after its first `since` skips (see
+    raw_video_skips), each once (the first reason), sorted by path."""
+    first = {}
+    for path, reason in raw_video_skips()[since:]:
+        first.setdefault(path, reason)
+    return [{"path": path, "reason": reason} for path, reason in sorted(first.items())]
+
+
 def _skip(path, error):
     with _skips_lock:
         _skips.append((path, str(error)))

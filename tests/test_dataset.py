@@ -643,3 +643,20 @@ def test_training_augmentations_seeded_mixed_after_batching_and_off_in_eval(reco
     for (xa, ya), (xb, yb) in zip(eval_plain, eval_augmented, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
+
+
+def test_unreadable_videos_lists_each_video_once_after_the_mark(monkeypatch):
+    skips = [
+        ("b.mp4", "first"),
+        ("a.mp4", "bad header"),
+        ("b.mp4", "again"),
+        ("c.mp4", "no stream"),
+        ("a.mp4", "x"),
+    ]
+    monkeypatch.setattr(dataset, "_skips", skips)
+    assert dataset.unreadable_videos(since=1) == [
+        {"path": "a.mp4", "reason": "bad header"},
+        {"path": "b.mp4", "reason": "again"},  # its skip before the mark belongs to an earlier run
+        {"path": "c.mp4", "reason": "no stream"},
+    ]
+    assert dataset.unreadable_videos(since=len(skips)) == []

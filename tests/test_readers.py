@@ -124,3 +124,15 @@ def test_urls_read_like_local_paths(tmp_path, dataset):
         assert str(url_error.value).replace(url, local) == str(local_error.value)
     finally:
         tf.io.gfile.rmtree(url)
+
+
+def test_own_bad_rows_are_those_of_the_reports_file():
+    from pipelines.annotations import AnnotationReport
+
+    rows = [
+        {"file": "val.csv", "line": 3, "reason": "bad"},
+        {"file": "train.csv", "line": 9, "reason": "bad"},
+        {"file": "val.csv", "line": 7, "reason": "worse"},
+    ]
+    report = AnnotationReport("val.csv", ["a"], num_rows=9, bad_rows=rows)
+    assert report.own_bad_rows() == [rows[0], rows[2]]

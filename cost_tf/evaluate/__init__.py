@@ -365,12 +365,10 @@ def _report_top1(config, probabilities, labels, names, views):
 
 def _skipped_videos(annotation_report, skips_before, tag):
     """The raw videos not evaluated: missing on disk, bad annotation rows, unreadable (printed when any)."""
-    unreadable = sorted(dict(dataset.raw_video_skips()[skips_before:]).items())
-    own_rows = [row for row in annotation_report.bad_rows if row["file"] == annotation_report.annotations]
     skipped = {
         "missing": annotation_report.missing,
-        "bad_rows": own_rows,
-        "unreadable": [{"path": p, "reason": r} for p, r in unreadable],
+        "bad_rows": annotation_report.own_bad_rows(),
+        "unreadable": dataset.unreadable_videos(since=skips_before),
     }
     counts = {k: len(v) for k, v in skipped.items()}
     if any(counts.values()):

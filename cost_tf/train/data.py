@@ -97,25 +97,20 @@ def read_split(c, split):
 def data_report(reports, skips_before=0):
     """What the raw-video source skipped: {split: {videos, missing, bad_rows}, "unreadable": [...]}; None for
     TFRecord sources. `reports`: {split: (AnnotationReport, record count)} from prepare_data; the unreadable
-    videos are those pipelines.dataset.dataset.raw_video_skips() lists after its first `skips_before`."""
+    videos are those pipelines.dataset.raw_video_skips() lists after its first `skips_before`, each once (a
+    video skipped again in every epoch counts once)."""
     if not reports:
         return None
-    unreadable = {}
-    for path, reason in dataset.raw_video_skips()[
-        skips_before:
-    ]:  # a video skipped again in every epoch counts once
-        unreadable.setdefault(path, reason)
-    # A split read with the training CSV's class indices also reports that CSV's bad rows: keep its own.
     out = {
         split: {
             "annotations": report.annotations,
             "videos": count,
             "missing": report.missing,
-            "bad_rows": [row for row in report.bad_rows if row["file"] == report.annotations],
+            "bad_rows": report.own_bad_rows(),
         }
         for split, (report, count) in reports.items()
     }
-    out["unreadable"] = [{"path": path, "reason": reason} for path, reason in sorted(unreadable.items())]
+    out["unreadable"] = dataset.unreadable_videos(since=skips_before)
     return out
 
 
