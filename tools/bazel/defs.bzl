@@ -7,10 +7,13 @@ def _py_module_launcher_impl(ctx):
             "# Generated: runs `python -m {module}` so the module's own folder is not\n" +
             "# put first on sys.path (export/onnx/ must not shadow the onnx package).\n" +
             "import os\n" +
-            "import runpy\n\n" +
+            "import runpy\n" +
+            "import sys\n\n" +
             "# `bazel run` starts in the runfiles tree; relative flags mean the caller's folder.\n" +
             "if os.environ.get(\"BUILD_WORKING_DIRECTORY\"):\n" +
             "    os.chdir(os.environ[\"BUILD_WORKING_DIRECTORY\"])\n" +
+            "# While the package imports, argv[0] reads as under `python -m` (pipelines/quiet.py).\n" +
+            "sys.argv[0] = \"-m\"\n" +
             "runpy.run_module(\"{module}\", run_name=\"__main__\", alter_sys=True)\n"
         ).format(module = ctx.attr.module),
     )
