@@ -26,6 +26,7 @@ OUTPUT_NAME = "logits"
 # bench/export_bench.py, cost_a_r50 batch 8: ORT CPU time merged / unfolded (the same 19-tap graph) = 1.27.
 FOLD_FORM = "sparse"
 CATCH_ERRORS_ENV = "TF2ONNX_CATCH_ERRORS"
+PROTOBUF_ENV = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
 
 
 class ConversionError(RuntimeError):
@@ -194,7 +195,15 @@ def convert_saved_model(
     # restore it if a pass fails), and those copies pile up: cost_a_r50 peaked over 7 GB in that phase here,
     # 4.7 GB without them (cost_b_r50 the other way, 4.1 vs 5.9 GB: docs/DEPLOY.md, Export memory). Any value of this variable turns the copies off (tf2onnx 1.17 compares the
     # variable's name, not its value, with "TRUE"); a failing pass then fails the conversion, reported below.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1", **{CATCH_ERRORS_ENV: "FALSE"})
+    # Pure-Python protobuf in the child: with the default upb backend every optimizer pass rewrites each
+    # node's attributes into the node's protobuf arena, which frees nothing until the graph is gone, so each
+    # of tf2onnx's ~24 passes leaked a full copy of the weights (cost_a_r50: +120 MB a pass, tf2onnx's peak
+    # 4.71 -> 2.91 GB with this; docs/DEPLOY.md, Export memory). tf2onnx warns that it is slower: ~8 s here.
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="1",
+        **{CATCH_ERRORS_ENV: "FALSE", PROTOBUF_ENV: "python"},
+    )
     # A hidden temporary beside the final name, validated, then renamed (removed on any failure).
     with files.atomic_path(output) as tmp_onnx:
         try:
@@ -253,6 +262,8 @@ def choose_num_frames(model, num_frames=None, crop_size=None):
             e,
         )
         return None
+    finally:
+        parity.release_memory()  # the probe's activations (~1.2 GB at R50) stay resident otherwise
     return 0
 
 
@@ -293,14 +304,27 @@ def export(
         parity.fold_for_inference(reference, FOLD_FORM) if fold else parity.plain_convolutions(reference)
     )
     layer_names = {layer.name for layer in reference.layers} | {layer.name for layer in deployed.layers}
+    # The Keras outputs for the validation clip (the one convert_saved_model makes) are computed now, so that
+    # while tf2onnx runs this process holds neither the activations nor the folded copy (memory: the peak is
+    # this process and tf2onnx together).
+    check_clip = parity.random_clip(2, frames or own_frames or 4, crop_size)
+    expected = parity.reference_logits(reference, check_clip)
+
+    def keras_logits(clip):
+        if clip.shape != check_clip.shape or not np.array_equal(clip, check_clip):
+            return parity.reference_logits(reference, clip)
+        return expected
+
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as scratch:
         sm_dir = os.path.join(scratch, "saved_model")
         _save_logits_model(deployed, sm_dir, frames, crop_size)
+        del deployed
+        parity.release_memory()
         report = convert_saved_model(
             sm_dir,
             output,
             opset,
-            reference=lambda clip: reference(clip, training=False),
+            reference=keras_logits,
             layer_names=layer_names,
             tolerance=tolerance,
             timeout=timeout,
