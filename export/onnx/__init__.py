@@ -33,36 +33,43 @@ class ConversionError(RuntimeError):
     """tf2onnx could not convert the model (unsupported op, converter failure or crash)."""
 
 
-def _save_logits_model(model, path, num_frames, crop_size):
-    """A SavedModel whose serving_default is clip float32 (N, T, crop, crop, 3) -> logits: tf2onnx's input."""
+def _save_frozen_logits_graph(model, path, num_frames, crop_size):
+    """Freezes clip float32 (N, T, crop, crop, 3) -> logits as tf2onnx's SavedModel path does (variables
+    become constants, functions inlined) and writes the GraphDef to `path`; returns (input, output) tensor
+    names.
+
+    Freezing here, while this process holds the model anyway, spares the tf2onnx process loading a SavedModel
+    and freezing it (cost_a_r50: ~1.2 GB of its peak; docs/DEPLOY.md, Export memory).
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     concrete = tf.function(
-        lambda clip: {OUTPUT_NAME: tf.cast(model(clip, training=False), tf.float32)},
-        autograph=False,
+        lambda clip: tf.cast(model(clip, training=False), tf.float32), autograph=False
     ).get_concrete_function(
         tf.TensorSpec((None, num_frames, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME)
     )
-    module = tf.Module()
-    module.model_variables = saved_model.tracked_variables([concrete])
-    tf.saved_model.save(module, path, signatures={"serving_default": concrete})
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    with open(path, "wb") as f:
+        f.write(frozen.graph.as_graph_def(add_shapes=True).SerializeToString())
+    return frozen.inputs[0].name, frozen.outputs[0].name
 
 
 def converter_command(saved_model_dir, output, opset, signature="serving_default"):
-    """The tf2onnx command line run in the child process."""
-    return [
-        sys.executable,
-        "-m",
-        "tf2onnx.convert",
-        "--saved-model",
-        saved_model_dir,
-        "--tag",
-        "serve",
-        "--signature_def",
-        signature,
-        "--opset",
-        str(opset),
-        "--output",
-        output,
-    ]
+    """The tf2onnx command line run in the child process (on a SavedModel signature)."""
+    return _tf2onnx_command(
+        ["--saved-model", saved_model_dir, "--tag", "serve", "--signature_def", signature], output, opset
+    )
+
+
+def graphdef_command(graph_def_path, input_name, output_name, output, opset):
+    """The tf2onnx command line on a frozen GraphDef, renaming its tensors to INPUT_NAME / OUTPUT_NAME."""
+    source = ["--graphdef", graph_def_path, "--inputs", input_name, "--outputs", output_name]
+    renames = ["--rename-inputs", INPUT_NAME, "--rename-outputs", OUTPUT_NAME]
+    return _tf2onnx_command(source + renames, output, opset)
+
+
+def _tf2onnx_command(source, output, opset):
+    return [sys.executable, "-m", "tf2onnx.convert", *source, "--opset", str(opset), "--output", output]
 
 
 def _layers_named(text, layer_names):
@@ -191,6 +198,29 @@ def convert_saved_model(
     saved_model_dir = os.fspath(saved_model_dir)
     if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
         raise ValueError(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
+    if reference is None:
+
+        def reference(clip):
+            return saved_model.run_signature(saved_model_dir, signature, {INPUT_NAME: clip})[OUTPUT_NAME]
+
+        what = f"{saved_model_dir} '{signature}'"
+    else:
+        what = "the Keras model"
+    return _convert(
+        lambda tmp: converter_command(saved_model_dir, tmp, opset, signature),
+        output,
+        opset,
+        reference,
+        what,
+        layer_names,
+        tolerance,
+        timeout,
+        check_frames,
+    )
+
+
+def _convert(command, output, opset, reference, what, layer_names, tolerance, timeout, check_frames):
+    """Runs the tf2onnx `command(temporary output)` in a child process, then validates and renames."""
     # tf2onnx deep-copies the whole ONNX graph, weights included, before each of its optimizer passes (to
     # restore it if a pass fails), and those copies pile up: cost_a_r50 peaked over 7 GB in that phase here,
     # 4.7 GB without them (cost_b_r50 the other way, 4.1 vs 5.9 GB: docs/DEPLOY.md, Export memory). Any value of this variable turns the copies off (tf2onnx 1.17 compares the
@@ -208,7 +238,7 @@ def convert_saved_model(
     with files.atomic_path(output) as tmp_onnx:
         try:
             result = subprocess.run(
-                converter_command(saved_model_dir, tmp_onnx, opset, signature),
+                command(tmp_onnx),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -228,11 +258,7 @@ def convert_saved_model(
             where = f" in layer(s) {', '.join(layers)}" if layers else ""
             raise ConversionError(f"tf2onnx wrote an invalid ONNX model{where}: {e}") from e
         clip = parity.random_clip(2, frames or check_frames or 4, crop_size)
-        if reference is None:
-            expected = saved_model.run_signature(saved_model_dir, signature, {INPUT_NAME: clip})[OUTPUT_NAME]
-            what = f"{saved_model_dir} '{signature}'"
-        else:
-            expected, what = np.asarray(reference(clip)), "the Keras model"
+        expected = np.asarray(reference(clip))
         error = parity.check_parity(
             run_onnxruntime(tmp_onnx, clip), expected, f"onnxruntime on {output} vs {what}", tolerance
         )
@@ -316,19 +342,20 @@ def export(
         return expected
 
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as scratch:
-        sm_dir = os.path.join(scratch, "saved_model")
-        _save_logits_model(deployed, sm_dir, frames, crop_size)
+        graph_def = os.path.join(scratch, "frozen.pb")
+        names = _save_frozen_logits_graph(deployed, graph_def, frames, crop_size)
         del deployed
         parity.release_memory()
-        report = convert_saved_model(
-            sm_dir,
+        report = _convert(
+            lambda tmp: graphdef_command(graph_def, *names, tmp, opset),
             output,
             opset,
-            reference=keras_logits,
-            layer_names=layer_names,
-            tolerance=tolerance,
-            timeout=timeout,
-            check_frames=own_frames,
+            keras_logits,
+            "the Keras model",
+            layer_names,
+            tolerance,
+            timeout,
+            own_frames,
         )
     report["folded"] = bool(fold)
     return report
