@@ -255,8 +255,8 @@ def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
         f"Peak RSS of one export (the exporter's process tree, sampled every 0.1 s); {cpu_model()}, "
         f"{os.cpu_count()} cores, TF {tf.__version__}; T={num_frames}, crop {size}, untrained weights.",
         "",
-        "| arch | export | peak RSS, tree (GB) | largest process (GB) | wall (s) | result |",
-        "|---|---|---|---|---|---|",
+        "| arch | export | peak RSS, tree (GB) | largest process (GB) | wall (s) | load before | result |",
+        "|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory(prefix="export-memory-") as workdir:
         for arch in archs:
@@ -294,6 +294,7 @@ def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
                         f"--model={model_path}",
                         f"--export_dir={os.path.join(workdir, arch + '_serving')}",
                     ]
+                load = os.getloadavg()[0]  # the machine may be shared: each row says how busy it was
                 code, peak, one, wall, tail = measure_peak_rss(command, limit_gb * 2**30, env=env)
                 result = (
                     "ok"
@@ -304,7 +305,8 @@ def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
                     f"{arch} {fmt}: peak {peak / 2**30:.2f} GB ({result}) in {wall:.0f} s\n{tail if code else ''}"
                 )
                 lines.append(
-                    f"| {arch} | {fmt} | {peak / 2**30:.2f} | {one / 2**30:.2f} | {wall:.0f} | {result} |"
+                    f"| {arch} | {fmt} | {peak / 2**30:.2f} | {one / 2**30:.2f} | {wall:.0f} | {load:.1f} | "
+                    f"{result} |"
                 )
     return "\n".join(lines)
 

@@ -150,6 +150,39 @@ def test_converter_failures_are_clear_errors(layer, message, tmp_path):
     assert os.listdir(tmp_path) == []  # neither the final nor a temporary file
 
 
+def test_keras_reference_precomputed_still_validates(tmp_path, monkeypatch):
+    """export() computes the Keras logits before tf2onnx runs (then frees the folded copy) and runs tf2onnx
+    with pure-Python protobuf (docs/DEPLOY.md, Export memory): a fold that breaks the model is still caught
+    against those logits, and nothing is left behind."""
+    inp = keras.Input((2, 8, 8, 3), name="clip")
+    x = keras.layers.Conv3D(3, 1, name="conv")(inp)
+    x = keras.layers.GlobalAveragePooling3D(name="pool")(keras.layers.BatchNormalization(name="bn")(x))
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(x))
+    envs = []
+    real_run = onnx_export.subprocess.run
+
+    def recording_run(command, **kwargs):
+        envs.append(kwargs["env"])
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(onnx_export.subprocess, "run", recording_run)
+    real_fold = parity.fold_for_inference
+
+    def broken_fold(m, form="merged"):
+        folded = real_fold(m, form)
+        folded.get_layer("logits").bias.assign([0.5, 0.0, 0.0])
+        return folded
+
+    monkeypatch.setattr(parity, "fold_for_inference", broken_fold)
+    with pytest.raises(parity.ParityError, match="onnxruntime on .* vs the Keras model: max relative error"):
+        onnx_export.export(model, tmp_path / "broken.onnx")
+    assert os.listdir(tmp_path) == []
+    assert envs and envs[0][onnx_export.PROTOBUF_ENV] == "python"
+    monkeypatch.setattr(parity, "fold_for_inference", real_fold)
+    report = onnx_export.export(model, tmp_path / "good.onnx")
+    assert report["max_relative_error"] <= parity.TOLERANCE and os.listdir(tmp_path) == ["good.onnx"]
+
+
 def test_clip_length_fixed_or_any(tmp_path):
     """A fixed-T export is rejected by onnxruntime with both frame counts before anything runs; the default
     (dynamic T, "frames") runs any T the network can."""

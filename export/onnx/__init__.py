@@ -26,42 +26,50 @@ OUTPUT_NAME = "logits"
 # bench/export_bench.py, cost_a_r50 batch 8: ORT CPU time merged / unfolded (the same 19-tap graph) = 1.27.
 FOLD_FORM = "sparse"
 CATCH_ERRORS_ENV = "TF2ONNX_CATCH_ERRORS"
+PROTOBUF_ENV = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
 
 
 class ConversionError(RuntimeError):
     """tf2onnx could not convert the model (unsupported op, converter failure or crash)."""
 
 
-def _save_logits_model(model, path, num_frames, crop_size):
-    """A SavedModel whose serving_default is clip float32 (N, T, crop, crop, 3) -> logits: tf2onnx's input."""
+def _save_frozen_logits_graph(model, path, num_frames, crop_size):
+    """Freezes clip float32 (N, T, crop, crop, 3) -> logits as tf2onnx's SavedModel path does (variables
+    become constants, functions inlined) and writes the GraphDef to `path`; returns (input, output) tensor
+    names.
+
+    Freezing here, while this process holds the model anyway, spares the tf2onnx process loading a SavedModel
+    and freezing it (cost_a_r50: ~1.2 GB of its peak; docs/DEPLOY.md, Export memory).
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     concrete = tf.function(
-        lambda clip: {OUTPUT_NAME: tf.cast(model(clip, training=False), tf.float32)},
-        autograph=False,
+        lambda clip: tf.cast(model(clip, training=False), tf.float32), autograph=False
     ).get_concrete_function(
         tf.TensorSpec((None, num_frames, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME)
     )
-    module = tf.Module()
-    module.model_variables = saved_model.tracked_variables([concrete])
-    tf.saved_model.save(module, path, signatures={"serving_default": concrete})
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    with open(path, "wb") as f:
+        f.write(frozen.graph.as_graph_def(add_shapes=True).SerializeToString())
+    return frozen.inputs[0].name, frozen.outputs[0].name
 
 
 def converter_command(saved_model_dir, output, opset, signature="serving_default"):
-    """The tf2onnx command line run in the child process."""
-    return [
-        sys.executable,
-        "-m",
-        "tf2onnx.convert",
-        "--saved-model",
-        saved_model_dir,
-        "--tag",
-        "serve",
-        "--signature_def",
-        signature,
-        "--opset",
-        str(opset),
-        "--output",
-        output,
-    ]
+    """The tf2onnx command line run in the child process (on a SavedModel signature)."""
+    return _tf2onnx_command(
+        ["--saved-model", saved_model_dir, "--tag", "serve", "--signature_def", signature], output, opset
+    )
+
+
+def graphdef_command(graph_def_path, input_name, output_name, output, opset):
+    """The tf2onnx command line on a frozen GraphDef, renaming its tensors to INPUT_NAME / OUTPUT_NAME."""
+    source = ["--graphdef", graph_def_path, "--inputs", input_name, "--outputs", output_name]
+    renames = ["--rename-inputs", INPUT_NAME, "--rename-outputs", OUTPUT_NAME]
+    return _tf2onnx_command(source + renames, output, opset)
+
+
+def _tf2onnx_command(source, output, opset):
+    return [sys.executable, "-m", "tf2onnx.convert", *source, "--opset", str(opset), "--output", output]
 
 
 def _layers_named(text, layer_names):
@@ -190,16 +198,47 @@ def convert_saved_model(
     saved_model_dir = os.fspath(saved_model_dir)
     if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
         raise ValueError(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
+    if reference is None:
+
+        def reference(clip):
+            return saved_model.run_signature(saved_model_dir, signature, {INPUT_NAME: clip})[OUTPUT_NAME]
+
+        what = f"{saved_model_dir} '{signature}'"
+    else:
+        what = "the Keras model"
+    return _convert(
+        lambda tmp: converter_command(saved_model_dir, tmp, opset, signature),
+        output,
+        opset,
+        reference,
+        what,
+        layer_names,
+        tolerance,
+        timeout,
+        check_frames,
+    )
+
+
+def _convert(command, output, opset, reference, what, layer_names, tolerance, timeout, check_frames):
+    """Runs the tf2onnx `command(temporary output)` in a child process, then validates and renames."""
     # tf2onnx deep-copies the whole ONNX graph, weights included, before each of its optimizer passes (to
     # restore it if a pass fails), and those copies pile up: cost_a_r50 peaked over 7 GB in that phase here,
     # 4.7 GB without them (cost_b_r50 the other way, 4.1 vs 5.9 GB: docs/DEPLOY.md, Export memory). Any value of this variable turns the copies off (tf2onnx 1.17 compares the
     # variable's name, not its value, with "TRUE"); a failing pass then fails the conversion, reported below.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1", **{CATCH_ERRORS_ENV: "FALSE"})
+    # Pure-Python protobuf in the child: with the default upb backend every optimizer pass rewrites each
+    # node's attributes into the node's protobuf arena, which frees nothing until the graph is gone, so each
+    # of tf2onnx's ~24 passes leaked a full copy of the weights (cost_a_r50: +120 MB a pass, tf2onnx's peak
+    # 4.71 -> 2.91 GB with this; docs/DEPLOY.md, Export memory). tf2onnx warns that it is slower: ~8 s here.
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="1",
+        **{CATCH_ERRORS_ENV: "FALSE", PROTOBUF_ENV: "python"},
+    )
     # A hidden temporary beside the final name, validated, then renamed (removed on any failure).
     with files.atomic_path(output) as tmp_onnx:
         try:
             result = subprocess.run(
-                converter_command(saved_model_dir, tmp_onnx, opset, signature),
+                command(tmp_onnx),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -219,11 +258,7 @@ def convert_saved_model(
             where = f" in layer(s) {', '.join(layers)}" if layers else ""
             raise ConversionError(f"tf2onnx wrote an invalid ONNX model{where}: {e}") from e
         clip = parity.random_clip(2, frames or check_frames or 4, crop_size)
-        if reference is None:
-            expected = saved_model.run_signature(saved_model_dir, signature, {INPUT_NAME: clip})[OUTPUT_NAME]
-            what = f"{saved_model_dir} '{signature}'"
-        else:
-            expected, what = np.asarray(reference(clip)), "the Keras model"
+        expected = np.asarray(reference(clip))
         error = parity.check_parity(
             run_onnxruntime(tmp_onnx, clip), expected, f"onnxruntime on {output} vs {what}", tolerance
         )
@@ -253,6 +288,8 @@ def choose_num_frames(model, num_frames=None, crop_size=None):
             e,
         )
         return None
+    finally:
+        parity.release_memory()  # the probe's activations (~1.2 GB at R50) stay resident otherwise
     return 0
 
 
@@ -293,18 +330,32 @@ def export(
         parity.fold_for_inference(reference, FOLD_FORM) if fold else parity.plain_convolutions(reference)
     )
     layer_names = {layer.name for layer in reference.layers} | {layer.name for layer in deployed.layers}
+    # The Keras outputs for the validation clip (the one convert_saved_model makes) are computed now, so that
+    # while tf2onnx runs this process holds neither the activations nor the folded copy (memory: the peak is
+    # this process and tf2onnx together).
+    check_clip = parity.random_clip(2, frames or own_frames or 4, crop_size)
+    expected = parity.reference_logits(reference, check_clip)
+
+    def keras_logits(clip):
+        if clip.shape != check_clip.shape or not np.array_equal(clip, check_clip):
+            return parity.reference_logits(reference, clip)
+        return expected
+
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as scratch:
-        sm_dir = os.path.join(scratch, "saved_model")
-        _save_logits_model(deployed, sm_dir, frames, crop_size)
-        report = convert_saved_model(
-            sm_dir,
+        graph_def = os.path.join(scratch, "frozen.pb")
+        names = _save_frozen_logits_graph(deployed, graph_def, frames, crop_size)
+        del deployed
+        parity.release_memory()
+        report = _convert(
+            lambda tmp: graphdef_command(graph_def, *names, tmp, opset),
             output,
             opset,
-            reference=lambda clip: reference(clip, training=False),
-            layer_names=layer_names,
-            tolerance=tolerance,
-            timeout=timeout,
-            check_frames=own_frames,
+            keras_logits,
+            "the Keras model",
+            layer_names,
+            tolerance,
+            timeout,
+            own_frames,
         )
     report["folded"] = bool(fold)
     return report

@@ -179,13 +179,14 @@ def run_signature(path, signature, inputs):
     return run_signatures(path, {signature: inputs})[signature]
 
 
-def _validate(path, reference, clip, num_classes, top_k, tolerance):
-    """Checks both signatures of the written SavedModel; returns the logits' max relative error."""
+def _validate(path, expected, clip, num_classes, top_k, tolerance):
+    """Checks both signatures of the written SavedModel against the Keras logits `expected` for `clip`;
+    returns the logits' max relative error."""
     frames = np.random.default_rng(1).integers(0, 256, (1, clip.shape[1], 48, 64, 3), dtype=np.uint8)
     out = run_signatures(path, {LOGITS_KEY: {"clip": clip}, SERVING_KEY: {"frames": frames}})
     error = parity.check_parity(
         out[LOGITS_KEY]["logits"],
-        np.asarray(reference(clip, training=False)),
+        expected,
         f"{path} '{LOGITS_KEY}'",
         tolerance,
     )
@@ -257,6 +258,10 @@ def export(
         "crop_size": crop_size,
         "num_classes": num_classes,
     }
+    # The Keras logits for the validation clip first, one clip at a time, and the traced module freed before
+    # the saved copy is loaded: each of these holds R50-sized memory (docs/DEPLOY.md, Export memory).
+    clip = parity.random_clip(2, frames or 4, crop_size)
+    expected = parity.reference_logits(reference, clip) if validate else None
     try:
         with tempfile.TemporaryDirectory() as scratch:
             classes_file = os.path.join(scratch, CLASSES_ASSET)
@@ -264,10 +269,11 @@ def export(
                 f.write("\n".join(names) + "\n")
             module, signatures = build_serving_module(deployed, classes_file, frames, crop_size, top_k)
             tf.saved_model.save(module, tmp, signatures=signatures)
+        del module, signatures, deployed
+        parity.release_memory()
         if validate:
-            clip = parity.random_clip(2, frames or 4, crop_size)
             report["max_relative_error"] = _validate(
-                tmp, reference, clip, num_classes, min(top_k, num_classes), tolerance
+                tmp, expected, clip, num_classes, min(top_k, num_classes), tolerance
             )
         if os.path.exists(final):
             raise FileExistsError(
