@@ -222,9 +222,9 @@ def convert_saved_model(
 def _convert(command, output, opset, reference, what, layer_names, tolerance, timeout, check_frames):
     """Runs the tf2onnx `command(temporary output)` in a child process, then validates and renames."""
     # tf2onnx deep-copies the whole ONNX graph, weights included, before each of its optimizer passes (to
-    # restore it if a pass fails), and those copies pile up: cost_a_r50 peaked over 7 GB in that phase here,
-    # 4.7 GB without them (cost_b_r50 the other way, 4.1 vs 5.9 GB: docs/DEPLOY.md, Export memory). Any value of this variable turns the copies off (tf2onnx 1.17 compares the
-    # variable's name, not its value, with "TRUE"); a failing pass then fails the conversion, reported below.
+    # restore it if a pass fails), and those copies pile up (session 4: cost_a_r50 over 7 GB in that phase).
+    # Any value of this variable turns the copies off (tf2onnx 1.17 compares the variable's name, not its
+    # value, with "TRUE"); a failing pass then fails the conversion, reported below.
     # Pure-Python protobuf in the child: with the default upb backend every optimizer pass rewrites each
     # node's attributes into the node's protobuf arena, which frees nothing until the graph is gone, so each
     # of tf2onnx's ~24 passes leaked a full copy of the weights (cost_a_r50: +120 MB a pass, tf2onnx's peak
