@@ -167,24 +167,6 @@ def markdown(results, runs, load):
     return "\n".join(lines)
 
 
-def cpu_model():
-    """The CPU model name, from lscpu (else /proc/cpuinfo)."""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-# --- --mode=memory -----------------------------------------------------------------------------------
-
-
 def _children():
     """{pid: parent pid} of every process, from /proc."""
     parents = {}
@@ -252,7 +234,7 @@ def measure_peak_rss(command, limit_bytes, interval=0.1, env=None):
 def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     lines = [
-        f"Peak RSS of one export (the exporter's process tree, sampled every 0.1 s); {cpu_model()}, "
+        f"Peak RSS of one export (the exporter's process tree, sampled every 0.1 s); {timing.cpu_model()}, "
         f"{os.cpu_count()} cores, TF {tf.__version__}; T={num_frames}, crop {size}, untrained weights.",
         "",
         "| arch | export | peak RSS, tree (GB) | largest process (GB) | wall (s) | load before | result |",
@@ -322,7 +304,7 @@ def tflite_markdown(archs, quantize, num_frames, size, runs, limit_gb, log):
         f"TFLite (`export.tflite`): each export its own process (peak RSS of its tree); then the stock "
         f"tf.lite.Interpreter with XNNPACK on {os.cpu_count()} threads, clip signature, batch 1, T={num_frames}, "
         f"crop {size}, untrained weights; median of {runs} interleaved rounds after 1 warm-up call; "
-        f"{cpu_model()}; TF {tf.__version__}.",
+        f"{timing.cpu_model()}; TF {tf.__version__}.",
         "",
         "| arch | quantize | size (MiB) | latency (ms, wall) | CPU (ms) | max rel. error vs Keras | export (s) | "
         "export peak RSS (GB) |",
