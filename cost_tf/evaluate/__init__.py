@@ -1,6 +1,6 @@
 """Evaluation (multi-view, per-class accuracy, confusion matrix): the library behind `python -m cost_tf.evaluate`.
 
-`evaluate(EvalConfig(...)) -> results`, `parse_views`, `check_config`; see cost_tf/evaluate/__main__.py for what a
+`evaluate(EvalConfig(...)) -> results`, `parse_views`; see cost_tf/evaluate/__main__.py for what a
 run reads and writes.
 """
 
@@ -55,13 +55,6 @@ class EvalConfig:
 
 # The main's defaults where they differ from the library's: a command-line run autotunes.
 FLAG_DEFAULTS = {"autotune": True}
-
-
-def check_config(config):
-    """Fails (ValueError naming the flag) on a bad --views or a --model that does not exist."""
-    parse_views(config.views)
-    if not config.model or not tf.io.gfile.exists(config.model):
-        raise ValueError(f"--model: no such file. Received: model={config.model!r}")
 
 
 def parse_views(views):
@@ -227,7 +220,7 @@ class _Views:
 
 def evaluate(config):
     """Multi-view evaluation of a trained model (see module docstring). Returns the eval_{views}.json dict."""
-    num_clips, num_crops = parse_views(config.views)
+    num_clips, num_crops = parse_views(config.views)  # a bad --views or --model fails before any work
     if not config.model or not tf.io.gfile.exists(config.model):
         raise ValueError(f"--model: no such file. Received: model={config.model!r}")
     train_config = training_config(config.model)

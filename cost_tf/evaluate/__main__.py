@@ -25,7 +25,6 @@ def main(argv):
     mains.no_arguments(argv)
     config = mains.config_from_flags(evaluate.EvalConfig, _CONFIG)
     with mains.usage_errors():  # bad flags, files and annotation rows: one line
-        evaluate.check_config(config)
         evaluate.evaluate(config)
 
 
