@@ -280,10 +280,17 @@ class CoST(keras.layers.Layer):
         flat along, so its taps coincide with those of the 3x3x3 'SAME' convolution (for any stride/parity).
         A view's kernel is flat along one axis, so it runs as a 2D convolution over the planes it spans, with
         the flat axis folded into the batch: TF's CPU Conv2D (and its gradients) is much faster than Conv3D.
+        At strides 1 each view pads only its own two axes ('same'): no shared padding and no slices, whose
+        gradients are each a scatter into the padded shape (a measured cost, docs/PERFORMANCE.md).
         Returns (x_hw, x_tw, x_th), each (N, T', H', W', C_out).
         """
         k_tw = k_hw if k_tw is None else k_tw
         k_th = k_hw if k_th is None else k_th
+        if self.strides == (1, 1, 1):  # both paddings pad (1, 1) on every axis here
+            return tuple(
+                self._planar_conv(x, k, axis, (1, 1), padding="same")
+                for axis, k in zip((1, 2, 3), (k_hw, k_tw, k_th), strict=True)
+            )
         xp = self._pad_same(x)
         st, sh, sw = self.strides
         # (flat axis, the two axes the 2D kernel spans, their strides, the one-tap offset slice)
@@ -293,13 +300,13 @@ class CoST(keras.layers.Layer):
         return x_hw, x_tw, x_th
 
     @staticmethod
-    def _planar_conv(x, kernel, flat_axis, strides):
-        """'valid' 2D convolution of every plane of x (N, T, H, W, C) orthogonal to `flat_axis` (1, 2 or 3)."""
+    def _planar_conv(x, kernel, flat_axis, strides, padding="valid"):
+        """2D convolution (`padding`) of every plane of x (N, T, H, W, C) orthogonal to `flat_axis` (1, 2, 3)."""
         order = [0, flat_axis] + [a for a in (1, 2, 3) if a != flat_axis] + [4]
         planes = ops.transpose(x, order) if flat_axis != 1 else x
         shape = ops.shape(planes)
         y = ops.conv(
-            ops.reshape(planes, (-1, shape[2], shape[3], shape[4])), kernel, strides=strides, padding="valid"
+            ops.reshape(planes, (-1, shape[2], shape[3], shape[4])), kernel, strides=strides, padding=padding
         )
         y_shape = ops.shape(y)
         y = ops.reshape(y, (shape[0], shape[1], y_shape[1], y_shape[2], y_shape[3]))
