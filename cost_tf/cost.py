@@ -315,15 +315,23 @@ class CoST(keras.layers.Layer):
         inverse = [order.index(a) for a in range(5)]
         return ops.transpose(y, inverse)
 
+    def _frame_input(self, x):
+        """The padded input _frame_conv takes: at strides 1 padded along T only (its 2D convolutions pad the
+        frames 'same', so no spatial slices and their scatter gradients), else as _pad_same."""
+        if self.strides == (1, 1, 1):
+            return ops.pad(x, [(0, 0), (1, 1), (0, 0), (0, 0), (0, 0)])
+        return self._pad_same(x)
+
     def _frame_conv(self, xp, kernels):
-        """Sum over the three padded frames t*st + i (i = 0, 1, 2) of a 2D 'valid' convolution of each frame.
+        """Sum over the three padded frames t*st + i (i = 0, 1, 2) of a 2D convolution of each frame.
 
         `kernels[i]` is a list of (kh, kw, C_in, C_out) kernels with kh, kw in {1, 3} (a 1 sits on the middle
         row/column of the window) for the frames at temporal tap i. Every 2D convolution runs over all N*T'
         frames at once, and nothing is transposed: this is how the views' temporal taps reach TF's CPU Conv2D.
-        xp: the input padded by _pad_same. Returns (N, T', H', W', C_out).
+        xp: the input padded by _frame_input. Returns (N, T', H', W', C_out).
         """
         st, sh, sw = self.strides
+        same = self.strides == (1, 1, 1)  # xp is padded along T only
         shape = ops.shape(xp)
         total = None
         for i, ks in enumerate(kernels):
@@ -332,16 +340,19 @@ class CoST(keras.layers.Layer):
             frames = xp[:, i : (i - 2 if i < 2 else None) : st]
             frames = ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
             for k in ks:
-                rows = slice(1, -1) if k.shape[0] == 1 else slice(None)
-                cols = slice(1, -1) if k.shape[1] == 1 else slice(None)
-                y = ops.conv(frames[:, rows, cols], k, strides=(sh, sw), padding="valid")
+                if same:  # a 1-wide kernel axis pads nothing: the middle row/column of the padded window
+                    y = ops.conv(frames, k, padding="same")
+                else:
+                    rows = slice(1, -1) if k.shape[0] == 1 else slice(None)
+                    cols = slice(1, -1) if k.shape[1] == 1 else slice(None)
+                    y = ops.conv(frames[:, rows, cols], k, strides=(sh, sw), padding="valid")
                 total = y if total is None else total + y
         y_shape = ops.shape(total)
         return ops.reshape(total, (shape[0], -1, y_shape[1], y_shape[2], y_shape[3]))
 
     def _frame_views(self, x, kernel):
         """(x_hw, x_tw, x_th) as _views gives them, each computed by _frame_conv (27 taps, no transposes)."""
-        xp = self._pad_same(x)
+        xp = self._frame_input(x)
         hw = self._frame_conv(xp, [[], [kernel], []])
         tw = self._frame_conv(xp, [[kernel[i][None]] for i in range(3)])  # row i of w: (1, 3) over (h=1, w)
         th = self._frame_conv(
@@ -354,7 +365,7 @@ class CoST(keras.layers.Layer):
         shape on the previous/next frames as a (1, 3) row and a (3, 1) column with its centre zeroed."""
         no_centre = ops.convert_to_tensor([1.0, 0.0, 1.0], dtype=kernel3d.dtype)[:, None, None, None]
         kernels = [[kernel3d[i, 1:2], kernel3d[i, :, 1:2] * no_centre] for i in (0, 2)]
-        return self._frame_conv(self._pad_same(x), [kernels[0], [kernel3d[1]], kernels[1]])
+        return self._frame_conv(self._frame_input(x), [kernels[0], [kernel3d[1]], kernels[1]])
 
     def _flat_views(self, x, k_hw, k_tw=None, k_th=None):
         """(x_hw, x_tw, x_th) as _views gives them, as three 'SAME' 3D convolutions with flat kernels.
