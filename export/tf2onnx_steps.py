@@ -1,19 +1,21 @@
 """The two tf2onnx steps of `export.onnx`, each run in its own short child process by that exporter:
 
     python -m export.tf2onnx_steps grappler FROZEN.pb INPUT OUTPUT OPTIMIZED.pb
-    python -m export.tf2onnx_steps convert OPTIMIZED.pb INPUT OUTPUT MODEL.onnx OPSET
+    python -m export.tf2onnx_steps convert OPTIMIZED.pb MODEL.onnx OPSET
 
 `grappler` is what `python -m tf2onnx.convert --graphdef` does first (tf2onnx.tf_loader.from_graphdef: the
-graph frozen again, TF's grappler pass `tf_optimize`); it writes the optimised GraphDef (and its input/output
-names to OPTIMIZED.pb.json). `convert` is the rest of that command (tf2onnx.convert's _convert_common: import
-the GraphDef, `process_tf_graph`, tf2onnx's optimizers, `make_model`, save), with its input INPUT renamed
-`clip` and OUTPUT `logits`.
+graph frozen again, TF's grappler pass `tf_optimize`), on the frozen graph with its weights as placeholders
+(`stub_constants`); it writes the optimised GraphDef (and its input/output names to OPTIMIZED.pb.json).
+`convert` is the rest of that command (tf2onnx.convert's _convert_common: import the GraphDef,
+`process_tf_graph`, tf2onnx's optimizers, `make_model`, save) once the weights are put back
+(`restore_constants`), with its input INPUT renamed `clip` and OUTPUT `logits`.
 
-Why two processes instead of one tf2onnx command (docs/DEPLOY.md, Export memory): in one process the
-grappler pass's buffers, the GraphDef and the TF graph it was imported into stay resident while tf2onnx builds
-and optimises its ONNX graph; here each step ends with its process, and `convert` drops the GraphDef once it
-is imported and the TF graph once it is converted. Both stay children of the exporter because grappler can
-abort its process (a failed CHECK), which must end as a clear error there.
+Why two processes instead of one tf2onnx command (docs/DEPLOY.md, Export memory): grappler copies every weight
+many times, and in one process its buffers, the GraphDef and the TF graph it was imported into stay resident
+while tf2onnx builds and optimises its ONNX graph. Here grappler sees no weights, each step ends with its
+process, and `convert` drops the GraphDef once it is imported and the TF graph once it is converted. Both
+stay children of the exporter because grappler can abort its process (a failed CHECK), which must end as a
+clear error there.
 
 Only TensorFlow and tf2onnx are imported (not Keras or this project's models): every import is resident memory.
 """
@@ -22,10 +24,9 @@ import json
 import os
 import sys
 
-# tf2onnx's optimizers rewrite node attributes many times; with the upb protobuf backend every rewrite stays
-# in the node's arena until the graph is gone (one copy of the weights per pass). Pure-Python protobuf frees
-# them (export.onnx sets this for the `convert` child; see _convert there).
-PROTOBUF_ENV = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
+# export.onnx runs both steps with pure-Python protobuf (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python): with
+# the upb backend every rewrite of a node's attributes by tf2onnx's optimizers stays in the node's arena until
+# the graph is gone (one copy of the weights per pass; see _convert there).
 INPUT_NAME = "clip"
 OUTPUT_NAME = "logits"
 
