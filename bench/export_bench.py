@@ -6,8 +6,11 @@
 
 --mode=memory: each export runs as its own `python -m export.onnx|export.saved_model` process on a
 .keras file written beforehand (by another process); the summed RSS of that process and all its children
-(tf2onnx) is sampled from /proc every 0.1 s. Reported: the peak of that sum, the largest single process's
-peak, the wall time. An export whose tree passes --max_rss_gb is killed (the machine is shared).
+(tf2onnx's steps) is sampled from /proc every 0.1 s. Reported: the peak of that sum (the target's measure),
+each process's RSS at that moment (RssAnon + RssFile: file pages are mostly TF's shared libraries, mapped by
+every process of the tree), the largest single process's peak, the peak of the summed PSS (smaps_rollup: a
+page shared by k processes counts 1/k, so TF's library pages count once; an extra figure, smaller than the
+summed RSS), the wall time. An export whose tree passes --max_rss_gb is killed (the machine is shared).
 
 --mode=tflite: `python -m export.tflite` for each arch and --quantize (its own process; peak RSS as above),
 then the stock tf.lite.Interpreter (XNNPACK, all cores) on the float32 clip signature at batch 1: one warm-up
@@ -180,19 +183,42 @@ def _children():
     return parents
 
 
-def _rss_bytes(pid):
+def _process_memory(pid):
+    """{"rss", "anon", "file", "pss"} bytes of one process (0 where it is gone): VmRSS, RssAnon and
+    RssFile + RssShmem from /proc/PID/status; Pss from /proc/PID/smaps_rollup (each shared page divided by
+    the number of processes mapping it, so TF's shared library pages count once over the tree)."""
+    out = {"rss": 0, "anon": 0, "file": 0, "pss": 0}
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "file"}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                key = keys.get(line.split(":", 1)[0] + ":")
+                if key:
+                    out[key] += int(line.split()[1]) * 1024
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    out["pss"] = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return 0
+    return out
 
 
-def tree_rss(root):
-    """{pid: RSS bytes} of `root` and all its descendants now."""
+def _process_name(pid):
+    """The Python module a process runs (`-m NAME`), else its program name."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1]
+    return os.path.basename(argv[0]) if argv and argv[0] else "?"
+
+
+def tree_memory(root):
+    """{pid: _process_memory(pid)} of `root` and all its descendants now."""
     parents = _children()
     tree, frontier = {root}, [root]
     while frontier:
@@ -200,17 +226,22 @@ def tree_rss(root):
         kids = [child for child, parent in parents.items() if parent == pid and child not in tree]
         tree.update(kids)
         frontier.extend(kids)
-    return {pid: _rss_bytes(pid) for pid in tree}
+    return {pid: _process_memory(pid) for pid in tree}
 
 
 def measure_peak_rss(command, limit_bytes, interval=0.1, env=None):
-    """Runs `command`; returns (returncode, peak summed RSS of its process tree, largest single-process peak,
-    wall seconds, output tail). Kills the tree (returncode "killed") once its sum passes `limit_bytes`."""
+    """Runs `command`, sampling its process tree every `interval` s; kills the tree (returncode "killed")
+    once the summed RSS passes `limit_bytes`.
+
+    Returns a dict: "code", "peak" (the largest summed RSS of the tree), "peak_one" (the largest single
+    process's RSS), "at_peak" ([(process name, RSS, RssAnon, RssFile)] when the sum peaked), "peak_pss"
+    (the largest summed PSS), "wall" (s), "tail" (the last output lines).
+    """
     start = time.perf_counter()
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
     )
-    peak_sum, peak_one = 0, 0
+    result = {"peak": 0, "peak_one": 0, "at_peak": [], "peak_pss": 0}
     import threading
 
     lines = []
@@ -218,9 +249,18 @@ def measure_peak_rss(command, limit_bytes, interval=0.1, env=None):
     reader.start()
     code = None
     while code is None:
-        sizes = tree_rss(process.pid)
-        peak_sum, peak_one = max(peak_sum, sum(sizes.values())), max([peak_one] + list(sizes.values()))
-        if peak_sum > limit_bytes:
+        sizes = tree_memory(process.pid)
+        total = sum(m["rss"] for m in sizes.values())
+        result["peak_pss"] = max(result["peak_pss"], sum(m["pss"] for m in sizes.values()))
+        result["peak_one"] = max([result["peak_one"]] + [m["rss"] for m in sizes.values()])
+        if total > result["peak"]:
+            result["peak"] = total
+            result["at_peak"] = [
+                (_process_name(pid), m["rss"], m["anon"], m["file"])
+                for pid, m in sorted(sizes.items())
+                if m["rss"]
+            ]
+        if total > limit_bytes:
             os.killpg(process.pid, 9)
             process.wait()
             code = "killed"
@@ -228,7 +268,8 @@ def measure_peak_rss(command, limit_bytes, interval=0.1, env=None):
         time.sleep(interval)
         code = process.poll()
     reader.join(timeout=5)
-    return code, peak_sum, peak_one, time.perf_counter() - start, "".join(lines[-5:])
+    result.update(code=code, wall=time.perf_counter() - start, tail="".join(lines[-5:]))
+    return result
 
 
 def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
@@ -237,8 +278,13 @@ def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
         f"Peak RSS of one export (the exporter's process tree, sampled every 0.1 s); {timing.cpu_model()}, "
         f"{os.cpu_count()} cores, TF {tf.__version__}; T={num_frames}, crop {size}, untrained weights.",
         "",
-        "| arch | export | peak RSS, tree (GB) | largest process (GB) | wall (s) | load before | result |",
-        "|---|---|---|---|---|---|---|",
+        "Peak RSS, tree: the target's measure (each process's VmRSS, summed). At that peak, per process: RSS "
+        "(RssAnon + RssFile). Peak PSS, tree: smaps_rollup Pss summed, which counts the TF library pages both "
+        "processes map once; an extra figure, not the target's measure.",
+        "",
+        "| arch | export | peak RSS, tree (GB) | at the peak: process RSS (anon + file), GB | largest process "
+        "(GB) | peak PSS, tree (GB) | wall (s) | load before | result |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory(prefix="export-memory-") as workdir:
         for arch in archs:
@@ -277,18 +323,25 @@ def memory_markdown(archs, formats, num_frames, size, limit_gb, log):
                         f"--export_dir={os.path.join(workdir, arch + '_serving')}",
                     ]
                 load = os.getloadavg()[0]  # the machine may be shared: each row says how busy it was
-                code, peak, one, wall, tail = measure_peak_rss(command, limit_gb * 2**30, env=env)
+                m = measure_peak_rss(command, limit_gb * 2**30, env=env)
+                code = m["code"]
                 result = (
                     "ok"
                     if code == 0
                     else (f"killed over {limit_gb} GB" if code == "killed" else f"exit {code}")
                 )
+                gb = 2**30
+                at_peak = "; ".join(
+                    f"{name} {rss / gb:.2f} ({anon / gb:.2f} + {file / gb:.2f})"
+                    for name, rss, anon, file in m["at_peak"]
+                )
                 log(
-                    f"{arch} {fmt}: peak {peak / 2**30:.2f} GB ({result}) in {wall:.0f} s\n{tail if code else ''}"
+                    f"{arch} {fmt}: peak {m['peak'] / gb:.2f} GB ({result}; {at_peak}; PSS "
+                    f"{m['peak_pss'] / gb:.2f}) in {m['wall']:.0f} s\n{m['tail'] if code else ''}"
                 )
                 lines.append(
-                    f"| {arch} | {fmt} | {peak / 2**30:.2f} | {one / 2**30:.2f} | {wall:.0f} | {load:.1f} | "
-                    f"{result} |"
+                    f"| {arch} | {fmt} | {m['peak'] / gb:.2f} | {at_peak} | {m['peak_one'] / gb:.2f} | "
+                    f"{m['peak_pss'] / gb:.2f} | {m['wall']:.0f} | {load:.1f} | {result} |"
                 )
     return "\n".join(lines)
 
@@ -340,7 +393,8 @@ def tflite_markdown(archs, quantize, num_frames, size, runs, limit_gb, log):
                     f"--output={output}",
                     f"--quantize={q}",
                 ]
-                code, peak, _, wall, tail = measure_peak_rss(command, limit_gb * 2**30, env=env)
+                m = measure_peak_rss(command, limit_gb * 2**30, env=env)
+                code, peak, wall, tail = m["code"], m["peak"], m["wall"], m["tail"]
                 error = tail.split("max relative error ")[-1].split(" ")[0] if code == 0 else "-"
                 log(
                     f"{arch} {q}: exit {code}, peak {peak / 2**30:.2f} GB, {wall:.0f} s, error {error}\n"

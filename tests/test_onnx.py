@@ -12,7 +12,7 @@ from keras import ops
 
 from cost_tf.resnet import BLOCKS, build_model
 from export import onnx as onnx_export
-from export import parity, saved_model
+from export import parity, saved_model, tf2onnx_steps
 from pipelines import preprocess
 from tests import video_clips
 
@@ -194,3 +194,45 @@ def test_clip_length_fixed_or_any(tmp_path):
     assert onnx_export.run_onnxruntime(
         str(tmp_path / "fixed.onnx"), parity.random_clip(1, T, CROP)
     ).shape == (1, 5)
+
+
+def _op_counts(path):
+    return collections.Counter(node.op_type for node in onnx.load(path).graph.node)
+
+
+def test_split_tf2onnx_steps_match_the_single_tf2onnx_command(tmp_path):
+    """export() runs tf2onnx as two children (export/tf2onnx_steps.py: grappler with the weights stubbed as
+    placeholders, then the conversion with them put back): the ONNX graph has the ops of `python -m
+    tf2onnx.convert --graphdef` on the same frozen graph, and onnxruntime gives the same logits."""
+    model = _randomize(build_model("cost_b_tiny", num_classes=5, num_frames=T, input_size=CROP), seed=3)
+    deployed = parity.fold_for_inference(model, onnx_export.FOLD_FORM)
+    frozen = str(tmp_path / "frozen.pb")
+    names = onnx_export._save_frozen_logits_graph(deployed, frozen, T, CROP)
+    graph_def = tf2onnx_steps._read_graph_def(frozen)
+    stubbed = tf2onnx_steps.stub_constants(graph_def)  # the weights of >= 16 KiB: 13 here
+    assert len(stubbed) >= 10
+    placeholders = {node.name for node in graph_def.node if node.op == "Placeholder"}
+    assert set(stubbed) <= placeholders
+    tf2onnx_steps.restore_constants(graph_def, tf2onnx_steps._read_graph_def(frozen), set(stubbed))
+    assert graph_def == tf2onnx_steps._read_graph_def(frozen)  # the round trip is exact
+
+    optimized = str(tmp_path / "optimized.pb")
+    tf2onnx_steps.grappler(frozen, *names, optimized)
+    split, single = str(tmp_path / "split.onnx"), str(tmp_path / "single.onnx")
+    tf2onnx_steps.convert(optimized, split, 13)
+    result = onnx_export.subprocess.run(
+        onnx_export.graphdef_command(frozen, *names, single, 13), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _op_counts(split) == _op_counts(single)
+    clip = parity.random_clip(2, T, CROP)
+    np.testing.assert_allclose(
+        onnx_export.run_onnxruntime(split, clip),
+        onnx_export.run_onnxruntime(single, clip),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="rewrote the stubbed constant"):
+        tf2onnx_steps.restore_constants(
+            tf2onnx_steps._read_graph_def(optimized), tf2onnx_steps._read_graph_def(frozen), {names[1][:-2]}
+        )

@@ -39,19 +39,27 @@ def _save_frozen_logits_graph(model, path, num_frames, crop_size):
     names.
 
     Freezing here, while this process holds the model anyway, spares the tf2onnx process loading a SavedModel
-    and freezing it (cost_a_r50: ~1.2 GB of its peak; docs/DEPLOY.md, Export memory).
+    and freezing it. Only the frozen GraphDef is built: TF's convert_variables_to_constants_v2 would also
+    import it into a new concrete function (and its eager function library), several more copies of the
+    weights that nothing here uses (cost_a_r101: 3.41 -> 2.2 GB peak; docs/DEPLOY.md, Export memory). The
+    same two steps as convert_variables_to_constants_v2 before that import (and as tf2onnx's own
+    large-model freezing, tf2onnx.tf_loader.convert_variables_to_constants_large_model).
     """
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework import convert_to_constants
 
     concrete = tf.function(
         lambda clip: tf.cast(model(clip, training=False), tf.float32), autograph=False
     ).get_concrete_function(
         tf.TensorSpec((None, num_frames, crop_size, crop_size, 3), tf.float32, name=INPUT_NAME)
     )
-    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    converter_data = convert_to_constants._FunctionConverterDataInEager(
+        func=concrete, lower_control_flow=False, aggressive_inlining=True
+    )
+    graph_def, _ = convert_to_constants._replace_variables_by_constants(converter_data=converter_data)
+    del converter_data
     with open(path, "wb") as f:
-        f.write(frozen.graph.as_graph_def(add_shapes=True).SerializeToString())
-    return frozen.inputs[0].name, frozen.outputs[0].name
+        f.write(graph_def.SerializeToString())
+    return concrete.inputs[0].name, concrete.outputs[0].name
 
 
 def converter_command(saved_model_dir, output, opset, signature="serving_default"):
@@ -70,6 +78,17 @@ def graphdef_command(graph_def_path, input_name, output_name, output, opset):
 
 def _tf2onnx_command(source, output, opset):
     return [sys.executable, "-m", "tf2onnx.convert", *source, "--opset", str(opset), "--output", output]
+
+
+def split_commands(graph_def_path, input_name, output_name, output, opset):
+    """The two child command lines of `export` on a frozen GraphDef (export/tf2onnx_steps.py): tf2onnx's
+    grappler pass, then its conversion of the optimised graph, inputs renamed INPUT_NAME / OUTPUT_NAME."""
+    step = [sys.executable, "-m", "export.tf2onnx_steps"]
+    optimized = graph_def_path + ".optimized.pb"
+    return [
+        step + ["grappler", graph_def_path, input_name, output_name, optimized],
+        step + ["convert", optimized, output, str(opset)],
+    ]
 
 
 def _layers_named(text, layer_names):
@@ -207,7 +226,7 @@ def convert_saved_model(
     else:
         what = "the Keras model"
     return _convert(
-        lambda tmp: converter_command(saved_model_dir, tmp, opset, signature),
+        lambda tmp: [converter_command(saved_model_dir, tmp, opset, signature)],
         output,
         opset,
         reference,
@@ -219,8 +238,9 @@ def convert_saved_model(
     )
 
 
-def _convert(command, output, opset, reference, what, layer_names, tolerance, timeout, check_frames):
-    """Runs the tf2onnx `command(temporary output)` in a child process, then validates and renames."""
+def _convert(commands, output, opset, reference, what, layer_names, tolerance, timeout, check_frames):
+    """Runs the tf2onnx command lines `commands(temporary output)`, each in its own child process and in
+    order, then validates and renames. `timeout` applies to each."""
     # tf2onnx deep-copies the whole ONNX graph, weights included, before each of its optimizer passes (to
     # restore it if a pass fails), and those copies pile up (session 4: cost_a_r50 over 7 GB in that phase).
     # Any value of this variable turns the copies off (tf2onnx 1.17 compares the variable's name, not its
@@ -236,20 +256,23 @@ def _convert(command, output, opset, reference, what, layer_names, tolerance, ti
     )
     # A hidden temporary beside the final name, validated, then renamed (removed on any failure).
     with files.atomic_path(output) as tmp_onnx:
-        try:
-            result = subprocess.run(
-                command(tmp_onnx),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                env=env,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as e:
-            raise ConversionError(f"tf2onnx did not finish within {timeout} s.") from e
-        # tf2onnx exits 0 after logging unsupported ops, leaving TF ops in the graph: that is a failure too.
-        if result.returncode != 0 or " - ERROR - " in result.stdout or not os.path.isfile(tmp_onnx):
+        for argv in commands(tmp_onnx):
+            try:
+                result = subprocess.run(
+                    argv,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    env=env,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired as e:
+                raise ConversionError(f"tf2onnx did not finish within {timeout} s.") from e
+            # tf2onnx exits 0 after logging unsupported ops, leaving TF ops in the graph: a failure too.
+            if result.returncode != 0 or " - ERROR - " in result.stdout:
+                raise ConversionError(failure_message(result.returncode, result.stdout, set(layer_names)))
+        if not os.path.isfile(tmp_onnx):
             raise ConversionError(failure_message(result.returncode, result.stdout, set(layer_names)))
         try:
             frames, crop_size = _name_dynamic_dims(tmp_onnx)
@@ -257,6 +280,7 @@ def _convert(command, output, opset, reference, what, layer_names, tolerance, ti
             layers = _layers_named(str(e), set(layer_names))
             where = f" in layer(s) {', '.join(layers)}" if layers else ""
             raise ConversionError(f"tf2onnx wrote an invalid ONNX model{where}: {e}") from e
+        parity.release_memory()  # the ONNX protos _name_dynamic_dims loaded, checked and saved
         clip = parity.random_clip(2, frames or check_frames or 4, crop_size)
         expected = np.asarray(reference(clip))
         error = parity.check_parity(
@@ -279,7 +303,7 @@ def choose_num_frames(model, num_frames=None, crop_size=None):
     own = model.input_shape[1]
     try:
         reshaped, _, crop_size = parity.with_input_shape(model, 0, crop_size)
-        reshaped(parity.random_clip(1, (own or 4) + 1, crop_size), training=False)
+        parity.reference_logits(reshaped, parity.random_clip(1, (own or 4) + 1, crop_size))
     except Exception as e:  # any failure means "not at another T"
         logging.warning(
             "Exporting with T=%s: the model does not run at another clip length (%s: %s)",
@@ -289,7 +313,7 @@ def choose_num_frames(model, num_frames=None, crop_size=None):
         )
         return None
     finally:
-        parity.release_memory()  # the probe's activations (~1.2 GB at R50) stay resident otherwise
+        parity.release_memory()  # the probe's activations stay resident otherwise
     return 0
 
 
@@ -326,15 +350,15 @@ def export(
     reference, frames, crop_size = parity.with_input_shape(
         model, choose_num_frames(model, num_frames, crop_size), crop_size
     )
+    # The Keras outputs for the validation clip (the one convert_saved_model makes) are computed first, before
+    # the folded copy exists, so that neither its activations nor that copy add to another stage's memory
+    # (the peak is this process and tf2onnx's together; docs/DEPLOY.md, Export memory).
+    check_clip = parity.random_clip(2, frames or own_frames or 4, crop_size)
+    expected = parity.reference_logits(reference, check_clip)
     deployed = (
         parity.fold_for_inference(reference, FOLD_FORM) if fold else parity.plain_convolutions(reference)
     )
     layer_names = {layer.name for layer in reference.layers} | {layer.name for layer in deployed.layers}
-    # The Keras outputs for the validation clip (the one convert_saved_model makes) are computed now, so that
-    # while tf2onnx runs this process holds neither the activations nor the folded copy (memory: the peak is
-    # this process and tf2onnx together).
-    check_clip = parity.random_clip(2, frames or own_frames or 4, crop_size)
-    expected = parity.reference_logits(reference, check_clip)
 
     def keras_logits(clip):
         if clip.shape != check_clip.shape or not np.array_equal(clip, check_clip):
@@ -347,7 +371,7 @@ def export(
         del deployed
         parity.release_memory()
         report = _convert(
-            lambda tmp: graphdef_command(graph_def, *names, tmp, opset),
+            lambda tmp: split_commands(graph_def, *names, tmp, opset),
             output,
             opset,
             keras_logits,

@@ -8,7 +8,8 @@ Input "clip": the model's float input (batch, T, crop, crop, 3), already preproc
 output "logits" (batch, C). Batch is dynamic, and T too unless the model only runs at its own T or
 --num_frames fixes it.
 
-The conversion runs tf2onnx in a child process: its TF graph passes can abort the whole process (a failed
+The conversion runs tf2onnx in child processes (from --model: its grappler pass, then the conversion;
+export/tf2onnx_steps.py): its TF graph passes can abort the whole process (a failed
 CHECK in grappler), and that must end as a clear error here, not a dead exporter. The file is written to a
 temporary name, checked with onnxruntime against the Keras model (or the source signature) on a random clip,
 and only then renamed.

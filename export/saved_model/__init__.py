@@ -248,7 +248,6 @@ def export(
             f"Version {version} already exists in {export_dir}; versions are never "
             "overwritten (omit --version to take the next one)."
         )
-    deployed = parity.fold_for_inference(reference) if fold else parity.plain_convolutions(reference)
     tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
     report = {
         "version": version,
@@ -258,10 +257,12 @@ def export(
         "crop_size": crop_size,
         "num_classes": num_classes,
     }
-    # The Keras logits for the validation clip first, one clip at a time, and the traced module freed before
-    # the saved copy is loaded: each of these holds R50-sized memory (docs/DEPLOY.md, Export memory).
+    # The Keras logits for the validation clip first (one clip at a time, traced), before the folded copy
+    # exists, and the traced module freed before the saved copy is loaded: each of these holds R50-sized
+    # memory (docs/DEPLOY.md, Export memory).
     clip = parity.random_clip(2, frames or 4, crop_size)
     expected = parity.reference_logits(reference, clip) if validate else None
+    deployed = parity.fold_for_inference(reference) if fold else parity.plain_convolutions(reference)
     try:
         with tempfile.TemporaryDirectory() as scratch:
             classes_file = os.path.join(scratch, CLASSES_ASSET)
