@@ -30,9 +30,8 @@ AUTOTUNE_HELP = (
 CACHE_ENV = "COST_TF_AUTOTUNE_CACHE"
 CACHE_FILE = "autotune.json"
 _CACHE_VERSION = 1
-# Of the candidates within this fraction of the fastest, the device kind's default is chosen (in training:
-# the smallest forward footprint, forward_bytes): short measurements on a loaded machine are noisy, and a
-# near tie is not worth a change (nor, in training, the memory).
+# The device kind's default stays unless another candidate is faster by more than this fraction: short
+# measurements on a loaded machine are noisy, and a near tie is not worth a change.
 TIE = 0.05
 # Config entries that do not change the computation's speed (kept out of the cache key).
 _NOT_IN_KEY = ("name", "implementation", "kernel_initializer", "kernel_regularizer", "trainable", "dtype")
@@ -133,45 +132,10 @@ def interleaved_min_ms(runs, rounds=3, budget_s=2.0, keep=1.3, first_keep=2.0, c
     return {name: min(times[name]) if times.get(name) else first[name] for name in runs}
 
 
-def choose(ms, default=None, memory=None):
-    """The fastest implementation in `ms` ({impl: ms}); of those within TIE of it, the one with the smallest
-    `memory` footprint where `memory` is given (fn([impl]) -> {impl: bytes}, called only on such a tie), the
-    `default` among equals, else `default` where it is within TIE of the fastest."""
+def choose(ms, default=None):
+    """The fastest implementation in `ms` ({impl: ms}); `default` where it is within TIE of the fastest."""
     best = min(ms, key=ms.get)
-    near = [impl for impl in ms if ms[impl] <= (1 + TIE) * ms[best]]
-    if memory is not None and len(near) > 1:
-        footprint = memory(near)
-        return min(near, key=lambda impl: (footprint[impl], impl != default, ms[impl]))
-    return default if default in near else best
-
-
-# Ops whose outputs are no new buffer (views, shapes) or no activation (constants, variables).
-_NOT_ACTIVATIONS = (
-    "Const",
-    "ReadVariableOp",
-    "Placeholder",
-    "NoOp",
-    "Identity",
-    "Reshape",
-    "ExpandDims",
-    "Squeeze",
-    "Shape",
-)
-
-
-def forward_bytes(run):
-    """Bytes of the forward tensors of a traced training candidate (`candidate_fn`): the output sizes of
-    every op outside the gradient part, views, constants and variables aside. What backward may keep alive:
-    padded, sliced and transposed copies of the input count here, which is where the implementations differ
-    in training memory (docs/PERFORMANCE.md, "Training memory")."""
-    total = 0
-    for op in run.trace().graph.get_operations():
-        if "gradient_tape" in op.name or op.type in _NOT_ACTIVATIONS:
-            continue
-        for t in op.outputs:
-            if t.dtype.is_numeric and t.shape.is_fully_defined():
-                total += t.shape.num_elements() * t.dtype.size
-    return total
+    return default if default in ms and ms[default] <= (1 + TIE) * ms[best] else best
 
 
 def step_function(layer, x, mode):
@@ -405,22 +369,13 @@ def _autotune(model_or_layer, input_shape, modes, path, use_cache, timer, verbos
             if hit is None or hit.get("choice") not in valid:
                 runs = {impl: candidate_fn(layer, shape, mode, impl, built=built) for impl in valid}
                 ms = {impl: float(v) for impl, v in timer(runs).items()}
-                footprints = {}
-
-                def memory(impls, runs=runs, footprints=footprints):
-                    footprints.update({impl: forward_bytes(runs[impl]) for impl in impls})
-                    return footprints
-
-                # Training keeps activations for backward: a near tie goes to the smaller footprint.
-                choice = choose(
-                    ms,
-                    default_implementation(layer.variant, layer.strides, mode == "training"),
-                    memory if mode == "training" else None,
-                )
-                del runs, memory
-                hit = {"choice": choice, "ms": ms}
-                if footprints:
-                    hit["forward_mb"] = {k: v / 2**20 for k, v in footprints.items()}
+                del runs
+                hit = {
+                    "choice": choose(
+                        ms, default_implementation(layer.variant, layer.strides, mode == "training")
+                    ),
+                    "ms": ms,
+                }
                 new_entries[key] = hit
                 measured[key] = hit
                 entry["ms"][mode] = ms
