@@ -295,6 +295,9 @@ def main(argv):
         mains.fail(
             f"--timed/--train/--rss: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}"
         )
+    bad = [entry for entry in _RSS.value if entry.partition(":")[2] not in ("",) + cost.IMPLEMENTATIONS[1:]]
+    if bad:
+        mains.fail(f"--rss: unknown implementations in {bad}; valid: {', '.join(cost.IMPLEMENTATIONS[1:])}")
     tf.get_logger().setLevel("ERROR")  # one tf.function per model trips the retracing warning
     print(machine() + "\n")
     out = {}
