@@ -6,7 +6,9 @@ Shapes are the R50 CoST shapes at 8 frames, batch 2 (224² clips). For each shap
 case once per round, so a change of load hits all alike), the median ms of the forward pass (inference) and
 of forward+backward with gradients w.r.t. the input AND every weight (training), and the ratio of each to
 C3D. "autotuned" rows are CoST layers with implementation="auto" after cost_tf.autotune at that shape (fresh
-measurement, cache in a temporary folder). Also times merged_kernel (forward+backward) built from three
+measurement at autotune's default batch 1, cache in a temporary folder). --dtype=mixed_bfloat16 feeds the
+same float32 clips (the layers cast them); on a CPU without bfloat16 instructions its Conv3D cases take
+10-30 s per call (docs/PERFORMANCE.md). Also times merged_kernel (forward+backward) built from three
 padded planes against the former 27 stacked taps, and with --onnx the folded CoST(a) forms in onnxruntime
 (which decide `cost_tf.fold`'s default form).
 """

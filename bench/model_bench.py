@@ -13,10 +13,18 @@ to c3d_r50. Prints a markdown table.
 Training (--train): one SGD (momentum) step at batch --train_batch, 8 x --train_size^2, gradients of every
 trainable weight (checked: none is None), all --train models in one process in interleaved rounds, median
 of --train_runs after one warm-up step; CoST models run implementation="auto" after cost_tf.autotune
-(training mode, at that shape; its time is reported) and, as "(defaults)", without it. Peak RSS: each model in
-its own subprocess, two SGD steps at batch --rss_batch, ru_maxrss of that process.
+(training mode, at that shape; its time is reported) and, as "(defaults)", without it.
+
+Peak RSS (--rss): each model in its own subprocess, one after the other (never two at once: each needs a few
+GB), that builds it, autotunes it (training mode; from the cache when the timing phase ran) and runs two SGD
+steps at batch --rss_batch; reported: ru_maxrss of that process and the training implementation of its CoST
+layers. "cost_a_r50:fused" runs every CoST layer of cost_a_r50 as "fused" (what holds the memory).
+
+    python -m bench.model_bench --skip_inference --train= --rss=c3d_r50,cost_a_r50,cost_a_r50:fused
 """
 
+import gc
+import json
 import os
 import resource
 import statistics
@@ -31,7 +39,7 @@ from absl import app, flags
 
 from bench import timing
 from cost_tf import cost
-from cost_tf.autotune import autotune, machine
+from cost_tf.autotune import autotune, cost_layers, machine
 from cost_tf.fold import fold
 from cost_tf.resnet import ARCHS, build_model, count_macs
 from pipelines import files, mains
@@ -56,8 +64,15 @@ _TRAIN_BATCH = flags.DEFINE_integer("train_batch", 2, "Training step batch.")
 _TRAIN_SIZE = flags.DEFINE_integer("train_size", 160, "Training crop side.")
 _TRAIN_RUNS = flags.DEFINE_integer("train_runs", 3, "Timed training rounds after one warm-up step.")
 _RSS_BATCH = flags.DEFINE_integer("rss_batch", 4, "Batch of the two SGD steps of the peak-RSS subprocess.")
+_RSS = flags.DEFINE_list(
+    "rss",
+    ["c2d_r50", "c3d_r50", "cost_a_r50", "cost_b_r50"],
+    "Models whose peak RSS of two SGD steps is measured, each in its own subprocess, in turn ('' for "
+    "none); ARCH:IMPL runs every CoST layer of ARCH with implementation IMPL in training.",
+)
+_RSS_TIMEOUT = flags.DEFINE_integer("rss_timeout", 1200, "Seconds before a peak-RSS subprocess is given up.")
 _RSS_ONLY = flags.DEFINE_string(
-    "rss_only", None, "Internal: run two SGD steps of this arch and print peak RSS."
+    "rss_only", None, "Internal: run two SGD steps of this --rss entry and print peak RSS."
 )
 _DEFAULTS = flags.DEFINE_bool(
     "defaults", True, "Also time the CoST models without autotuning (the defaults)."
@@ -160,31 +175,70 @@ def measure_training(archs, batch, size, runs):
     return rows
 
 
-def peak_rss_gb(arch, batch, size):
-    """Peak RSS (GB) of a fresh process that builds `arch`, autotunes it (cached) and runs two SGD steps."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.model_bench",
-            f"--rss_only={arch}",
-            f"--rss_batch={batch}",
-            f"--train_size={size}",
-        ],
-        capture_output=True,
-        text=True,
-    )
+def peak_rss_gb(entry, batch, size, timeout):
+    """(peak RSS GB, CoST training implementations {impl: layers}, seconds) of a fresh process that builds
+    the --rss `entry` ("arch" or "arch:impl"), autotunes it (cached) and runs two SGD steps; None on a
+    failure or timeout (reported, the other models still run)."""
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "bench.model_bench", f"--rss_only={entry}", f"--rss_batch={batch}"]
+    cmd += [f"--train_size={size}", f"--train_batch={_TRAIN_BATCH.value}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"peak RSS run of {entry}: no result within {timeout} s (--rss_timeout)", flush=True)
+        return None
     if proc.returncode != 0:
-        raise RuntimeError(f"peak RSS run of {arch} failed:\n{proc.stderr[-2000:]}")
-    return float(proc.stdout.strip().splitlines()[-1])
+        print(f"peak RSS run of {entry} failed:\n{proc.stderr[-2000:]}", flush=True)
+        return None
+    *_, impls, gb = proc.stdout.strip().splitlines()
+    return float(gb), json.loads(impls), time.perf_counter() - start
 
 
-def _rss_only(arch, batch, size):
-    model, _ = _train_model(arch, size, tune=True)
+def _rss_only(entry, batch, size):
+    arch, _, impl = entry.partition(":")
+    model, _ = _train_model(arch, size, tune=not impl)
+    layers = cost_layers(model)
+    if impl:
+        for layer in layers:
+            layer.set_tuned_implementations(training=impl)
+    chosen = {}
+    for layer in layers:
+        name = layer.resolved_implementation(training=True)
+        chosen[name] = chosen.get(name, 0) + 1
     step = train_step_fn(model, batch, size)
     step()
     step()
+    print(json.dumps(chosen, sort_keys=True))
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)
+
+
+def measure_rss(entries, batch, size, timeout):
+    """{entry: (GB, implementations, s)} of peak_rss_gb, one subprocess at a time, with progress lines."""
+    out = {}
+    for entry in entries:
+        result = peak_rss_gb(entry, batch, size, timeout)
+        if result is not None:
+            out[entry] = result
+            print(
+                f"peak RSS {entry}: {result[0]:.2f} GB (CoST training implementations {result[1] or '-'}; "
+                f"{result[2]:.0f} s, load average {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    return out
+
+
+def rss_table(rss):
+    base = rss.get(BASE, (None,))[0]
+    lines = [
+        f"| model | peak RSS GB (batch {_RSS_BATCH.value}, 8x{_TRAIN_SIZE.value}², 2 SGD steps) | vs c3d_r50 | "
+        "CoST training implementations |",
+        "|---|---|---|---|",
+    ]
+    for name, (gb, impls, _) in rss.items():
+        ratio = f"{gb / base:.2f}x" if base else "-"
+        chosen = ", ".join(f"{k} x{v}" for k, v in sorted(impls.items())) or "-"
+        lines.append(f"| {name} | {gb:.2f} | {ratio} | {chosen} |")
+    return "\n".join(lines)
 
 
 def training_table(rows, rss):
@@ -233,9 +287,17 @@ def main(argv):
     if _RSS_ONLY.value:
         _rss_only(_RSS_ONLY.value, _RSS_BATCH.value, _TRAIN_SIZE.value)
         return
-    unknown = [name for name in _TIMED.value + _TRAIN.value if name not in ARCHS and name not in FOLDED]
+    rss_archs = [entry.partition(":")[0] for entry in _RSS.value]
+    unknown = [
+        name for name in _TIMED.value + _TRAIN.value + rss_archs if name not in ARCHS and name not in FOLDED
+    ]
     if unknown:
-        mains.fail(f"--timed/--train: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}")
+        mains.fail(
+            f"--timed/--train/--rss: unknown names {unknown}; valid: {', '.join(ARCHS)}, {list(FOLDED)}"
+        )
+    bad = [entry for entry in _RSS.value if entry.partition(":")[2] not in ("",) + cost.IMPLEMENTATIONS[1:]]
+    if bad:
+        mains.fail(f"--rss: unknown implementations in {bad}; valid: {', '.join(cost.IMPLEMENTATIONS[1:])}")
     tf.get_logger().setLevel("ERROR")  # one tf.function per model trips the retracing warning
     print(machine() + "\n")
     out = {}
@@ -260,14 +322,20 @@ def main(argv):
             f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - start:.0f} s\n"
         )
         print(training_table(train_rows, {}), flush=True)
+        out.update(train_rows=train_rows)
+    if _RSS.value:
+        gc.collect()  # the timed models are gone before the subprocesses start
         start = time.time()
-        rss = {arch: peak_rss_gb(arch, _RSS_BATCH.value, _TRAIN_SIZE.value) for arch in _TRAIN.value}
+        rss = measure_rss(_RSS.value, _RSS_BATCH.value, _TRAIN_SIZE.value, _RSS_TIMEOUT.value)
         print(
-            f"\nPeak RSS: a separate process per model (CoST autotuned, from the cache), two SGD steps at batch "
-            f"{_RSS_BATCH.value}; {time.time() - start:.0f} s\n"
+            f"\nPeak RSS: a separate process per model, one at a time (CoST autotuned for training, from the "
+            f"cache where the timing phase ran), two SGD steps at batch {_RSS_BATCH.value}; "
+            f"{time.time() - start:.0f} s\n"
         )
-        print(training_table(train_rows, rss))
-        out.update(train_rows=train_rows, rss_gb=rss)
+        print(rss_table(rss))
+        out.update(
+            rss_gb={k: v[0] for k, v in rss.items()}, rss_implementations={k: v[1] for k, v in rss.items()}
+        )
     if _OUTPUT_JSON.value:
         files.write_json(_OUTPUT_JSON.value, out, indent=1)
 

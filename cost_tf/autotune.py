@@ -99,28 +99,37 @@ def cache_key(layer, shape, mode, device=None):
 # -- timing -------------------------------------------------------------------------------------------------
 
 
-def interleaved_min_ms(runs, rounds=3, budget_s=2.0, keep=1.5):
-    """Best ms of each zero-argument callable in `runs` ({name: fn}, already traced), timed in rounds that call
-    every remaining fn once, so load changes hit all alike, after one untimed call each (and `fn.trace()`
-    where present). After each round only those within `keep` x the
-    best so far go on; it stops after `rounds` rounds, or once `budget_s` of timed calls is spent."""
-    for fn in runs.values():
+def interleaved_min_ms(runs, rounds=3, budget_s=2.0, keep=1.3, first_keep=2.0, clock=time.perf_counter):
+    """Best ms of each zero-argument callable in `runs` ({name: fn}), successive-halving style.
+
+    Each fn is traced (`fn.trace()` where present), then called once, timed: that first call also runs
+    grappler and allocates, so it only prunes: a fn whose first call took more than `first_keep` x the
+    fastest first call is dropped (its ms is that first call's, an upper bound). The rest are timed in rounds
+    that call every remaining fn once, so load changes hit all alike; after each round only those within
+    `keep` x the best so far go on. It stops after `rounds` rounds, once `budget_s` of timed calls is spent,
+    or when one fn is left (at least one timed round always runs). `clock`: seconds (tests pass a fake)."""
+    first = {}
+    for name, fn in runs.items():
         getattr(fn, "trace", lambda: None)()
-        fn()  # the first call of a traced function also runs grappler: never timed
-    times = {name: [] for name in runs}
-    active, spent = list(runs), 0.0
+        start = clock()
+        fn()
+        first[name] = (clock() - start) * 1000
+    fastest_first = min(first.values())
+    active = [name for name in runs if first[name] <= first_keep * fastest_first]
+    times = {name: [] for name in active}
+    spent = 0.0
     for _ in range(rounds):
         for name in active:
-            start = time.perf_counter()
+            start = clock()
             runs[name]()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             times[name].append(elapsed * 1000)
             spent += elapsed
         best = min(min(times[name]) for name in active)
         active = [name for name in active if min(times[name]) <= keep * best]
         if spent > budget_s or len(active) < 2:
             break
-    return {name: min(t) for name, t in times.items()}
+    return {name: min(times[name]) if times.get(name) else first[name] for name in runs}
 
 
 def choose(ms, default=None):
@@ -156,13 +165,19 @@ def step_function(layer, x, mode):
     return step
 
 
-def candidate_fn(layer, shape, mode, implementation, seed=0):
+def candidate_fn(layer, shape, mode, implementation, seed=0, built=None):
     """A zero-argument callable running `layer`'s configuration with `implementation` once on random inputs
-    of `shape` in `mode`; "training" also takes the gradients w.r.t. the input and every weight."""
-    config = dict(layer.get_config(), implementation=implementation, name=f"autotune_{implementation}")
-    candidate = CoST.from_config(config)
-    x = tf.random.stateless_normal(shape, seed=(seed, 0), dtype=layer.input_dtype or "float32")
-    candidate.build(tuple(shape))
+    of `shape` in `mode`; "training" also takes the gradients w.r.t. the input and every weight. `built`: a
+    dict in which the candidate layer and input are kept, so the other mode reuses them (not rebuilt)."""
+    built = {} if built is None else built
+    key = (implementation, tuple(shape))
+    if key not in built:
+        config = dict(layer.get_config(), implementation=implementation, name=f"autotune_{implementation}")
+        candidate = CoST.from_config(config)
+        candidate.build(tuple(shape))
+        x = tf.random.stateless_normal(shape, seed=(seed, 0), dtype=layer.input_dtype or "float32")
+        built[key] = candidate, x
+    candidate, x = built[key]
     step = step_function(candidate, x, mode)
 
     def run():
@@ -175,6 +190,7 @@ def candidate_fn(layer, shape, mode, implementation, seed=0):
         tuple(shape),
         implementation,
     )
+    run.layer, run.input = candidate, x  # as measured: the layer's compute dtype, the input's dtype
     return run
 
 
@@ -291,7 +307,7 @@ def autotune(
     modes=MODES,
     cache_dir=None,
     use_cache=True,
-    max_batch=2,
+    max_batch=1,
     timer=None,
     verbose=False,
 ):
@@ -303,8 +319,10 @@ def autotune(
       modes: which of ("inference", "training") to tune.
       cache_dir: folder of the cache file (default: default_cache_dir()).
       use_cache: False measures everything again (and still updates the cache).
-      max_batch: the batch actually measured, min(N, max_batch): the ranking depends on the per-frame work,
-        and a whole training batch would make autotuning take minutes.
+      max_batch: the batch actually measured, min(N, max_batch). The ranking depends on the per-frame work
+        (every candidate's time grows alike with the batch; docs/PERFORMANCE.md, "Autotuning cost"), and a
+        larger batch makes every measurement longer: 1 keeps a whole R50 within a minute; pass more for a
+        closer look.
       timer: fn({implementation: zero-argument callable}) -> {implementation: ms}; default
         interleaved_min_ms (tests pass a fake one).
       verbose: print one line per measured configuration.
@@ -343,15 +361,15 @@ def _autotune(model_or_layer, input_shape, modes, path, use_cache, timer, verbos
             )
             continue
         entry = {"ms": {}, "cached": True, "explicit": False}
+        built = {}  # candidate layers and inputs of this configuration, shared by its modes
         for mode in modes:
             key = cache_key(layer, shape, mode, device)
             hit = measured.get(key) or new_entries.get(key) or cache.get(key)
             valid = valid_implementations(layer.variant, layer.strides)
             if hit is None or hit.get("choice") not in valid:
-                runs = {impl: candidate_fn(layer, shape, mode, impl) for impl in valid}
+                runs = {impl: candidate_fn(layer, shape, mode, impl, built=built) for impl in valid}
                 ms = {impl: float(v) for impl, v in timer(runs).items()}
                 del runs
-                gc.collect()
                 hit = {
                     "choice": choose(
                         ms, default_implementation(layer.variant, layer.strides, mode == "training")
@@ -373,6 +391,9 @@ def _autotune(model_or_layer, input_shape, modes, path, use_cache, timer, verbos
             entry["ms"][mode] = hit["ms"]
             entry[mode] = hit["choice"]
             TUNED[tuned_key(layer, mode, shape)] = hit["choice"]
+        del built
+        if not entry["cached"]:
+            gc.collect()  # the candidates' graphs and buffers, before the next configuration's
         layer.set_tuned_implementations(**{m: entry[m] for m in modes})
         report[layer.name] = entry
     if new_entries:

@@ -16,9 +16,11 @@ from cost_tf.autotune import (
     CACHE_FILE,
     autotune,
     autotune_for_main,
+    candidate_fn,
     choose,
     default_cache_dir,
     input_shapes,
+    interleaved_min_ms,
     main_input_shape,
     summary,
 )
@@ -84,7 +86,7 @@ def test_picks_the_measured_minimum_per_distinct_configuration(tmp_path):
     x = np.random.default_rng(1).normal(size=SHAPE).astype("float32")
     before = np.asarray(model(x, training=False))
     timer = FakeTimer(TABLE, run=True)
-    report = autotune(model, SHAPE, cache_dir=str(tmp_path), timer=timer)
+    report = autotune(model, SHAPE, cache_dir=str(tmp_path), timer=timer, max_batch=2)
     assert sorted(report) == ["a1", "a2", "a3", "a_strided", "b1"]
     for name, layer in ((n, model.get_layer(n)) for n in report):
         valid = valid_implementations(layer.variant, layer.strides)
@@ -101,6 +103,91 @@ def test_picks_the_measured_minimum_per_distinct_configuration(tmp_path):
     assert ("training", (2, 4, 4, 4, 4), ["flat", "frames", "views"]) in timer.calls  # b1, after the stride
     assert not any(report[n]["cached"] or report[n]["explicit"] for n in report)
     np.testing.assert_allclose(np.asarray(model(x, training=False)), before, rtol=1e-5, atol=1e-5)
+
+
+class FakeClock:
+    """A clock that only moves when a fake candidate runs: each call of fns[name] takes the next ms in
+    its list (the last repeats)."""
+
+    def __init__(self, ms):
+        self.now, self.ms, self.calls = 0.0, ms, dict.fromkeys(ms, 0)
+
+    def __call__(self):
+        return self.now
+
+    def fns(self):
+        def run(name):
+            durations = self.ms[name]
+            self.now += durations[min(self.calls[name], len(durations) - 1)] / 1000
+            self.calls[name] += 1
+
+        return {name: (lambda name=name: run(name)) for name in self.ms}
+
+
+def test_interleaved_min_ms_prunes_clearly_slower_candidates():
+    # first call, then timed rounds: "fast" is fastest once warm; "slow_first" loses after its first call
+    # (> 2x the fastest first call) and is called once; "slower" (> 1.3x after round 1) is timed once.
+    clock = FakeClock(
+        {
+            "fast": [30.0, 10.0, 9.0, 11.0],
+            "close": [25.0, 11.0, 12.0, 10.5],
+            "slower": [28.0, 14.0, 5.0],
+            "slow_first": [61.0, 1.0],
+        }
+    )
+    ms = interleaved_min_ms(clock.fns(), rounds=3, budget_s=10.0, clock=clock)
+    assert ms == pytest.approx({"fast": 9.0, "close": 10.5, "slower": 14.0, "slow_first": 61.0})
+    assert clock.calls == {"fast": 4, "close": 4, "slower": 2, "slow_first": 1}
+    assert min(ms, key=ms.get) == "fast"
+    # The budget of timed calls ends the rounds (at least one timed round runs); one left ends them too.
+    clock = FakeClock({"fast": [30.0, 10.0], "close": [25.0, 11.0]})
+    assert interleaved_min_ms(clock.fns(), rounds=3, budget_s=0.001, clock=clock) == pytest.approx(
+        {"fast": 10.0, "close": 11.0}
+    )
+    assert clock.calls == {"fast": 2, "close": 2}
+    clock = FakeClock({"fast": [30.0, 10.0], "slow": [25.0, 20.0]})
+    assert interleaved_min_ms(clock.fns(), rounds=3, budget_s=10.0, clock=clock) == pytest.approx(
+        {"fast": 10.0, "slow": 20.0}
+    )
+    assert clock.calls == {"fast": 2, "slow": 2}
+
+
+def test_default_batch_and_candidates_built_once_per_configuration(tmp_path):
+    timer = FakeTimer(TABLE)
+    autotune(CoST(4, name="c"), (8,) + SHAPE[1:], cache_dir=str(tmp_path), timer=timer)
+    assert [c[1] for c in timer.calls] == [(1,) + SHAPE[1:]] * 2  # measured at max_batch=1
+    built = {}
+    layer = CoST(4)
+    inference = candidate_fn(layer, SHAPE, "inference", "fused", built=built)
+    training = candidate_fn(layer, SHAPE, "training", "fused", built=built)
+    assert len(built) == 1 and inference.layer is training.layer and inference.input is training.input
+    assert inference() == pytest.approx(float(np.sum(np.asarray(inference.layer(inference.input)))), rel=1e-4)
+
+
+@pytest.mark.parametrize("global_policy", [False, True])
+def test_bfloat16_candidates_run_in_the_compute_dtype(tmp_path, global_policy):
+    seen = []
+
+    def timer(runs):
+        for run in runs.values():
+            run()
+            seen.append((run.layer.compute_dtype, run.layer.dtype_policy.name, run.input.dtype.name))
+        return {impl: TABLE[run.mode][impl] for impl, run in runs.items()}
+
+    policy = keras.config.dtype_policy()
+    try:
+        if global_policy:
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+            layer = CoST(4, "b", name="c")
+        else:
+            layer = CoST(4, "b", name="c", dtype="mixed_bfloat16")
+        report = autotune(layer, SHAPE, cache_dir=str(tmp_path), timer=timer)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert seen and set(seen) == {("bfloat16", "mixed_bfloat16", "bfloat16")}
+    assert report["c"]["training"] == "flat"
+    with open(tmp_path / CACHE_FILE) as f:
+        assert {json.loads(k)["dtype"] for k in json.load(f)["entries"]} == {"mixed_bfloat16"}
 
 
 def test_near_ties_keep_the_default():
@@ -122,7 +209,7 @@ def test_real_timer_measures_every_candidate_with_gradients(tmp_path):
 
 def test_cache_round_trip_and_changed_keys(tmp_path, monkeypatch):
     timer = FakeTimer(TABLE)
-    first = autotune(_model(), SHAPE, cache_dir=str(tmp_path), timer=timer)
+    first = autotune(_model(), SHAPE, cache_dir=str(tmp_path), timer=timer, max_batch=2)
     with open(tmp_path / CACHE_FILE) as f:
         data = json.load(f)
     assert data["version"] == 1 and len(data["entries"]) == 8
@@ -130,7 +217,7 @@ def test_cache_round_trip_and_changed_keys(tmp_path, monkeypatch):
     # A second run (new model, same configurations) measures nothing and chooses the same.
     again = FakeTimer(TABLE)
     model = _model()
-    second = autotune(model, SHAPE, cache_dir=str(tmp_path), timer=again)
+    second = autotune(model, SHAPE, cache_dir=str(tmp_path), timer=again, max_batch=2)
     assert again.calls == []
     assert all(second[n]["cached"] for n in second)
     assert {n: (e["inference"], e["training"]) for n, e in second.items()} == {
@@ -139,10 +226,10 @@ def test_cache_round_trip_and_changed_keys(tmp_path, monkeypatch):
     assert model.get_layer("b1").resolved_implementation(True) == "flat"
     # Another batch within max_batch is another shape: re-measured; a batch above max_batch is clipped to it.
     other = FakeTimer(TABLE)
-    autotune(_model(), (1,) + SHAPE[1:], cache_dir=str(tmp_path), timer=other)
+    autotune(_model(), (1,) + SHAPE[1:], cache_dir=str(tmp_path), timer=other, max_batch=2)
     assert len(other.calls) == 8
     clipped = FakeTimer(TABLE)
-    autotune(_model(), (16,) + SHAPE[1:], cache_dir=str(tmp_path), timer=clipped)
+    autotune(_model(), (16,) + SHAPE[1:], cache_dir=str(tmp_path), timer=clipped, max_batch=2)
     assert clipped.calls == []
     # Another device or TF version is another key; so is one mode only.
     monkeypatch.setattr(sys.modules["cost_tf.autotune"], "device_description", lambda: "GPU Imaginary 9000")
