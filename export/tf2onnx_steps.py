@@ -1,7 +1,8 @@
-"""The two tf2onnx steps of `export.onnx`, each run in its own short child process by that exporter:
+"""The two tf2onnx steps of `export.onnx`, each run in its own short child process by that exporter
+(`export.onnx.split_commands`: `python -c` calling `main` with these arguments; a library, not a command):
 
-    python -m export.tf2onnx_steps grappler FROZEN.pb INPUT OUTPUT OPTIMIZED.pb
-    python -m export.tf2onnx_steps convert OPTIMIZED.pb MODEL.onnx OPSET
+    grappler FROZEN.pb INPUT OUTPUT OPTIMIZED.pb
+    convert OPTIMIZED.pb MODEL.onnx OPSET
 
 `grappler` is what `python -m tf2onnx.convert --graphdef` does first (tf2onnx.tf_loader.from_graphdef: the
 graph frozen again, TF's grappler pass `tf_optimize`), on the frozen graph with its weights as placeholders
@@ -141,6 +142,8 @@ def convert(optimized_path, onnx_path, opset):
 
 
 def main(argv):
+    """Runs one step: argv = [program, "grappler", FROZEN.pb, INPUT, OUTPUT, OPTIMIZED.pb] or
+    [program, "convert", OPTIMIZED.pb, MODEL.onnx, OPSET]."""
     from tf2onnx import logging
 
     # As `python -m tf2onnx.convert` logs (export.onnx reads " - ERROR - " lines as a failed conversion).
@@ -151,11 +154,6 @@ def main(argv):
         convert(argv[2], argv[3], int(argv[4]))
     else:
         sys.exit(
-            "usage: python -m export.tf2onnx_steps grappler FROZEN.pb INPUT OUTPUT OPTIMIZED.pb | "
+            "usage: tf2onnx_steps grappler FROZEN.pb INPUT OUTPUT OPTIMIZED.pb | "
             f"convert OPTIMIZED.pb MODEL.onnx OPSET. Received: {argv[1:]}"
         )
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    main(sys.argv)

@@ -83,7 +83,12 @@ def _tf2onnx_command(source, output, opset):
 def split_commands(graph_def_path, input_name, output_name, output, opset):
     """The two child command lines of `export` on a frozen GraphDef (export/tf2onnx_steps.py): tf2onnx's
     grappler pass, then its conversion of the optimised graph, inputs renamed INPUT_NAME / OUTPUT_NAME."""
-    step = [sys.executable, "-m", "export.tf2onnx_steps"]
+    # `python -c` as export.tflite's stages: tf2onnx_steps is a library module (no main block).
+    step = [
+        sys.executable,
+        "-c",
+        "import sys; from export import tf2onnx_steps; tf2onnx_steps.main(sys.argv)",
+    ]
     optimized = graph_def_path + ".optimized.pb"
     return [
         step + ["grappler", graph_def_path, input_name, output_name, optimized],
