@@ -72,6 +72,26 @@ def test_float32_matches_keras_with_builtin_ops_only(block, raw_clips, tmp_path)
         assert parity.max_relative_error(got, expected) < 1e-4
 
 
+def test_s3dg_matches_keras_with_builtin_ops_only(tmp_path):
+    """S3D-G (separable 1x3x3 + 3x1x1 convs, temporal max-pools, self-gating) in the stock interpreter too."""
+    frames = video_clips.source_frames(8)[None]  # 8 frames: S3D-G's temporal strides need more than T=4
+    model = _randomize(build_model("s3dg_tiny", num_classes=CLASSES, num_frames=8, input_size=CROP), seed=3)
+    output = tmp_path / "s3dg.tflite"
+    report = tflite.export(model, output, frame_size=CARPHONE_SIZE, isolate=False)
+    assert os.listdir(tmp_path) == ["s3dg.tflite"]
+    ops_used = report["ops"][tflite.CLIP_KEY]
+    assert not {op for op in ops_used if "3D" in op}, ops_used
+    assert ops_used["LOGISTIC"] > 0  # the self-gating survived as builtin ops
+    clip = _reference_clip(frames[0])[None]
+    expected = np.asarray(model(clip, training=False))
+    interpreter = _interpreter(output)
+    assert parity.max_relative_error(tflite.run_signature(interpreter, clip), expected) < 1e-4
+    assert (
+        parity.max_relative_error(tflite.run_signature(interpreter, frames, tflite.FRAMES_KEY), expected)
+        < 1e-4
+    )
+
+
 @pytest.mark.parametrize("block", ["cost_a", "cost_b"])
 def test_quantized_within_tolerance_and_same_top1_on_real_clips(block, raw_clips, tmp_path):
     model = _model(block, seed=7)
