@@ -2,6 +2,8 @@
 
 import collections
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -220,9 +222,11 @@ def test_split_tf2onnx_steps_match_the_single_tf2onnx_command(tmp_path):
     tf2onnx_steps.grappler(frozen, *names, optimized)
     split, single = str(tmp_path / "split.onnx"), str(tmp_path / "single.onnx")
     tf2onnx_steps.convert(optimized, split, 13)
-    result = onnx_export.subprocess.run(
-        onnx_export.graphdef_command(frozen, *names, single, 13), capture_output=True, text=True
-    )
+    # The single tf2onnx command on the frozen GraphDef, tensors renamed as export() names them.
+    single_command = [sys.executable, "-m", "tf2onnx.convert", "--graphdef", frozen, "--inputs", names[0]]
+    single_command += ["--outputs", names[1], "--rename-inputs", "clip", "--rename-outputs", "logits"]
+    single_command += ["--opset", "13", "--output", single]
+    result = subprocess.run(single_command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert _op_counts(split) == _op_counts(single)
     clip = parity.random_clip(2, T, CROP)

@@ -14,13 +14,13 @@ import onnx
 import tensorflow as tf
 from absl import logging
 
-from export import parity, saved_model
+from export import parity, saved_model, tf2onnx_steps
 from pipelines import files
 
 OPSETS = tuple(range(13, 19))  # the ONNX opsets tf2onnx 1.17 supports
 DEFAULT_OPSET = 17
-INPUT_NAME = "clip"
-OUTPUT_NAME = "logits"
+# The ONNX file's input and output names: the conversion child names them (it imports no project module).
+INPUT_NAME, OUTPUT_NAME = tf2onnx_steps.INPUT_NAME, tf2onnx_steps.OUTPUT_NAME
 # onnxruntime runs a folded CoST(a) faster as its 19 non-zero taps (three Conv) than as the merged 3x3x3
 # kernel (27 taps); TF the other way round, so the SavedModel keeps cost_tf.fold's default form.
 # bench/export_bench.py, cost_a_r50 batch 8: ORT CPU time merged / unfolded (the same 19-tap graph) = 1.27.
@@ -67,13 +67,6 @@ def converter_command(saved_model_dir, output, opset, signature="serving_default
     return _tf2onnx_command(
         ["--saved-model", saved_model_dir, "--tag", "serve", "--signature_def", signature], output, opset
     )
-
-
-def graphdef_command(graph_def_path, input_name, output_name, output, opset):
-    """The tf2onnx command line on a frozen GraphDef, renaming its tensors to INPUT_NAME / OUTPUT_NAME."""
-    source = ["--graphdef", graph_def_path, "--inputs", input_name, "--outputs", output_name]
-    renames = ["--rename-inputs", INPUT_NAME, "--rename-outputs", OUTPUT_NAME]
-    return _tf2onnx_command(source + renames, output, opset)
 
 
 def _tf2onnx_command(source, output, opset):
