@@ -8,6 +8,7 @@ which equals ONE 3x3x3 'SAME' convolution with the merged kernel (`merged_kernel
 per-channel coefficients `a`; CoST(b) predicts them per clip from the view outputs.
 """
 
+import functools
 import json
 
 import keras
@@ -22,17 +23,24 @@ PADDINGS = ("same", "symmetric")
 MODES = ("inference", "training")
 
 # What "auto" runs when the layer was not autotuned (cost_tf.autotune measures every candidate on the device
-# it runs on and overrides these per layer): per device kind, variant and mode, the first implementation in
-# the list that is valid for the layer's strides. The CPU lists have the smallest R50-weighted time measured
-# on this project's current machine (AMD EPYC, 2 cores; docs/PERFORMANCE.md, bench/layer_bench.py), within that
-# run's noise; the GPU lists are unmeasured (no GPU was lent), cuDNN's dense Conv3D first. They are only
-# defaults: cost_tf.autotune measures the device it runs on.
+# it runs on and overrides these per layer): per device kind (`device_kind`), variant and mode, the first
+# implementation in the list that is valid for the layer's strides. Each CPU list has the smallest R50-weighted
+# time that bench/layer_bench.py measured on such a CPU (docs/PERFORMANCE.md), within that run's noise:
+# "cpu" on an AVX2 CPU (AMD EPYC, 2 cores), "cpu-avx512" on an AVX-512 CPU (Intel Xeon with AVX-512/AMX,
+# 2 cores), where oneDNN's Conv3D is 2-3x faster and the Conv3D forms win. The GPU lists are unmeasured (no
+# GPU was lent), cuDNN's dense Conv3D first. They are only defaults: cost_tf.autotune measures the device.
 DEFAULTS = {
     "cpu": {
         ("a", "inference"): ("frames",),
         ("a", "training"): ("frames",),
         ("b", "inference"): ("frames",),
         ("b", "training"): ("views",),
+    },
+    "cpu-avx512": {
+        ("a", "inference"): ("flat",),
+        ("a", "training"): ("flat",),
+        ("b", "inference"): ("flat",),
+        ("b", "training"): ("flat",),
     },
     "gpu": {
         ("a", "inference"): ("fused",),
@@ -41,9 +49,6 @@ DEFAULTS = {
         ("b", "training"): ("flat",),
     },
 }
-# The CPU defaults at stride 1, named for cost_tf.compare's report.
-AUTO_TRAINING = DEFAULTS["cpu"][("a", "training")][0]
-AUTO_B = DEFAULTS["cpu"][("b", "training")][0]
 
 
 # cost_tf.autotune's choices in this process: {tuned_key(...): implementation}. "auto" layers look themselves up
@@ -66,11 +71,24 @@ def valid_implementations(variant, strides=(1, 1, 1)):
     return ("frames", "views", "fused", "flat") + (("sparse",) if tuple(strides) == (1, 1, 1) else ())
 
 
-def device_kind():
-    """ "gpu" if TensorFlow sees a GPU, else "cpu": which DEFAULTS "auto" falls back to."""
+def device_kind(cpuinfo="/proc/cpuinfo"):
+    """Which DEFAULTS "auto" falls back to: "gpu" if TensorFlow sees a GPU, else "cpu-avx512" where the CPU
+    flags (`cpuinfo`, Linux) list avx512f, else "cpu"."""
     import tensorflow as tf
 
-    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    return "gpu" if tf.config.list_logical_devices("GPU") else _cpu_kind(cpuinfo)
+
+
+@functools.cache
+def _cpu_kind(cpuinfo):
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "cpu-avx512" if "avx512f" in line.split(":", 1)[1].split() else "cpu"
+    except OSError:
+        pass
+    return "cpu"
 
 
 def default_implementation(variant, strides, training, kind=None):

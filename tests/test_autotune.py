@@ -294,8 +294,9 @@ def test_explicit_implementation_wins(tmp_path):
 
 
 def test_defaults_without_measurement():
-    assert CoST(4).resolved_implementation(True) == cost.default_implementation("a", (1, 1, 1), True, "cpu")
-    for kind in ("cpu", "gpu"):
+    assert CoST(4).resolved_implementation(True) == cost.default_implementation("a", (1, 1, 1), True)
+    assert set(cost.DEFAULTS) == {"cpu", "cpu-avx512", "gpu"}
+    for kind in cost.DEFAULTS:
         for variant in ("a", "b"):
             for strides in ((1, 1, 1), (1, 2, 2), (2, 2, 2)):
                 for training in (False, True):
@@ -303,6 +304,21 @@ def test_defaults_without_measurement():
                     assert impl in valid_implementations(variant, strides)
     # The strided CoST(a) default on CPU cannot be sparse.
     assert cost.default_implementation("a", (1, 2, 2), False, "cpu") != "sparse"
+
+
+@pytest.mark.parametrize(
+    "flags, kind",
+    [
+        ("fpu sse2 avx2 avx512f avx512bw amx_tile", "cpu-avx512"),
+        ("fpu sse2 avx2 fma", "cpu"),
+        ("fpu avx512_bf16", "cpu"),  # another AVX-512 extension's name alone is not avx512f
+    ],
+)
+def test_device_kind_reads_the_cpu_flags(tmp_path, flags, kind):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cost.device_kind(str(cpuinfo)) == kind
+    assert cost.device_kind(str(tmp_path / "missing")) == "cpu"  # no /proc/cpuinfo: the generic CPU list
 
 
 def test_input_shapes_traced_when_the_model_has_unknown_dims():

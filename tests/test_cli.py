@@ -401,6 +401,7 @@ def test_demo_compare_and_coefficients_mains(tmp_path):
                 f"--output_dir={tmp_path}",
                 "--archs=c2d_tiny",
                 "--epochs=1",
+                "--seeds=3",
                 f"--results={tmp_path / 'RESULTS.md'}",
             ],
             cwd=ROOT,
@@ -408,5 +409,9 @@ def test_demo_compare_and_coefficients_mains(tmp_path):
     )
     with open(tmp_path / "RESULTS.md") as f:
         results = f.read()
-    compared = _json(tmp_path / "c2d_tiny" / "metrics.json")
-    assert f"{100 * compared['top1']:.1f} %" in results and "c2d_tiny" in results
+    compared = _json(tmp_path / "c2d_tiny" / "seed3" / "metrics.json")
+    row = next(line for line in results.splitlines() if line.startswith("| c2d_tiny |"))
+    # best val top-1 | epoch of best (1 epoch: still improving) | top-1 at the end
+    cells = [cell.strip() for cell in row.split("|")[2:5]]
+    assert cells[1] == "1 (still improving)" and cells[2] == f"{100 * compared['top1']:.1f} %"
+    assert "`python -m cost_tf.compare --epochs=1 --seeds=3`" in results

@@ -26,40 +26,71 @@ def _config():
     )
 
 
-def test_results_markdown_table():
+def _row(arch, seed, top1, best_top1, best_epoch, time_to_target_s, step_s, coefficients=None):
+    return dict(
+        arch=arch,
+        seed=seed,
+        top1=top1,
+        top5=1.0,
+        best_top1=best_top1,
+        best_epoch=best_epoch,
+        time_to_target_s=time_to_target_s,
+        params=518456 if arch.startswith("cost") else 517736,
+        step_s=step_s,
+        train_s=400.0,
+        epochs=8,
+        steps=600,
+        coefficients=coefficients,
+        config=_config(),
+    )
+
+
+def test_results_markdown_table_over_seeds():
     rows = [
-        dict(
-            arch="c2d_tiny",
-            top1=0.4042,
-            top5=0.9958,
-            params=517736,
-            step_s=0.5,
-            train_s=300.4,
-            epochs=8,
-            steps=600,
-            coefficients=None,
-            config=_config(),
-        ),
-        dict(
-            arch="cost_a_tiny",
-            top1=0.5,
-            top5=1.0,
-            params=518456,
-            step_s=0.61234,
-            train_s=400.0,
-            epochs=8,
-            steps=600,
-            coefficients=(0.668, 0.166, 0.1655),
-            config=_config(),
-        ),
+        _row("c2d_tiny", 0, 0.4042, 0.45, 3, None, 0.5),
+        _row("c2d_tiny", 1, 0.5, 0.5, 2, None, 0.7),
+        _row("cost_a_tiny", 0, 0.9, 0.925, 7, 120.0, 0.6, (0.6, 0.2, 0.2)),
+        _row("cost_a_tiny", 1, 0.8, 0.85, 4, None, 0.62, (0.7, 0.1, 0.2)),
     ]
     text = compare.results_markdown(rows, "python -m cost_tf.compare")
     table = [line for line in text.splitlines() if line.startswith("| c2d") or line.startswith("| cost_a")]
     assert table == [
-        "| c2d_tiny | 40.4 % | 99.6 % | 517,736 | 0.500 | 300 | — |",
-        "| cost_a_tiny | 50.0 % | 100.0 % | 518,456 | 0.612 | 400 | 0.668 / 0.166 / 0.166 |",
+        "| c2d_tiny | 47.5 (45.0–50.0) % | 3, 2 | 45.2 (40.4–50.0) % | not reached (2 of 2 seeds) | 517,736 "
+        "| 0.600 | — |",
+        # best epoch 7 of 8 is within PLATEAU_EPOCHS of the end; one seed of two reached 90 %.
+        "| cost_a_tiny | 88.8 (85.0–92.5) % | 7, 4 (still improving) | 85.0 (80.0–90.0) % | 120 (1 of 2 seeds) "
+        "| 518,456 | 0.610 | 0.650 / 0.150 / 0.200 |",
     ]
     assert "8 epochs x 75 steps of 16 clips" in text and "1200 training clips" in text
+    assert "once per seed (0, 1;" in text
+
+
+def test_summarize_marks_plateaued_runs():
+    rows = [_row("c3d_tiny", 0, 0.9, 0.95, 3, 50.0, 0.4), _row("c3d_tiny", 1, 0.9, 0.9, 3, 70.0, 0.4)]
+    (summary,) = compare.summarize(rows)
+    assert summary["plateaued"] and summary["time_to_target"] == "60 (50–70)"
+    assert summary["best_epoch"] == "3, 3" and summary["seeds"] == 2
+
+
+def test_training_clock_best_epoch_and_time_to_target():
+    clock = compare.TrainingClock()
+    for epoch, (batch_times, val_top1) in enumerate([((1.0, 2.0), 0.5), ((1.5,), 0.92), ((0.5,), 0.92)]):
+        for t in batch_times:
+            clock.times.append(t)  # what on_train_batch_end records
+        clock.on_epoch_end(epoch, {"val_top1": val_top1, "loss": 1.0})
+    assert clock.best() == (0.92, 2)  # the first epoch with the best value
+    assert clock.time_to(0.9) == pytest.approx(4.5) and clock.time_to(0.95) is None
+    assert compare.TrainingClock().best() == (None, None)
+
+
+def test_training_clock_times_batches():
+    clock = compare.TrainingClock()
+    for batch in range(7):
+        clock.on_train_batch_begin(batch)
+        clock.on_train_batch_end(batch)
+    assert len(clock.times) == 7 and all(t >= 0 for t in clock.times)
+    clock.times[:] = [9.0] * 5 + [1.0, 3.0]
+    assert clock.median() == 2.0  # the 5 tracing batches are skipped
 
 
 def test_mean_coefficients_of_saved_models(tmp_path):

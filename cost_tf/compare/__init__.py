@@ -1,6 +1,6 @@
 """The temporal benchmark's library: C2D, C3D, CoST(a), CoST(b), S3D-G (tiny) trained with the same budget on
-the embedded order-only dataset (`compare(...) -> rows`, `results_markdown`); the main is
-cost_tf/compare/__main__.py.
+the embedded order-only dataset, over several seeds (`compare(...) -> rows`, `summarize(rows)`,
+`results_markdown`); the main is cost_tf/compare/__main__.py.
 """
 
 import datetime
@@ -17,14 +17,21 @@ from cost_tf.resnet import build_model
 from cost_tf.train import TrainConfig, resolve_config, train
 
 ARCHS = ("c2d_tiny", "c3d_tiny", "cost_a_tiny", "cost_b_tiny", "s3dg_tiny")
+SEEDS = (0, 1)
+# The benchmark's own budget, 2.5x the demo recipe's 12: long enough that every family's best validation
+# top-1 stops improving (each row says at which epoch it last improved).
+EPOCHS = 30
+TARGET_TOP1 = 0.9  # "time to 90 % validation top-1"
+PLATEAU_EPOCHS = 5  # a run whose best epoch is this close to its last is reported as still improving
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Wall time of every training batch (seconds); `median(skip)` ignores the first (tracing) batches."""
+class TrainingClock(keras.callbacks.Callback):
+    """Wall time of every training batch, and per epoch (summed batch time so far, logged val_top1)."""
 
     def __init__(self):
         super().__init__()
         self.times = []
+        self.epochs = []
         self._start = None
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -33,9 +40,29 @@ class StepTimer(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.times.append(time.perf_counter() - self._start)
 
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append((sum(self.times), (logs or {}).get("val_top1")))
+
     def median(self, skip=5):
+        """Median batch time, ignoring the first `skip` (tracing) batches."""
         times = self.times[skip:] if len(self.times) > skip else self.times
         return statistics.median(times) if times else float("nan")
+
+    def best(self):
+        """(best validation top-1, its 1-based epoch); (None, None) without validation."""
+        scored = [(top1, i + 1) for i, (_, top1) in enumerate(self.epochs) if top1 is not None]
+        if not scored:
+            return None, None
+        top1 = max(t for t, _ in scored)
+        return top1, min(e for t, e in scored if t == top1)
+
+    def time_to(self, threshold):
+        """Training seconds (batches only, validation excluded) until the first epoch whose validation top-1
+        reaches `threshold`; None if none did."""
+        for seconds, top1 in self.epochs:
+            if top1 is not None and top1 >= threshold:
+                return seconds
+        return None
 
 
 def mean_coefficients(model_path, eval_pattern):
@@ -49,73 +76,139 @@ def mean_coefficients(model_path, eval_pattern):
     return tuple(statistics.mean(row[f"{view}_mean"] for row in rows) for view in cost.VIEWS)
 
 
-def compare(output_dir, archs=ARCHS, epochs=None, seed=0):
-    """Trains each arch with train()'s synthetic defaults; returns a list of result dicts."""
+def compare(output_dir, archs=ARCHS, epochs=EPOCHS, seeds=SEEDS):
+    """Trains each arch once per seed with train()'s synthetic recipe (deterministic ops) for `epochs`.
+
+    Every run writes {output_dir}/{arch}/seed{seed}/ (a fresh folder: an existing one resumes, and its clock
+    then misses the earlier epochs). Returns one result dict per (arch, seed).
+    """
     rows = []
     for arch in archs:
-        config = TrainConfig(
-            model_dir=os.path.join(output_dir, arch),
-            data_dir=os.path.join(output_dir, "data"),
-            arch=arch,
-            epochs=epochs,
-            seed=seed,
-            verbose=2,
-        )
-        resolved = resolve_config(config)
-        timer = StepTimer()
-        start = time.time()
-        metrics = train(config, callbacks=[timer])
-        elapsed = time.time() - start
-        params = build_model(
-            arch,
-            num_classes=metrics.get("num_classes", 8),
-            num_frames=resolved.num_frames,
-            input_size=resolved.crop_size,
-        ).count_params()
-        rows.append(
+        for seed in seeds:
+            model_dir = os.path.join(output_dir, arch, f"seed{seed}")
+            config = TrainConfig(
+                model_dir=model_dir,
+                data_dir=os.path.join(output_dir, "data"),
+                arch=arch,
+                epochs=epochs,
+                seed=seed,
+                deterministic=True,
+                verbose=2,
+            )
+            resolved = resolve_config(config)
+            clock = TrainingClock()
+            start = time.time()
+            metrics = train(config, callbacks=[clock])
+            elapsed = time.time() - start
+            params = build_model(
+                arch,
+                num_classes=metrics.get("num_classes", 8),
+                num_frames=resolved.num_frames,
+                input_size=resolved.crop_size,
+            ).count_params()
+            best_top1, best_epoch = clock.best()
+            rows.append(
+                dict(
+                    arch=arch,
+                    seed=seed,
+                    top1=metrics["top1"],
+                    top5=metrics["top5"],
+                    best_top1=best_top1,
+                    best_epoch=best_epoch,
+                    time_to_target_s=clock.time_to(TARGET_TOP1),
+                    params=params,
+                    step_s=clock.median(),
+                    train_s=elapsed,
+                    epochs=metrics["epochs"],
+                    steps=metrics["steps"],
+                    coefficients=mean_coefficients(
+                        os.path.join(model_dir, "model.keras"),
+                        os.path.join(output_dir, "data", "eval-*.tfrecord"),
+                    ),
+                    config=resolved,
+                )
+            )
+            keras.backend.clear_session()
+    return rows
+
+
+def _mean_range(values, scale=1.0, digits=1):
+    """ "m (lo–hi)" of the values times `scale`; just "m" for one value."""
+    values = [scale * v for v in values]
+    mean = f"{statistics.mean(values):.{digits}f}"
+    if len(values) == 1:
+        return mean
+    return f"{mean} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def summarize(rows):
+    """One dict per arch (in `rows`' order) over its seeds: the table's cells as strings, plus `plateaued`."""
+    out = []
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        runs = [r for r in rows if r["arch"] == arch]
+        epochs = runs[0]["epochs"]
+        best_epochs = [r["best_epoch"] for r in runs if r["best_epoch"] is not None]
+        reached = [r["time_to_target_s"] for r in runs if r["time_to_target_s"] is not None]
+        coeffs = [r["coefficients"] for r in runs if r.get("coefficients")]
+        out.append(
             dict(
                 arch=arch,
-                top1=metrics["top1"],
-                top5=metrics["top5"],
-                params=params,
-                step_s=timer.median(),
-                train_s=elapsed,
-                epochs=metrics["epochs"],
-                steps=metrics["steps"],
-                coefficients=mean_coefficients(
-                    os.path.join(output_dir, arch, "model.keras"),
-                    os.path.join(output_dir, "data", "eval-*.tfrecord"),
+                seeds=len(runs),
+                top1=_mean_range([r["top1"] for r in runs], 100),
+                best_top1=_mean_range([r["best_top1"] for r in runs if r["best_top1"] is not None], 100),
+                best_epoch=", ".join(str(e) for e in best_epochs) or "—",
+                plateaued=bool(best_epochs) and max(best_epochs) <= epochs - PLATEAU_EPOCHS,
+                time_to_target=(
+                    (
+                        _mean_range(reached, digits=0)
+                        + ("" if len(reached) == len(runs) else f" ({len(reached)} of {len(runs)} seeds)")
+                    )
+                    if reached
+                    else f"not reached ({len(runs)} of {len(runs)} seeds)"
                 ),
-                config=resolved,
+                params=f"{runs[0]['params']:,}",
+                step_s=f"{statistics.median(r['step_s'] for r in runs):.3f}",
+                coefficients=(
+                    " / ".join(f"{statistics.mean(c[i] for c in coeffs):.3f}" for i in range(3))
+                    if coeffs
+                    else "—"
+                ),
             )
         )
-        keras.backend.clear_session()
-    return rows
+    return out
 
 
 def results_markdown(rows, command):
     """docs/RESULTS.md text for `rows` from compare()."""
     c = rows[0]["config"]
+    seeds = ", ".join(str(s) for s in dict.fromkeys(r["seed"] for r in rows))
     lines = [
         "# Results: the temporal benchmark on the embedded synthetic dataset",
         "",
         "Measured by `" + command + "` (cost_tf/compare) on " + datetime.date.today().isoformat() + ", "
         f"{platform.machine()} CPU, {os.cpu_count()} cores, TensorFlow/Keras on CPU. Every network is trained "
-        "with the same budget and the synthetic recipe of `cost_tf.train`: "
+        "with the same budget and the synthetic recipe of `cost_tf.train`, once per seed "
+        f"({seeds}; the seed sets the weights and the data order), with deterministic ops: "
         f"{c.synthetic_train} training clips (8 classes), {c.epochs} epochs x {rows[0]['steps'] // c.epochs} "
         f"steps of {c.batch_size} clips, {c.num_frames} frames one every {c.frame_stride}, {c.crop_size}-px "
-        f"crops, SGD lr {c.lr} per 64 clips ({c.lr_schedule}, {c.warmup_epochs} warmup epochs), seed {c.seed}. "
-        f"Top-1/top-5 on the {c.synthetic_eval} evaluation clips (centre clip, one view).",
+        f"crops, SGD lr {c.lr} per 64 clips ({c.lr_schedule}, {c.warmup_epochs} warmup epochs). Validation "
+        f"and top-1/top-5 on the {c.synthetic_eval} evaluation clips (centre clip, one view).",
         "",
-        "| model | top-1 | top-5 | parameters | time per step (s) | training time (s) | CoST coefficients "
-        "hw / tw / th |",
-        "|-------|------:|------:|-----------:|------------------:|------------------:|:---:|",
+        "Cells with several seeds read mean (lowest–highest). *Best val top-1*: the best epoch's validation "
+        "top-1; *epoch of best*: per seed (a run whose best epoch is within "
+        f"{PLATEAU_EPOCHS} of its last is marked as still improving); *top-1 at the end*: the final model's "
+        f"evaluation; *time to {100 * TARGET_TOP1:.0f} %*: summed training-batch seconds (validation "
+        "excluded) until the first epoch whose validation top-1 reached it.",
+        "",
+        f"| model | best val top-1 | epoch of best | top-1 at the end | time to {100 * TARGET_TOP1:.0f} % (s) "
+        "| parameters | time per step (s) | CoST coefficients hw / tw / th |",
+        "|-------|------:|:---:|------:|------:|-----------:|------:|:---:|",
     ]
-    for r in rows:
-        coeffs = " / ".join(f"{a:.3f}" for a in r["coefficients"]) if r.get("coefficients") else "—"
+    for s in summarize(rows):
+        still = "" if s["plateaued"] else " (still improving)"
         lines.append(
-            f"| {r['arch']} | {100 * r['top1']:.1f} % | {100 * r['top5']:.1f} % | {r['params']:,} | "
-            f"{r['step_s']:.3f} | {r['train_s']:.0f} | {coeffs} |"
+            f"| {s['arch']} | {s['best_top1']} % | {s['best_epoch']}{still} | {s['top1']} % | "
+            f"{s['time_to_target']} | {s['params']} | {s['step_s']} | {s['coefficients']} |"
         )
     lines += [
         "",
@@ -126,12 +219,12 @@ def results_markdown(rows, command):
         "the paper's other comparison; its own Inception-v1 layout) have temporal kernels.",
         "",
         "CoST coefficients: the view weights of the trained model averaged over its CoST layers and channels "
-        "(CoST(b): and over 64 evaluation clips); at initialisation CoST(a) has 0.668 / 0.166 / 0.166. "
-        f"The CoST layers trained with implementation 'auto' = '{cost.AUTO_TRAINING}' for CoST(a), "
-        f"'{cost.AUTO_B}' for CoST(b).",
+        "(CoST(b): and over 64 evaluation clips) and over the seeds; at initialisation CoST(a) has "
+        "0.668 / 0.166 / 0.166.",
         "",
-        "Time per step is the median wall time of a training batch (after 5 warm-up batches) on a machine "
-        "shared with other jobs, so it is indicative only; bench/ has the controlled measurements.",
+        "Time per step is the median wall time of a training batch (after 5 warm-up batches), median over the "
+        "seeds; the runs follow one another in one process, so compare these columns within one table only; "
+        "bench/ has the controlled, interleaved measurements.",
         "",
     ]
     return "\n".join(lines)
