@@ -18,6 +18,11 @@ graph"); here the micro-batch gradients are all-reduced first and the cond runs 
 cross-replica update, so every replica holds the same accumulators (a checkpoint saves them exactly). The
 update uses the mean of the K micro-batch gradients, clipped to the global norm, plus the coupled decay: one
 step on the K-times batch. BatchNorm still normalises each micro-batch (as each GPU of the recipe's 8 does).
+
+`alpha_lr_multiplier` (train's --alpha_lr_multiplier, default 1 = the paper's recipe) multiplies the learning
+rate of CoST(a)'s coefficient logits `alpha` only: their gradients are small next to the kernels' (the softmax
+scales each by its coefficient, and the BatchNorm after every CoST layer cancels a common rescaling of the
+views), so with one rate for all they move little in a short budget (docs/RESULTS.md measures it).
 """
 
 import keras
@@ -133,6 +138,16 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
                 f"coupled_weight_decay must be >= 0. Received: coupled_weight_decay={coupled_weight_decay}"
             )
         self.coupled_weight_decay = float(coupled_weight_decay)
+        self._lr_multipliers = {}  # {variable key: multiplier}, see scale_learning_rate
+
+    def scale_learning_rate(self, var_list, multiplier):
+        """Multiplies the learning rate of the variables in `var_list` by `multiplier` (> 0): their (clipped)
+        gradient is scaled before the momentum, which for SGD is the same as scaling their rate. Like
+        `exclude_from_weight_decay`, bound to these variable objects and not saved in the config."""
+        if not multiplier > 0:
+            raise ValueError(f"The learning-rate multiplier must be > 0. Received: multiplier={multiplier}")
+        for variable in var_list:
+            self._lr_multipliers[self._var_key(variable)] = float(multiplier)
 
     def _get_current_learning_rate(self):
         # Keras calls the schedule with the micro-batch count; with accumulation the schedule counts updates.
@@ -180,6 +195,9 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
             distribution.extended.update(accumulator, update_accumulator, args=(grad, is_update), group=False)
 
     def update_step(self, gradient, variable, learning_rate):
+        multiplier = self._lr_multipliers.get(self._var_key(variable), 1.0)
+        if multiplier != 1.0:
+            gradient = keras.ops.cast(gradient, variable.dtype) * keras.ops.cast(multiplier, variable.dtype)
         if self.coupled_weight_decay and self._use_weight_decay(variable):
             gradient = (
                 keras.ops.cast(gradient, variable.dtype)
@@ -199,7 +217,20 @@ def is_decayed(variable):
     return variable.path.rsplit("/", 1)[-1] == "kernel"
 
 
-def build_optimizer(model, learning_rate, momentum=0.9, weight_decay=1e-4, clipnorm=40.0, accumulate_steps=1):
+def is_alpha(variable):
+    """CoST(a)'s coefficient logits (the layer's `alpha` weight)."""
+    return variable.path.rsplit("/", 1)[-1] == "alpha"
+
+
+def build_optimizer(
+    model,
+    learning_rate,
+    momentum=0.9,
+    weight_decay=1e-4,
+    clipnorm=40.0,
+    accumulate_steps=1,
+    alpha_lr_multiplier=1.0,
+):
     """CoupledWeightDecaySGD for `model`, decaying only `is_decayed` variables.
 
     Args:
@@ -225,4 +256,8 @@ def build_optimizer(model, learning_rate, momentum=0.9, weight_decay=1e-4, clipn
         gradient_accumulation_steps=accumulate_steps if accumulate_steps > 1 else None,
     )
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if not is_decayed(v)])
+    if alpha_lr_multiplier != 1.0:
+        optimizer.scale_learning_rate(
+            [v for v in model.trainable_variables if is_alpha(v)], alpha_lr_multiplier
+        )
     return optimizer

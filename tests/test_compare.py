@@ -110,3 +110,22 @@ def test_mean_coefficients_of_saved_models(tmp_path):
     plain_path = str(tmp_path / "plain.keras")
     plain.save(plain_path)
     assert compare.mean_coefficients(plain_path, eval_pattern=None) is None
+
+
+def test_entries_with_train_settings():
+    assert compare.parse_entry("c3d_tiny") == ("c3d_tiny", {})
+    arch, overrides = compare.parse_entry("cost_a_tiny:alpha_lr_multiplier=30:flip=false:batch_size=8")
+    assert arch == "cost_a_tiny" and overrides == {
+        "alpha_lr_multiplier": 30.0,
+        "flip": False,
+        "batch_size": 8,
+    }
+    assert isinstance(overrides["alpha_lr_multiplier"], float) and isinstance(overrides["batch_size"], int)
+    assert compare.run_dir("cost_a_tiny:alpha_lr_multiplier=30") == "cost_a_tiny_alpha_lr_multiplier30"
+    with pytest.raises(ValueError, match="Received: 'cost_a_tiny:no_such_field=1'"):
+        compare.parse_entry("cost_a_tiny:no_such_field=1")
+    with pytest.raises(ValueError, match="other than model_dir"):
+        compare.parse_entry("cost_a_tiny:seed=3")  # compare sets the seed
+    with pytest.raises(ValueError, match="batch_size='x' is not of type int"):
+        compare.parse_entry("cost_a_tiny:batch_size=x")
+    assert all(compare.parse_entry(entry) for entry in compare.ARCHS)

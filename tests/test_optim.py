@@ -162,6 +162,45 @@ def test_optimizer_config_round_trip():
     assert restored.global_clipnorm == pytest.approx(40.0)
 
 
+# -- the coefficient logits' learning rate --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_alpha_lr_multiplier_scales_only_the_cost_a_coefficient_step(momentum):
+    """Two SGD steps with the same gradients: alpha moves `multiplier` times as far, every other variable alike
+    (kernels with coupled decay through the momentum, as torch's param-group lr would do); float32 steps."""
+    model = _small_model()
+    grads = [
+        np.random.default_rng(i).normal(size=v.shape).astype("float32")
+        for i, v in enumerate(model.trainable_variables)
+    ]
+    start = [v.numpy() for v in model.trainable_variables]
+    moved = {}
+    for multiplier in (1.0, 30.0):
+        for v, w in zip(model.trainable_variables, start, strict=True):
+            v.assign(w)
+        optimizer = optim.build_optimizer(
+            model, 0.01, momentum=momentum, weight_decay=1e-2, clipnorm=None, alpha_lr_multiplier=multiplier
+        )
+        for _ in range(2):
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        moved[multiplier] = {
+            v.path: v.numpy().astype(np.float64) - w
+            for v, w in zip(model.trainable_variables, start, strict=True)
+        }
+    for path, delta in moved[1.0].items():
+        assert np.abs(delta).max() > 0, path
+        expected = 30.0 * delta if path == "cost_a/alpha" else delta
+        np.testing.assert_allclose(moved[30.0][path], expected, rtol=1e-5, atol=1e-5, err_msg=path)
+    assert [v.path for v in model.trainable_variables if optim.is_alpha(v)] == ["cost_a/alpha"]
+
+
+def test_alpha_lr_multiplier_must_be_positive():
+    optimizer = optim.build_optimizer(_small_model(), 0.1)
+    with pytest.raises(ValueError, match="Received: multiplier=0"):
+        optimizer.scale_learning_rate([], 0)
+
+
 # -- gradient accumulation ------------------------------------------------------------------------------------
 
 

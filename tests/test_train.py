@@ -94,6 +94,8 @@ def test_bad_numbers_and_missing_raw_video_inputs(tmp_path, data_dir):
         train.resolve_config(tiny(tmp_path, data_dir, epochs=3, lr_steps=(2, 5)))
     with pytest.raises(ValueError, match="--batch_size: must be a positive integer"):
         train.resolve_config(tiny(tmp_path, data_dir, batch_size=0))
+    with pytest.raises(ValueError, match="--alpha_lr_multiplier: must be > 0"):
+        train.resolve_config(tiny(tmp_path, data_dir, alpha_lr_multiplier=0.0))
     with pytest.raises(ValueError, match="--annotations: cannot read"):
         train.resolve_config(
             TrainConfig(model_dir=str(tmp_path), dataset="kinetics", annotations=str(tmp_path / "train.csv"))

@@ -120,6 +120,11 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(1e-4, "L2 on kernels only (torch-style, through the momentum).")
     clipnorm: float = option(40.0, "Global gradient norm clip (0: off).")
+    alpha_lr_multiplier: float = option(
+        1.0,
+        "Learning-rate multiplier of CoST(a)'s coefficient logits alpha only (1: the paper's recipe; "
+        "docs/RESULTS.md measures 30 on the synthetic benchmark).",
+    )
     dropout: float = option(
         None,
         "Dropout before the classifier (default: the architecture's: 0.5 ResNets as the spec, 0.2 S3D-G as "
@@ -293,6 +298,8 @@ def _check_numbers(c):
 def _check_schedule(c):
     if not c.lr > 0:
         raise flag_error("lr", c.lr, "must be > 0")
+    if not c.alpha_lr_multiplier > 0:
+        raise flag_error("alpha_lr_multiplier", c.alpha_lr_multiplier, "must be > 0")
     c.lr_steps = tuple(int(e) for e in (c.lr_steps or ()))
     if list(c.lr_steps) != sorted(set(c.lr_steps)) or any(not 0 < e < c.epochs for e in c.lr_steps):
         raise flag_error("lr_steps", c.lr_steps, f"must be increasing epochs in (0, epochs={c.epochs})")

@@ -80,6 +80,7 @@ def compile_model(c, num_classes, steps_per_epoch):
         weight_decay=c.weight_decay,
         clipnorm=c.clipnorm,
         accumulate_steps=k,
+        alpha_lr_multiplier=c.alpha_lr_multiplier,
     )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     metric_list = [
