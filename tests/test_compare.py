@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cost_tf import compare
+from cost_tf.autotune import cpu_model
 from cost_tf.cost import CoST
 
 
@@ -63,6 +64,7 @@ def test_results_markdown_table_over_seeds():
     ]
     assert "8 epochs x 75 steps of 16 clips" in text and "1200 training clips" in text
     assert "once per seed (0, 1;" in text
+    assert f"CPU {cpu_model()}, TensorFlow" in text  # the machine's own model name, as the benchmarks print it
 
 
 def test_summarize_marks_plateaued_runs():

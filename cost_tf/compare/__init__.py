@@ -6,13 +6,14 @@ the embedded order-only dataset, over several seeds (`compare(...) -> rows`, `su
 import dataclasses
 import datetime
 import os
-import platform
 import statistics
 import time
 
 import keras
+import tensorflow as tf
 
 from cost_tf import coefficients, cost
+from cost_tf.autotune import cpu_model
 from cost_tf.loading import load_model
 from cost_tf.resnet import build_model
 from cost_tf.train import TrainConfig, resolve_config, train
@@ -105,7 +106,9 @@ def parse_entry(entry):
         try:
             overrides[name] = (value.lower() in ("1", "true")) if kind is bool else kind(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}={value!r} is not of type {kind.__name__}. Received: {entry!r}") from None
+            raise ValueError(
+                f"{name}={value!r} is not of type {kind.__name__}. Received: {entry!r}"
+            ) from None
     return arch, overrides
 
 
@@ -227,7 +230,8 @@ def results_markdown(rows, command):
         "# Results: the temporal benchmark on the embedded synthetic dataset",
         "",
         "Measured by `" + command + "` (cost_tf/compare) on " + datetime.date.today().isoformat() + ", "
-        f"{platform.machine()} CPU, {os.cpu_count()} cores, TensorFlow/Keras on CPU. Every network is trained "
+        f"CPU {cpu_model()}, TensorFlow {tf.__version__} / Keras {keras.__version__} on the CPU. "
+        "Every network is trained "
         "with the same budget and the synthetic recipe of `cost_tf.train`, once per seed "
         f"({seeds}; the seed sets the weights and the data order), with deterministic ops: "
         f"{c.synthetic_train} training clips (8 classes), {c.epochs} epochs x {rows[0]['steps'] // c.epochs} "
