@@ -240,7 +240,12 @@ def build_model(arch, num_classes=400, num_frames=8, input_size=224, dropout=Non
             raise ValueError(
                 f"style applies to the ResNet archs only, not {arch!r}. Received: style={style!r}"
             )
-        from cost_tf.s3dg import TINY_DEPTH_MULTIPLIER, build_s3dg  # s3dg builds on this module
+        from cost_tf.s3dg import (  # s3dg builds on this module
+            BN_MOMENTUM,
+            TINY_BN_MOMENTUM,
+            TINY_DEPTH_MULTIPLIER,
+            build_s3dg,
+        )
 
         return build_s3dg(
             num_classes=num_classes,
@@ -248,6 +253,7 @@ def build_model(arch, num_classes=400, num_frames=8, input_size=224, dropout=Non
             input_size=input_size,
             dropout=0.2 if dropout is None else dropout,
             depth_multiplier=TINY_DEPTH_MULTIPLIER if depth == "tiny" else 1.0,
+            bn_momentum=TINY_BN_MOMENTUM if depth == "tiny" else BN_MOMENTUM,
             name=arch,
         )
     dropout = 0.5 if dropout is None else dropout

@@ -411,7 +411,7 @@ def test_demo_compare_and_coefficients_mains(tmp_path):
         results = f.read()
     compared = _json(tmp_path / "c2d_tiny" / "seed3" / "metrics.json")
     row = next(line for line in results.splitlines() if line.startswith("| c2d_tiny |"))
-    # best val top-1 | epoch of best (1 epoch: still improving) | top-1 at the end
+    # best val top-1 | epoch of best (1 epoch: late) | top-1 at the end
     cells = [cell.strip() for cell in row.split("|")[2:5]]
-    assert cells[1] == "1 (still improving)" and cells[2] == f"{100 * compared['top1']:.1f} %"
+    assert cells[1] == "1 (late)" and cells[2] == f"{100 * compared['top1']:.1f} %"
     assert "`python -m cost_tf.compare --epochs=1 --seeds=3`" in results

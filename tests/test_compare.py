@@ -59,12 +59,14 @@ def test_results_markdown_table_over_seeds():
         "| c2d_tiny | 47.5 (45.0–50.0) % | 3, 2 | 45.2 (40.4–50.0) % | not reached (2 of 2 seeds) | 517,736 "
         "| 0.600 | — |",
         # best epoch 7 of 8 is within PLATEAU_EPOCHS of the end; one seed of two reached 90 %.
-        "| cost_a_tiny | 88.8 (85.0–92.5) % | 7, 4 (still improving) | 85.0 (80.0–90.0) % | 120 (1 of 2 seeds) "
+        "| cost_a_tiny | 88.8 (85.0–92.5) % | 7, 4 (late) | 85.0 (80.0–90.0) % | 120 (1 of 2 seeds) "
         "| 518,456 | 0.610 | 0.650 / 0.150 / 0.200 |",
     ]
     assert "8 epochs x 75 steps of 16 clips" in text and "1200 training clips" in text
     assert "once per seed (0, 1;" in text
-    assert f"CPU {cpu_model()}, TensorFlow" in text  # the machine's own model name, as the benchmarks print it
+    assert (
+        f"CPU {cpu_model()}, TensorFlow" in text
+    )  # the machine's own model name, as the benchmarks print it
 
 
 def test_summarize_marks_plateaued_runs():

@@ -329,6 +329,7 @@ def test_unknown_batch_frames_and_size():
         ({"num_classes": 0}, "Received: num_classes=0"),
         ({"num_frames": 0}, "Received: num_frames=0"),
         ({"dropout": 1.0}, "Received: dropout=1.0"),
+        ({"bn_momentum": 1.0}, "Received: bn_momentum=1.0"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -346,6 +347,9 @@ def test_keras_round_trip(tiny, tmp_path):
     restored = keras.saving.load_model(path)
     assert [layer.name for layer in restored.layers] == [layer.name for layer in tiny.layers]
     assert isinstance(restored.get_layer("Conv2d_2c_3x3_temporal").kernel_initializer, TemporalIdentity)
+    # s3dg_tiny's BatchNorm momentum (0.99, not slim's 0.999: its short training budget) survives the file.
+    momenta = {b.momentum for b in restored.layers if isinstance(b, keras.layers.BatchNormalization)}
+    assert momenta == {0.99}
     np.testing.assert_allclose(np.asarray(restored(x)), np.asarray(tiny(x)), rtol=1e-5, atol=1e-6)
 
 

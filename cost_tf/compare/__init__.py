@@ -33,7 +33,7 @@ SEEDS = (0, 1)
 # validation top-1 stops improving (each row says at which epoch it last improved).
 EPOCHS = 20
 TARGET_TOP1 = 0.9  # "time to 90 % validation top-1"
-PLATEAU_EPOCHS = 5  # a run whose best epoch is this close to its last is reported as still improving
+PLATEAU_EPOCHS = 5  # a run whose best epoch is this close to its last is marked "late"
 
 
 class TrainingClock(keras.callbacks.Callback):
@@ -241,7 +241,8 @@ def results_markdown(rows, command):
         "",
         "Cells with several seeds read mean (lowest–highest). *Best val top-1*: the best epoch's validation "
         "top-1; *epoch of best*: per seed (a run whose best epoch is within "
-        f"{PLATEAU_EPOCHS} of its last is marked as still improving); *top-1 at the end*: the final model's "
+        f"{PLATEAU_EPOCHS} of its last is marked *late*: it may still have been improving); *top-1 at the end*: "
+        "the final model's "
         f"evaluation; *time to {100 * TARGET_TOP1:.0f} %*: summed training-batch seconds (validation "
         "excluded) until the first epoch whose validation top-1 reached it.",
         "",
@@ -250,7 +251,7 @@ def results_markdown(rows, command):
         "|-------|------:|:---:|------:|------:|-----------:|------:|:---:|",
     ]
     for s in summarize(rows):
-        still = "" if s["plateaued"] else " (still improving)"
+        still = "" if s["plateaued"] else " (late)"
         lines.append(
             f"| {s['arch']} | {s['best_top1']} % | {s['best_epoch']}{still} | {s['top1']} % | "
             f"{s['time_to_target']} | {s['params']} | {s['step_s']} | {s['coefficients']} |"
