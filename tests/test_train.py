@@ -322,6 +322,18 @@ def test_resume_after_sigkill(tmp_path, data_dir):
 # -- gradient accumulation ------------------------------------------------------------------------------------
 
 
+def test_alpha_lr_multiplier_reaches_the_optimizer_of_every_cost_a_alpha(tmp_path, data_dir):
+    c = train.resolve_config(tiny(tmp_path, data_dir, arch="cost_a_tiny", alpha_lr_multiplier=30.0))
+    model = train.compile_model(c, 8, c.steps_per_epoch)
+    optimizer = model.optimizer
+    scaled = {v.path for v in model.trainable_variables if optimizer._var_key(v) in optimizer._lr_multipliers}
+    alphas = {v.path for v in model.trainable_variables if v.path.endswith("/alpha")}
+    assert len(alphas) == 4 and scaled == alphas  # one per CoST layer of cost_a_tiny, nothing else
+    assert set(optimizer._lr_multipliers.values()) == {30.0}
+    default = train.compile_model(train.resolve_config(tiny(tmp_path, data_dir, arch="cost_a_tiny")), 8, 4)
+    assert default.optimizer._lr_multipliers == {}
+
+
 def test_accumulate_steps_validation_and_lr_of_the_effective_batch(tmp_path, data_dir):
     with pytest.raises(ValueError, match="--accumulate_steps: must be a positive integer"):
         train.resolve_config(tiny(tmp_path, data_dir, accumulate_steps=0))
