@@ -205,7 +205,9 @@ def _op_counts(path):
 def test_split_tf2onnx_steps_match_the_single_tf2onnx_command(tmp_path):
     """export() runs tf2onnx as two children (export/tf2onnx_steps.py: grappler with the weights stubbed as
     placeholders, then the conversion with them put back): the ONNX graph has the ops of `python -m
-    tf2onnx.convert --graphdef` on the same frozen graph, and onnxruntime gives the same logits."""
+    tf2onnx.convert --graphdef` on the same frozen graph, and onnxruntime gives the same logits. One known
+    difference: with CoST(b)'s `flat` form (the AVX-512 CPU default) tf2onnx leaves some biases as an Add of
+    an initializer after the Conv instead of inside it (onnxruntime fuses them again when it loads the model)."""
     model = _randomize(build_model("cost_b_tiny", num_classes=5, num_frames=T, input_size=CROP), seed=3)
     deployed = parity.fold_for_inference(model, onnx_export.FOLD_FORM)
     frozen = str(tmp_path / "frozen.pb")
@@ -228,7 +230,15 @@ def test_split_tf2onnx_steps_match_the_single_tf2onnx_command(tmp_path):
     single_command += ["--opset", "13", "--output", single]
     result = subprocess.run(single_command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _op_counts(split) == _op_counts(single)
+    extra = _op_counts(split) - _op_counts(single)
+    assert not _op_counts(single) - _op_counts(split) and set(extra) <= {"Add"}, extra
+
+    def adds_of_an_initializer(path):
+        graph = onnx.load(path).graph
+        initializers = {i.name for i in graph.initializer}
+        return sum(1 for n in graph.node if n.op_type == "Add" and set(n.input) & initializers)
+
+    assert adds_of_an_initializer(split) - adds_of_an_initializer(single) == extra["Add"]
     clip = parity.random_clip(2, T, CROP)
     np.testing.assert_allclose(
         onnx_export.run_onnxruntime(split, clip),
