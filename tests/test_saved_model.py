@@ -282,9 +282,15 @@ def test_wrong_clip_length_fails_before_the_model_runs(served, clips):
         ):
             _feed_unchecked(version, signature, key, value)
     # The right T (any batch, an empty one included) passes the check.
-    for batch in (2, 0):
-        (logits,) = _feed_unchecked(version, "logits", "clip", parity.random_clip(batch, T, CROP))
-        assert logits.shape == (batch, len(NAMES))
+    (logits,) = _feed_unchecked(version, "logits", "clip", parity.random_clip(2, T, CROP))
+    assert logits.shape == (2, len(NAMES))
+    try:
+        (logits,) = _feed_unchecked(version, "logits", "clip", parity.random_clip(0, T, CROP))
+        assert logits.shape == (0, len(NAMES))
+    except tf.errors.InvalidArgumentError as error:
+        # Known (docs/DEPLOY.md): on an AVX-512 CPU oneDNN's fused convolutions mis-shape an empty batch
+        # ("input and filter must have the same depth"); the frame-count check itself must have passed it.
+        assert "this model takes clips of" not in str(error) and "must have the same depth" in str(error)
 
 
 def test_any_clip_length_export_accepts_other_lengths(tmp_path):

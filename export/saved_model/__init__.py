@@ -67,40 +67,17 @@ def check_num_frames(clip, num_frames, what):
     others = tf.reduce_prod(tf.concat([shape[:1], shape[2:]], 0))
     size = tf.size(clip, out_type=tf.int64)
     received = size // tf.maximum(others, 1)
-    ok = tf.logical_or(tf.equal(received, num_frames), tf.equal(size, 0))
-
-    def fail():
-        check = tf.debugging.Assert(
-            False,
-            [
-                f"{what}: this model takes clips of T={num_frames} frames (export it with --num_frames=0 for "
-                "any T); received T=",
-                received,
-            ],
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(clip)
-
-    # The model's input is the cond's OUTPUT, not a tensor with a control edge on the assertion: grappler's
-    # rewrites and function inlining do not always keep a control edge in front of every op of the model,
-    # and the model then raced the check (a conv's shape error instead of this message, seen on an AVX-512 CPU).
-    return tf.cond(ok, lambda: tf.identity(clip), fail, name="check_num_frames")
-
-
-def run_model(model, clip):
-    """model(clip) in inference mode, with an empty batch answered by (0, C) zeros without running the model.
-
-    oneDNN's fused CPU convolutions return a wrongly shaped empty tensor for an empty batch (TF 2.21 on an
-    AVX-512 CPU: "input and filter must have the same depth: 3 vs 16" at the second convolution), and a server
-    must answer an empty request.
-    """
-    num_classes = int(model.output_shape[-1])
-    return tf.cond(
-        tf.shape(clip)[0] > 0,
-        lambda: model(clip, training=False),
-        lambda: tf.zeros([0, num_classes], dtype=model.outputs[0].dtype),
-        name="run_model",
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.equal(received, num_frames), tf.equal(size, 0)),
+        [
+            f"{what}: this model takes clips of T={num_frames} frames (export it with --num_frames=0 for any T); "
+            "received T=",
+            received,
+        ],
+        name="check_num_frames",
     )
+    with tf.control_dependencies([check]):
+        return tf.identity(clip)
 
 
 def build_serving_module(model, classes_file, num_frames, crop_size, top_k=TOP_K):
@@ -131,7 +108,7 @@ def build_serving_module(model, classes_file, num_frames, crop_size, top_k=TOP_K
 
     def serve(frames):
         frames = check_num_frames(frames, num_frames, f"{SERVING_KEY} input frames")
-        logits = run_model(model, preprocess_frames(frames, crop_size))
+        logits = model(preprocess_frames(frames, crop_size), training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         scores, indices = tf.math.top_k(probabilities, k=top_k)
         return {
@@ -143,7 +120,7 @@ def build_serving_module(model, classes_file, num_frames, crop_size, top_k=TOP_K
 
     def logits(clip):
         clip = check_num_frames(clip, num_frames, f"{LOGITS_KEY} input clip")
-        return {"logits": tf.cast(run_model(model, clip), tf.float32)}
+        return {"logits": tf.cast(model(clip, training=False), tf.float32)}
 
     # autograph=False: no tensor-dependent Python control flow here, and autograph only slows tracing.
     signatures = {
