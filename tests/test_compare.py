@@ -132,4 +132,6 @@ def test_entries_with_train_settings():
         compare.parse_entry("cost_a_tiny:seed=3")  # compare sets the seed
     with pytest.raises(ValueError, match="batch_size='x' is not of type int"):
         compare.parse_entry("cost_a_tiny:batch_size=x")
+    with pytest.raises(ValueError, match="lr_steps is not a scalar train setting"):
+        compare.parse_entry("cost_a_tiny:lr_steps=1,2")
     assert all(compare.parse_entry(entry) for entry in compare.ARCHS)

@@ -103,6 +103,15 @@ def parse_entry(entry):
                 f"Received: {entry!r}"
             )
         kind = types[name]
+        if kind not in (
+            bool,
+            int,
+            float,
+            str,
+        ):  # e.g. lr_steps (a tuple): tuple("1,2") would split characters
+            raise ValueError(
+                f"{name} is not a scalar train setting (bool, int, float, str). Received: {entry!r}"
+            )
         try:
             overrides[name] = (value.lower() in ("1", "true")) if kind is bool else kind(value)
         except (TypeError, ValueError):
